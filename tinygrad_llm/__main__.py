@@ -1,0 +1,37 @@
+"""Command line: `python -m tinygrad_llm <command> ...`.
+
+Each command lives beside the code it drives; this file only routes to it, importing lazily so
+`tokenize` never pays for the model code and `train` never pays for the tokenizer trainer.
+"""
+import argparse
+import importlib
+import sys
+
+# command -> (module that defines add_arguments(parser) and main(args), one-line help)
+COMMANDS = {
+    "tokenize": ("tinygrad_llm.tokenizer.cli", "train a BPE tokenizer or encode a corpus into a token file"),
+    "train": ("tinygrad_llm.cli.train", "train a GPT (the loop of tinygrad_llm.train)"),
+    "sample": ("tinygrad_llm.cli.sample", "generate text from a checkpoint"),
+    "plot": ("tinygrad_llm.cli.plot", "draw loss, bits-per-byte, lr and gradient norms of a run as PNG"),
+    "bench": ("tinygrad_llm.cli.bench", "time a training step of a small GPT"),
+}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="python -m tinygrad_llm")
+    sub = parser.add_subparsers(dest="command", metavar="|".join(COMMANDS))
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        parser.print_help()
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    command_parser = argparse.ArgumentParser(prog=f"python -m tinygrad_llm {argv[0]}")
+    module.add_arguments(command_parser)
+    args = command_parser.parse_args(argv[1:])
+    return module.main(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Devices, array modules, dtypes and the seeded random number generator.
+
+Two devices exist: "cpu" runs on NumPy, "cuda" on CuPy. Every op reaches its array library
+through `array_module(x)` (Chainer's `get_array_module`), so one code path serves both. CuPy is
+imported only when a CUDA tensor is first asked for: the package imports and runs where CuPy is
+absent.
+
+The default device is "cpu", or what the environment variable TINYGRAD_LLM_DEVICE says.
+"""
+import os
+
+import numpy as np
+
+DEVICES = ("cpu", "cuda")
+default_dtype = np.float32
+_cupy = None  # the cupy module, once imported
+
+
+class DeviceError(RuntimeError):
+    """A device is unknown, unavailable, or two devices were mixed in one op."""
+
+
+def cupy():
+    """Import CuPy on first use, with an error that says what to install when it is missing."""
+    global _cupy
+    if _cupy is None:
+        try:
+            import cupy as cp
+        except ImportError as e:
+            raise DeviceError(
+                "device 'cuda' needs CuPy: pip install 'tinygrad-llm[gpu]' (cupy-cuda12x) "
+                f"on a machine with an NVIDIA GPU ({e})") from None
+        try:
+            cp.cuda.runtime.getDeviceCount()
+        except Exception as e:  # noqa: BLE001 - CuPy raises its own CUDA error types
+            raise DeviceError(f"device 'cuda': CuPy is installed but no GPU answered ({e})") from None
+        _cupy = cp
+    return _cupy
+
+
+def cuda_available():
+    """True when CuPy imports and sees at least one GPU."""
+    try:
+        cupy()
+        return True
+    except DeviceError:
+        return False
+
+
+def check_device(device):
+    if device not in DEVICES:
+        raise DeviceError(f"unknown device {device!r}; expected one of {DEVICES}")
+    return device
+
+
+def default_device():
+    return check_device(os.environ.get("TINYGRAD_LLM_DEVICE", "cpu"))
+
+
+def xp_of(device):
+    """The array module for a device name: numpy for "cpu", cupy for "cuda"."""
+    return np if device == "cpu" else cupy()
+
+
+def array_module(x):
+    """numpy or cupy, whichever owns array x (numpy for anything that is not a cupy array)."""
+    if _cupy is not None and isinstance(x, _cupy.ndarray):
+        return _cupy
+    return np
+
+
+def device_of(x):
+    return "cuda" if (_cupy is not None and isinstance(x, _cupy.ndarray)) else "cpu"
+
+
+def to_device(x, device):
+    """Copy array x to device (a no-op when it is already there)."""
+    if device_of(x) == device:
+        return x
+    if device == "cpu":
+        return x.get()
+    return cupy().asarray(x)
+
+
+def to_numpy(x):
+    return x.get() if device_of(x) == "cuda" else x
+
+
+# --- random numbers -----------------------------------------------------------------------------
+# One seeded generator per device. Initialisation, data order and dropout draw from these, so
+# `manual_seed` makes a run repeatable and `get_rng_state`/`set_rng_state` let a checkpoint resume
+# exactly where the run left off.
+_rng = {"cpu": np.random.Generator(np.random.PCG64(0))}
+
+
+def manual_seed(seed):
+    """Seed every device's generator (like torch.manual_seed)."""
+    seed = int(seed)
+    _rng["cpu"] = np.random.Generator(np.random.PCG64(seed))
+    if _cupy is not None:
+        _rng["cuda"] = _cupy.random.default_rng(seed)
+    else:
+        _rng.pop("cuda", None)
+        _pending_cuda_seed[0] = seed
+
+
+_pending_cuda_seed = [0]
+
+
+def rng(device="cpu"):
+    """The generator that draws on `device` (numpy.random.Generator or its CuPy twin)."""
+    if device not in _rng:
+        _rng[device] = cupy().random.default_rng(_pending_cuda_seed[0])
+    return _rng[device]
+
+
+def get_rng_state():
+    """The CPU generator's state as a JSON-serialisable dict (for checkpoints)."""
+    return _rng["cpu"].bit_generator.state
+
+
+def set_rng_state(state):
+    bitgen = np.random.PCG64()
+    bitgen.state = state
+    _rng["cpu"] = np.random.Generator(bitgen)
+
+
+# --- dtypes -----------------------------------------------------------------------------------
+def is_float(dtype):
+    return np.dtype(dtype).kind == "f"
+
+
+def resolve_dtype(dtype):
+    """np.dtype for a user dtype (None -> the default, float32)."""
+    return np.dtype(default_dtype if dtype is None else dtype)

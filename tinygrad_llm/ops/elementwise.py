@@ -1,0 +1,365 @@
+"""Elementwise ops. Binary ones broadcast like NumPy; their backward sums back with unbroadcast.
+
+Each backward restates its forward and gives the vector-Jacobian product; docs/backward.md has
+the derivations. Backward never writes into dy: the same array may be handed to several inputs.
+"""
+import numpy as np
+
+from ..autograd import Function
+from ..backend import array_module
+from .broadcast import broadcast_shapes, unbroadcast
+
+
+def _binary(op_name, fn, a, b):
+    """fn(a, b), with NumPy's broadcasting error replaced by one that names the op and shapes."""
+    try:
+        return fn(a, b)
+    except ValueError:
+        broadcast_shapes(op_name, a.shape, b.shape)  # raises with the shapes at fault
+        raise
+
+
+def _back(dx, shape, dtype):
+    """A gradient summed to the input's shape and kept in its dtype (no silent upcasts)."""
+    dx = unbroadcast(dx, shape)
+    return dx if dx.dtype == dtype else dx.astype(dtype)
+
+
+class Add(Function):
+    """y = a + b.   da = dy, db = dy (each summed over the axes it was broadcast along)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.a_meta, ctx.b_meta = (a.shape, a.dtype), (b.shape, b.dtype)
+        return _binary("add", lambda u, v: u + v, a, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        da, db = ctx.needs_input_grad
+        return (_back(dy, *ctx.a_meta) if da else None, _back(dy, *ctx.b_meta) if db else None)
+
+
+class Sub(Function):
+    """y = a - b.   da = dy, db = -dy."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.a_meta, ctx.b_meta = (a.shape, a.dtype), (b.shape, b.dtype)
+        return _binary("sub", lambda u, v: u - v, a, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        da, db = ctx.needs_input_grad
+        return (_back(dy, *ctx.a_meta) if da else None, _back(-dy, *ctx.b_meta) if db else None)
+
+
+class Mul(Function):
+    """y = a * b.   da = dy * b, db = dy * a."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        need_a, need_b = ctx.needs_input_grad
+        # each input's gradient needs the *other* input; keep only what will be used
+        ctx.save_for_backward(a if need_b else None, b if need_a else None)
+        ctx.a_meta, ctx.b_meta = (a.shape, a.dtype), (b.shape, b.dtype)
+        return _binary("mul", lambda u, v: u * v, a, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        a, b = ctx.saved
+        need_a, need_b = ctx.needs_input_grad
+        return (_back(dy * b, *ctx.a_meta) if need_a else None,
+                _back(dy * a, *ctx.b_meta) if need_b else None)
+
+
+class Div(Function):
+    """y = a / b.   da = dy / b, db = -dy * a / b^2 = -dy * y / b."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        y = _binary("div", lambda u, v: u / v, a, b)
+        ctx.save_for_backward(b, y if ctx.needs_input_grad[1] else None)
+        ctx.a_meta, ctx.b_meta = (a.shape, a.dtype), (b.shape, b.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        b, y = ctx.saved
+        need_a, need_b = ctx.needs_input_grad
+        da = dy / b
+        return (_back(da, *ctx.a_meta) if need_a else None,
+                _back(-da * y, *ctx.b_meta) if need_b else None)
+
+
+class Neg(Function):
+    """y = -x.   dx = -dy."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return -x
+
+    @staticmethod
+    def backward(ctx, dy):
+        return -dy
+
+
+class PowScalar(Function):
+    """y = x ** c for a constant c.   dx = c * x^(c-1) * dy."""
+
+    @staticmethod
+    def forward(ctx, x, exponent):
+        ctx.save_for_backward(x)
+        ctx.exponent = exponent
+        return x ** exponent
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved
+        c = ctx.exponent
+        if c == 2:
+            return dy * (2 * x)
+        return dy * (c * x ** (c - 1))
+
+
+class Pow(Function):
+    """y = a ** b, both tensors.   da = b * a^(b-1) * dy,  db = y * ln(a) * dy  (a > 0 for db)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        y = _binary("pow", lambda u, v: u ** v, a, b)
+        ctx.save_for_backward(a, b, y)
+        ctx.a_meta, ctx.b_meta = (a.shape, a.dtype), (b.shape, b.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        a, b, y = ctx.saved
+        need_a, need_b = ctx.needs_input_grad
+        xp = array_module(dy)
+        da = _back(dy * b * a ** (b - 1), *ctx.a_meta) if need_a else None
+        db = None
+        if need_b:
+            # d/db a^b = a^b ln a: undefined (nan) for a < 0; where y == 0 (a == 0, b > 0) the
+            # product y ln a tends to 0, so it is taken as 0 rather than 0 * -inf = nan
+            with np.errstate(divide="ignore", invalid="ignore"):
+                dyl = xp.where(y == 0, dy.dtype.type(0), dy * y * xp.log(a))
+            db = _back(dyl, *ctx.b_meta)
+        return da, db
+
+
+class Exp(Function):
+    """y = e^x.   dx = y * dy (only y is kept)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = array_module(x).exp(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved
+        return dy * y
+
+
+class Log(Function):
+    """y = ln x.   dx = dy / x."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return array_module(x).log(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved
+        return dy / x
+
+
+class Sqrt(Function):
+    """y = sqrt(x).   dx = dy / (2 y)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = array_module(x).sqrt(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved
+        return dy / (2 * y)
+
+
+class Abs(Function):
+    """y = |x|.   dx = sign(x) * dy (sign(0) = 0: the subgradient PyTorch picks)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return array_module(x).abs(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved
+        return dy * array_module(x).sign(x)
+
+
+class Tanh(Function):
+    """y = tanh x.   dx = (1 - y^2) * dy."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = array_module(x).tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved
+        return dy * (1 - y * y)
+
+
+class Sigmoid(Function):
+    """y = 1 / (1 + e^-x), computed as (1 + tanh(x/2)) / 2 so no exp overflows.   dx = y (1 - y) dy."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = array_module(x).tanh(x * 0.5)
+        y += 1
+        y *= 0.5
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved
+        return dy * (y * (1 - y))
+
+
+class ReLU(Function):
+    """y = max(x, 0).   dx = dy where x > 0, else 0 (0 at x = 0)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = array_module(x).maximum(x, 0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved
+        return dy * (y > 0)
+
+
+class Maximum(Function):
+    """y = max(a, b) elementwise.   The larger input gets dy; on a tie each gets dy / 2."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        ctx.a_meta, ctx.b_meta = (a.shape, a.dtype), (b.shape, b.dtype)
+        return _binary("maximum", array_module(a).maximum, a, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        a, b = ctx.saved
+        wa = (a > b) + 0.5 * (a == b)
+        need_a, need_b = ctx.needs_input_grad
+        return (_back(dy * wa, *ctx.a_meta) if need_a else None,
+                _back(dy * (1 - wa), *ctx.b_meta) if need_b else None)
+
+
+class Minimum(Function):
+    """y = min(a, b) elementwise.   The smaller input gets dy; on a tie each gets dy / 2."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        ctx.a_meta, ctx.b_meta = (a.shape, a.dtype), (b.shape, b.dtype)
+        return _binary("minimum", array_module(a).minimum, a, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        a, b = ctx.saved
+        wa = (a < b) + 0.5 * (a == b)
+        need_a, need_b = ctx.needs_input_grad
+        return (_back(dy * wa, *ctx.a_meta) if need_a else None,
+                _back(dy * (1 - wa), *ctx.b_meta) if need_b else None)
+
+
+class Clip(Function):
+    """y = min(max(x, lo), hi).   dx = dy where lo <= x <= hi, else 0 (either bound may be None)."""
+
+    @staticmethod
+    def forward(ctx, x, lo=None, hi=None):
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"clip: min {lo} is greater than max {hi}")
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi = lo, hi
+        return array_module(x).clip(x, lo, hi)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved
+        inside = True
+        if ctx.lo is not None:
+            inside = x >= ctx.lo
+        if ctx.hi is not None:
+            inside = inside & (x <= ctx.hi)
+        return dy * inside
+
+
+class Where(Function):
+    """y = a where cond else b (cond a boolean array).   da = dy where cond, db = dy where not."""
+
+    @staticmethod
+    def forward(ctx, a, b, cond):
+        xp = array_module(a)
+        broadcast_shapes("where", cond.shape, a.shape, b.shape)
+        ctx.cond = cond
+        ctx.a_meta, ctx.b_meta = (a.shape, a.dtype), (b.shape, b.dtype)
+        return xp.where(cond, a, b)
+
+    @staticmethod
+    def backward(ctx, dy):
+        xp = array_module(dy)
+        need_a, need_b = ctx.needs_input_grad
+        zero = dy.dtype.type(0)
+        return (_back(xp.where(ctx.cond, dy, zero), *ctx.a_meta) if need_a else None,
+                _back(xp.where(ctx.cond, zero, dy), *ctx.b_meta) if need_b else None)
+
+
+class MaskedFill(Function):
+    """y = value where mask else x; mask broadcasts to x's shape.   dx = dy where not mask, else 0.
+
+    A causal attention mask is masked_fill(scores, upper_triangle, -inf).
+    """
+
+    @staticmethod
+    def forward(ctx, x, mask, value):
+        xp = array_module(x)
+        if mask.dtype != np.bool_:
+            raise TypeError(f"masked_fill: the mask must be boolean, got {mask.dtype}")
+        if broadcast_shapes("masked_fill", mask.shape, x.shape) != x.shape:
+            raise ValueError(f"masked_fill: mask of shape {mask.shape} does not broadcast to the "
+                             f"tensor's shape {x.shape}")
+        ctx.mask = mask
+        return xp.where(mask, x.dtype.type(value), x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return array_module(dy).where(ctx.mask, dy.dtype.type(0), dy)
+
+
+class Cast(Function):
+    """y = x converted to dtype.   dx = dy converted back to x's dtype."""
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        ctx.in_dtype = x.dtype
+        return x.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return dy.astype(ctx.in_dtype)
