@@ -1,0 +1,42 @@
+"""Shared fixtures: the device list every op test runs over, and where the shared data lives."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinygrad_llm as tl
+
+ROOT = Path(__file__).resolve().parents[1]
+# The tiny Shakespeare text and GPT-2's tokenizer files sit beside the checkout (../shared/data).
+DATA_DIR = Path(os.environ.get("TINYGRAD_LLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def pytest_collection_modifyitems(config, items):
+    if tl.cuda_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device: CuPy is not installed or sees no GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Run the test once per device: "cpu" always, "cuda" when a GPU is there."""
+    return request.param
+
+
+@pytest.fixture
+def data_dir():
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"shared data not found at {DATA_DIR} (set TINYGRAD_LLM_SHARED_DATA)")
+    return DATA_DIR
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    tl.manual_seed(0)
+    np.random.seed(0)
