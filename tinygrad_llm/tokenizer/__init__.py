@@ -1,0 +1,24 @@
+"""Byte-level BPE tokenizer, written from scratch (numpy and regex only).
+
+One idea per file:
+    patterns.py   the regexes that cut text into chunks (GPT-2, GPT-4)
+    trainer.py    learning merges with incremental pair counts and a heap
+    tokenizer.py  BPETokenizer: encode / decode with special tokens and a chunk cache
+    gpt2.py       reading OpenAI's GPT-2 files (encoder.json, vocab.bpe)
+    io.py         save / load as versioned JSON, plus a readable .vocab view
+    corpus.py     encoding a corpus file into a flat uint16/uint32 token file
+    cli.py        `python -m tinygrad_llm tokenize train | encode`
+
+    >>> from tinygrad_llm.tokenizer import BPETokenizer
+    >>> tok = BPETokenizer.train(text, vocab_size=1024, pattern="gpt4", special_tokens=["<|endoftext|>"])
+    >>> tok.decode(tok.encode("hello")) == "hello"
+    True
+"""
+from .corpus import encode_file, read_token_file
+from .errors import TokenizerError, TokenizerFileError
+from .gpt2 import bytes_to_unicode
+from .patterns import GPT2_PATTERN, GPT4_PATTERN
+from .tokenizer import BPETokenizer
+
+__all__ = ["BPETokenizer", "TokenizerError", "TokenizerFileError", "encode_file", "read_token_file",
+           "bytes_to_unicode", "GPT2_PATTERN", "GPT4_PATTERN"]

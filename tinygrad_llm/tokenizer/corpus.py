@@ -1,0 +1,155 @@
+"""Token files: a corpus encoded once into a flat array of ids, plus a JSON sidecar.
+
+    data.bin       # uint16 ids back to back (uint32 when the vocabulary has more than 65,535 ids)
+    data.bin.json  # {"dtype": "uint16", "vocab_size": 50257, "num_tokens": 338025,
+                   #  "source_bytes": 1115394, "tokenizer": "gpt2"}
+
+source_bytes is the size of the text encoded: loss in bits per token * num_tokens / source_bytes
+gives bits per byte, which compares models across tokenizers.  The file is a memmap away:
+
+    >>> ids, meta = read_token_file("data.bin")    # ids: np.memmap of meta["dtype"]
+
+encode_file reads the input in blocks, so a corpus far larger than memory encodes in constant
+memory and gives the same ids as encoding the whole text at once: each block's last two chunks
+are carried into the next block, because only a chunk that reaches the block's end could be
+cut differently than the whole text would cut it (true of the GPT-2 and GPT-4 patterns, and
+checked by the tests with tiny blocks; a pattern of None makes the whole file one chunk).
+"""
+import codecs
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TokenizerFileError
+
+SIDECAR_KEYS = ("dtype", "vocab_size", "num_tokens", "source_bytes", "tokenizer")
+
+
+def token_dtype(vocab_size):
+    """np.uint16 while every id fits in 16 bits, else np.uint32."""
+    return np.uint16 if vocab_size <= 65536 else np.uint32
+
+
+def sidecar_path(path):
+    return Path(str(path) + ".json")
+
+
+def encode_file(tokenizer, input_path, out_path, verbose=True, tokenizer_name=None,
+                allowed_special="all", block_chars=1 << 22):
+    """Encode a text file into out_path (flat ids) and out_path.json; returns the sidecar dict.
+
+    The file is read as UTF-8 with surrogateescape, so invalid bytes are kept, byte for byte.
+    Special tokens in the text (e.g. <|endoftext|> between documents) become their ids unless
+    allowed_special says otherwise.  Both files are written under temporary names and renamed.
+    """
+    input_path, out_path = Path(input_path), Path(out_path)
+    dtype = token_dtype(tokenizer.vocab_size)
+    source_bytes = input_path.stat().st_size
+    tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
+    num_tokens, carry, done_bytes = 0, "", 0
+    t0 = last = time.perf_counter()
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    try:
+        with open(input_path, "rb") as fin, open(tmp, "wb") as fout:
+            while True:
+                raw = fin.read(block_chars)
+                done_bytes += len(raw)
+                text = carry + decoder.decode(raw, final=not raw)
+                if not raw:
+                    ids, carry = tokenizer.encode(text, allowed_special) if text else [], ""
+                else:
+                    ids, carry = _encode_block(tokenizer, text, allowed_special)
+                if ids:
+                    np.asarray(ids, dtype=dtype).tofile(fout)
+                    num_tokens += len(ids)
+                now = time.perf_counter()
+                if verbose and (now - last > 1.0 or not raw):
+                    last = now
+                    mb = done_bytes / 1e6
+                    print(f"encoded {mb:,.1f}/{source_bytes / 1e6:,.1f} MB "
+                          f"({100 * done_bytes / max(source_bytes, 1):.0f}%), {num_tokens:,} tokens, "
+                          f"{mb / max(now - t0, 1e-9):.2f} MB/s", file=sys.stderr, flush=True)
+                if not raw:
+                    break
+            fout.flush()
+            os.fsync(fout.fileno())
+        meta = {"dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size,
+                "num_tokens": num_tokens, "source_bytes": source_bytes,
+                "tokenizer": str(tokenizer_name) if tokenizer_name is not None else "unnamed"}
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    from .io import atomic_write_text
+    atomic_write_text(sidecar_path(out_path), json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def _encode_block(tokenizer, text, allowed_special):
+    """Encode all of text but its tail; return (ids, tail), where tail starts the next block.
+
+    Special tokens are hard boundaries, so everything up to the last one is final.  In the
+    piece after it, the regex chunks up to the second-to-last are final too (only a chunk that
+    reaches the block's end can be cut differently once more text follows), and the tail is
+    kept at least as long as the longest special token, which may be cut in half.
+    """
+    if tokenizer.pattern is None:  # the text is one chunk: nothing is final before the end
+        return [], text
+    special = tokenizer._allowed(allowed_special, text)
+    ids = []
+    piece_start = 0
+    if special:
+        splitter = tokenizer._compile_specials(special)
+        for m in splitter.finditer(text):
+            ids.extend(tokenizer.encode_ordinary(text[piece_start:m.start()]))
+            ids.append(special[m.group()])
+            piece_start = m.end()
+    piece = text[piece_start:]
+    longest = max((len(s) for s in tokenizer.special_tokens), default=1)
+    limit = len(piece) - (longest - 1)
+    chunks = tokenizer._regex.findall(piece)
+    lengths = [len(c) for c in chunks]
+    if sum(lengths) == len(piece):  # the chunks tile the piece: starts are running sums
+        starts, pos = [], 0
+        for n in lengths:
+            starts.append(pos)
+            pos += n
+    else:  # a custom pattern that skips characters: ask the regex where each chunk starts
+        starts = [m.start() for m in tokenizer._regex.finditer(piece)]
+    k = len(chunks) - 2  # chunks[:k] are final ...
+    while k > 0 and starts[k] > limit:  # ... and the tail must hold a possibly cut special token
+        k -= 1
+    if k <= 0:
+        return ids, piece
+    ids.extend(tokenizer._encode_chunks(chunks[:k]))
+    return ids, piece[starts[k]:]
+
+
+def read_token_file(path):
+    """(np.memmap of ids, sidecar dict) for a file written by encode_file; checks they agree."""
+    path = Path(path)
+    side = sidecar_path(path)
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TokenizerFileError(f"{path} has no sidecar {side.name}; was it written by encode_file?") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerFileError(f"{side} is not valid JSON ({e}); truncated or corrupt") from None
+    missing = [k for k in SIDECAR_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise TokenizerFileError(f"{side} lacks the keys {missing}")
+    if meta["dtype"] not in ("uint16", "uint32"):
+        raise TokenizerFileError(f"{side}: dtype {meta['dtype']!r} is not uint16 or uint32")
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    size = path.stat().st_size
+    if size != meta["num_tokens"] * itemsize:
+        raise TokenizerFileError(f"{path} has {size} bytes but {side.name} promises {meta['num_tokens']} "
+                                 f"{meta['dtype']} tokens = {meta['num_tokens'] * itemsize} bytes "
+                                 "(truncated file?)")
+    if size == 0:  # np.memmap refuses empty files
+        return np.zeros(0, dtype=meta["dtype"]), meta
+    return np.memmap(path, dtype=meta["dtype"], mode="r"), meta
