@@ -126,8 +126,9 @@ class BPETokenizer:
 
     @property
     def vocab_size(self):
-        """Number of ids: 256 bytes + merges + special tokens."""
-        return 256 + len(self.merges) + len(self.special_tokens)
+        """One more than the largest id: 256 bytes + merges + special tokens, unless the special
+        ids were given with gaps (the size an embedding table needs)."""
+        return max(self.vocab) + 1
 
     @property
     def eot_id(self):
