@@ -20,6 +20,7 @@ from . import backend
 
 _grad_enabled = True
 _observers = []  # callables(ctx, dy, dxs, seconds) called per node during backward (the tracer)
+_scope_hook = None  # callable(ctx, out) called per op while a study.scope is open (graph clusters)
 
 
 class no_grad:
@@ -99,6 +100,8 @@ class Function:
                                 for t in tensors)
             ctx.shape, ctx.dtype = data.shape, data.dtype
             out._ctx = ctx
+        if _scope_hook is not None:
+            _scope_hook(ctx, out)
         return out
 
 
