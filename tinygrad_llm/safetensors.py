@@ -1,0 +1,185 @@
+"""The safetensors format, read and written by hand (no pickle, no third-party package).
+
+    [8 bytes]  N, the header length, unsigned little-endian
+    [N bytes]  JSON: {"__metadata__": {str: str}, name: {"dtype": "F32", "shape": [..],
+                      "data_offsets": [begin, end]}, ...}   (offsets into the buffer below)
+    [rest]     the buffer: each tensor's raw little-endian bytes, C order, back to back
+
+Reading validates everything before trusting it: the header length against the file size, the
+JSON, every dtype, shape and offset pair (inside the buffer, matching shape x itemsize, no two
+tensors overlapping), so a truncated or corrupt file is refused with a message naming the fault.
+Nothing is ever unpickled: a file can only describe arrays, never run code.
+
+    >>> save_file({"w": np.ones((2, 3), np.float32)}, "m.safetensors", metadata={"step": "10"})
+    >>> tensors, metadata = load_file("m.safetensors")
+"""
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+# safetensors dtype name -> numpy dtype (little-endian). BF16 has no numpy dtype: it is read as
+# raw uint16 and widened to float32 by decoding (see _decode_bf16).
+DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_NAMES = {np.dtype(v).newbyteorder("<") if v.itemsize > 1 else v: k
+          for k, v in DTYPES.items() if k != "BF16"}
+MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit: a bigger header is corrupt
+
+
+class SafetensorsError(ValueError):
+    """A safetensors file is truncated, corrupt, or describes something we cannot read."""
+
+
+def _decode_bf16(raw):
+    """bfloat16 is the top half of a float32: shift the 16 bits up and reinterpret."""
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def encode_bf16(x):
+    """float32 -> bfloat16 bits (uint16), rounding to nearest even (used by tests and writers)."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + 0x7FFF
+    return ((bits + rounding) >> 16).astype(np.uint16)
+
+
+def read_header(path):
+    """(header dict without __metadata__, metadata dict, buffer start, file size), validated."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise SafetensorsError(f"{path}: {size} bytes is too short for a safetensors file "
+                                   "(needs an 8-byte header length); truncated?")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER or 8 + n > size:
+            raise SafetensorsError(f"{path}: header length {n} does not fit a file of {size} bytes "
+                                   "(truncated or not a safetensors file)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SafetensorsError(f"{path}: the header is not valid JSON ({e}); corrupt file") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path}: the header is a JSON {type(header).__name__}, not an object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise SafetensorsError(f"{path}: __metadata__ must map strings to strings")
+    start = 8 + n
+    _validate(path, header, size - start)
+    return header, metadata, start, size
+
+
+def _validate(path, header, buffer_size):
+    spans = []
+    for name, info in header.items():
+        if not isinstance(info, dict) or set(info) < {"dtype", "shape", "data_offsets"}:
+            raise SafetensorsError(f"{path}: tensor {name!r} needs dtype, shape and data_offsets, got {info!r}")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in DTYPES:
+            raise SafetensorsError(f"{path}: tensor {name!r} has dtype {dtype!r}; supported: {sorted(DTYPES)}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise SafetensorsError(f"{path}: tensor {name!r} has shape {shape!r}; expected a list of ints >= 0")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+            raise SafetensorsError(f"{path}: tensor {name!r} has data_offsets {offsets!r}; expected [begin, end]")
+        begin, end = offsets
+        expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+        if end - begin != expected:
+            raise SafetensorsError(f"{path}: tensor {name!r} ({dtype} {shape}) needs {expected} bytes "
+                                   f"but its data_offsets {offsets} span {end - begin}")
+        if end > buffer_size:
+            raise SafetensorsError(f"{path}: tensor {name!r} ends at byte {end} of the buffer, which has "
+                                   f"only {buffer_size} bytes (truncated file?)")
+        spans.append((begin, end, name))
+    spans.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise SafetensorsError(f"{path}: tensors {n0!r} [{b0}, {e0}) and {n1!r} [{b1}, {e1}) overlap")
+
+
+def load_file(path, keys=None, bf16_to="float32"):
+    """({name: np.ndarray}, metadata) from a safetensors file; keys limits what is read.
+
+    Arrays are fresh, writable, native-endian copies. BF16 tensors are decoded to float32
+    (NumPy has no bfloat16); F16 stays float16 for the caller to cast.
+    """
+    header, metadata, start, _ = read_header(path)
+    names = list(header) if keys is None else list(keys)
+    missing = [k for k in names if k not in header]
+    if missing:
+        raise KeyError(f"{path}: no tensors named {missing}; it has {sorted(header)[:8]}...")
+    out = {}
+    with open(path, "rb") as f:
+        for name in names:
+            info = header[name]
+            begin, end = info["data_offsets"]
+            f.seek(start + begin)
+            raw = f.read(end - begin)
+            if len(raw) != end - begin:
+                raise SafetensorsError(f"{path}: tensor {name!r} is cut short (truncated file)")
+            arr = np.frombuffer(raw, dtype=DTYPES[info["dtype"]]).reshape(info["shape"])
+            if info["dtype"] == "BF16":
+                arr = _decode_bf16(arr).astype(bf16_to, copy=False)
+            out[name] = arr.astype(arr.dtype.newbyteorder("="), copy=True)
+    return out, metadata
+
+
+def _dtype_name(arr):
+    dt = arr.dtype.newbyteorder("<") if arr.dtype.itemsize > 1 else arr.dtype
+    if dt not in _NAMES:
+        raise SafetensorsError(f"cannot store dtype {arr.dtype} in safetensors; supported: "
+                               f"{sorted(str(d) for d in _NAMES)}")
+    return _NAMES[dt]
+
+
+def serialize(tensors, metadata=None, dtypes=None):
+    """The file's bytes as a list of chunks (header first). dtypes may force e.g. {"w": "BF16"}
+    for a float32 array, which is then rounded to bfloat16."""
+    dtypes = dtypes or {}
+    header, chunks, offset = {}, [], 0
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    for name in sorted(tensors):  # sorted like the reference writer, so files are reproducible
+        arr = np.asarray(tensors[name])
+        if dtypes.get(name) == "BF16":
+            name_dtype, data = "BF16", encode_bf16(arr)
+        else:
+            name_dtype = _dtype_name(arr)
+            data = np.ascontiguousarray(arr, dtype=DTYPES[name_dtype])
+        raw = data.tobytes()
+        header[name] = {"dtype": name_dtype, "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    head += b" " * (-len(head) % 8)  # pad so the buffer starts 8-byte aligned
+    return [struct.pack("<Q", len(head)), head] + chunks
+
+
+def save_file(tensors, path, metadata=None, dtypes=None):
+    """Write tensors {name: array} to path atomically: a temporary file, fsync, then rename.
+
+    A crash mid-save leaves any previous file at path untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in serialize(tensors, metadata, dtypes):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
