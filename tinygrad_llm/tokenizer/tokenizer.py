@@ -169,6 +169,10 @@ class BPETokenizer:
         """[str] -> [[int]], sharing one chunk cache across the batch."""
         return [self.encode(t, allowed_special) for t in texts]
 
+    def clear_cache(self):
+        """Forget the chunk -> ids cache (to time cold encoding, or to free its memory)."""
+        self._cache.clear()
+
     def _encode_chunks(self, chunks):
         cache = self._cache
         missing = set(chunks).difference(cache) if chunks else ()
