@@ -1,0 +1,126 @@
+"""The layers a GPT is built from: Linear, Embedding, LayerNorm, RMSNorm, Dropout, GELU.
+
+Each holds its parameters and calls one function of tinygrad_llm.functional, where the op (and
+its hand-derived backward) lives. Initialisations follow PyTorch's defaults.
+"""
+
+from .. import backend
+from .. import functional as F
+from . import init
+from .module import Module, Parameter
+
+
+def _param(shape, dtype, device):
+    device = backend.check_device(device or backend.default_device())
+    xp = backend.xp_of(device)
+    return Parameter(xp.empty(shape, dtype=backend.resolve_dtype(dtype)))
+
+
+class Linear(Module):
+    """y = x W^T + b.
+
+    weight is stored (out_features, in_features), as in PyTorch. Hugging Face GPT-2 checkpoints
+    keep these layers as Conv1D with the weight stored (in, out): loading one is a single
+    transpose, `linear.weight.data[...] = conv1d_weight.T`.
+    Init: W, b ~ U(-1/sqrt(in_features), 1/sqrt(in_features)) (PyTorch's default).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype=None, device=None):
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"Linear({in_features}, {out_features}): sizes must be positive")
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = _param((out_features, in_features), dtype, device)
+        self.bias = _param((out_features,), dtype, device) if bias else None
+        init.linear_default_(self.weight, self.bias)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Embedding(Module):
+    """y = weight[ids]: a lookup table of num_embeddings rows of size embedding_dim.
+    Init: N(0, 1) (PyTorch's default; GPT-2 uses std 0.02, which the model sets itself)."""
+
+    def __init__(self, num_embeddings, embedding_dim, dtype=None, device=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = _param((num_embeddings, embedding_dim), dtype, device)
+        init.normal_(self.weight)
+
+    def forward(self, ids):
+        return F.embedding(ids, self.weight)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class LayerNorm(Module):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias over the last axis.
+    Init: weight ones, bias zeros. bias=False drops the bias (as nanoGPT's LayerNorm does)."""
+
+    def __init__(self, normalized_shape, eps=1e-5, bias=True, dtype=None, device=None):
+        super().__init__()
+        self.normalized_shape, self.eps = int(normalized_shape), eps
+        self.weight = init.ones_(_param((self.normalized_shape,), dtype, device))
+        self.bias = init.zeros_(_param((self.normalized_shape,), dtype, device)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight, self.bias, eps=self.eps)
+
+    def extra_repr(self):
+        return f"({self.normalized_shape},), eps={self.eps}, bias={self.bias is not None}"
+
+
+class RMSNorm(Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight over the last axis. Init: weight ones."""
+
+    def __init__(self, normalized_shape, eps=1e-6, dtype=None, device=None):
+        super().__init__()
+        self.normalized_shape, self.eps = int(normalized_shape), eps
+        self.weight = init.ones_(_param((self.normalized_shape,), dtype, device))
+
+    def forward(self, x):
+        return F.rms_norm(x, self.weight, eps=self.eps)
+
+    def extra_repr(self):
+        return f"({self.normalized_shape},), eps={self.eps}"
+
+
+class Dropout(Module):
+    """Zero each element with probability p while training (scaling the rest by 1/(1-p));
+    the identity in eval mode."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        return F.dropout(x, self.p, training=True)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class GELU(Module):
+    """GELU(x) = x * Phi(x); approximate="tanh" is GPT-2's form, "none" the exact erf one."""
+
+    def __init__(self, approximate="tanh"):
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, x):
+        return F.gelu(x, approximate=self.approximate)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+__all__ = ["Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "GELU"]
