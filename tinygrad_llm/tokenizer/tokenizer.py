@@ -85,7 +85,11 @@ class BPETokenizer:
     def train(cls, text_or_iterable, vocab_size, pattern="gpt4", special_tokens=(), verbose=False):
         """Learn vocab_size - 256 - len(special_tokens) merges from text (a str, or an iterable of
         str such as documents or lines).  Special tokens found in the text are cut out first,
-        so no merge spans one.  Stops early if the text runs out of pairs."""
+        so no merge spans one.  Stops early if the text runs out of pairs.
+
+        pattern=None makes each text one chunk: right for the plain byte-level tokenizer
+        (vocab_size=256) and for small texts, slow for many merges on a big one, since every
+        merge then rewrites that one chunk."""
         special_tokens = list(special_tokens)
         if len(set(special_tokens)) != len(special_tokens):
             raise TokenizerError(f"special_tokens has duplicates: {special_tokens!r}")
@@ -99,7 +103,7 @@ class BPETokenizer:
             print(f"training BPE: {sum(chunk_counts.values()):,} chunks, {len(chunk_counts):,} distinct, "
                   f"{num_merges:,} merges", file=sys.stderr, flush=True)
         # surrogateescape: text read from a file with invalid UTF-8 keeps its exact bytes
-        words = [list(c.encode("utf-8", "surrogateescape")) for c in chunk_counts]
+        words = [list(cls._chunk_bytes(c)) for c in chunk_counts]
         freqs = list(chunk_counts.values())
         vocab = {i: bytes([i]) for i in range(256)} if verbose else None
         merges = train_merges(words, freqs, num_merges, verbose=verbose, vocab=vocab)
@@ -197,6 +201,8 @@ class BPETokenizer:
         chunks a rescan of the few pairs per step is cheaper than any bookkeeping."""
         byte_ids, merges = self._byte_ids, self.merges
         ids = [byte_ids[b] for b in data]
+        if not merges:  # the plain byte-level tokenizer: nothing to merge, however long the chunk
+            return ids
         big = 1 << 62
         while len(ids) >= 2:
             best = min(zip(ids, ids[1:]), key=lambda p: merges.get(p, big))
