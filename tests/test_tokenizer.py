@@ -259,3 +259,13 @@ def test_cli_train_and_encode(tmp_path):
     assert list(ids) == tok.encode(CORPUS, allowed_special="all") and meta["tokenizer"] == "tok.json"
     r = _cli("train", "--input", "in.txt", "--vocab-size", 10, "--out", "x.json", cwd=tmp_path)
     assert r.returncode == 1 and "vocab_size 10" in r.stderr
+
+
+def test_docstring_examples():
+    import doctest
+
+    import tinygrad_llm.tokenizer.patterns as patterns
+    import tinygrad_llm.tokenizer.tokenizer as tokenizer
+    for module in (patterns, tokenizer):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

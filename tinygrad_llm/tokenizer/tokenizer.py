@@ -11,11 +11,11 @@ Encoding splits text at special tokens, cuts each piece into chunks with the pat
 chunk into its UTF-8 bytes, and applies merges by rank (lowest id first) until none applies:
 
     >>> tok = BPETokenizer.train("aaab aaab", vocab_size=258, pattern=None)
-    >>> tok.merges                    # 'aa' first (count 4), then 'aa'+'a' (tie rule: smallest pair)
-    {(97, 97): 256, (97, 256): 257}
+    >>> tok.merges      # 'aa' first (count 4); then 'ab' and 'aa'+'a' tie at 2: the smaller pair wins
+    {(97, 97): 256, (97, 98): 257}
     >>> tok.encode("aaab")
-    [257, 98]
-    >>> tok.decode([257, 98])
+    [256, 257]
+    >>> tok.decode([256, 257])
     'aaab'
 
 Each distinct chunk is worked out once and cached (chunk -> ids), so encoding text that repeats
