@@ -1,0 +1,60 @@
+// A fused AdamW step over many parameter tensors in one launch (a list of pointers).
+//
+//   adamw_step<T>(params, grads, exp_avg, exp_avg_sq, chunk_tensor, chunk_start, sizes,
+//                 n_chunks, chunk, lr, beta1, beta2, eps, weight_decay, bias_c1, bias_c2)
+//       p <- p - lr wd p                                  (decoupled weight decay)
+//       m <- beta1 m + (1 - beta1) g
+//       v <- beta2 v + (1 - beta2) g^2
+//       p <- p - lr (m / bias_c1) / (sqrt(v / bias_c2) + eps)
+//   with bias_c1 = 1 - beta1^t and bias_c2 = 1 - beta2^t computed by the caller for step t.
+//   params, grads, exp_avg, exp_avg_sq: device arrays of n_tensors pointers; sizes: n_tensors
+//   element counts. Every tensor in one launch shares T and the hyperparameters (one launch per
+//   parameter group and dtype).
+//
+// Work split: the tensors are cut into chunks of `chunk` elements; block k handles chunk k,
+// whose tensor index and first element the host tabulated once (chunk_tensor, chunk_start), so no
+// thread searches for its tensor. Within a chunk threads stride by blockDim.x (coalesced).
+// Each element is read 4 times and written 3 times; nothing else touches memory.
+//
+// Must match: adamw_step_ref in tinygrad_llm/optim/adam.py.
+#include "common.cuh"
+
+using namespace tgl;
+
+template <typename T>
+__global__ void adamw_step(T* const* __restrict__ params, const T* const* __restrict__ grads,
+                           T* const* __restrict__ exp_avg, T* const* __restrict__ exp_avg_sq,
+                           const int* __restrict__ chunk_tensor,
+                           const long long* __restrict__ chunk_start,
+                           const long long* __restrict__ sizes, int n_chunks, int chunk, T lr,
+                           T beta1, T beta2, T eps, T weight_decay, T bias_c1, T bias_c2) {
+    const T decay = T(1) - lr * weight_decay;
+    const T step = lr / bias_c1;
+    const T inv_sqrt_c2 = T(1) / sqrt_(bias_c2);
+    for (int k = blockIdx.x; k < n_chunks; k += gridDim.x) {
+        const int t = chunk_tensor[k];
+        const long long start = chunk_start[k];
+        const long long end = min(sizes[t], start + (long long)chunk);
+        T* p = params[t];
+        const T* g = grads[t];
+        T* m = exp_avg[t];
+        T* v = exp_avg_sq[t];
+        for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
+            const T gi = g[i];
+            const T mi = beta1 * m[i] + (T(1) - beta1) * gi;
+            const T vi = beta2 * v[i] + (T(1) - beta2) * gi * gi;
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = p[i] * decay - step * mi / (sqrt_(vi) * inv_sqrt_c2 + eps);
+        }
+    }
+}
+
+template __global__ void adamw_step<float>(float* const*, const float* const*, float* const*,
+                                           float* const*, const int*, const long long*,
+                                           const long long*, int, int, float, float, float, float,
+                                           float, float, float);
+template __global__ void adamw_step<double>(double* const*, const double* const*, double* const*,
+                                            double* const*, const int*, const long long*,
+                                            const long long*, int, int, double, double, double,
+                                            double, double, double, double);

@@ -1,0 +1,83 @@
+// GELU, elementwise over a contiguous array of n elements, forward and backward.
+//
+//   approximate = 1 (tanh):  y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
+//                            dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+//   approximate = 0 (erf):   y = 0.5 x (1 + erf(x / sqrt 2))
+//                            dy/dx = 0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi)
+//
+//   gelu_forward<T>(x, y, n, approximate)
+//   gelu_backward<T>(x, dy, dx, n, approximate)      dx = dy * dy/dx(x)
+//
+// Work split: a grid-stride loop, each thread handling one 16-byte pack (4 floats / 2 doubles)
+// per step when every buffer is 16-byte aligned; the last n % pack elements (or all of them,
+// when unaligned) go through the scalar loop. Pure bandwidth: 1 read + 1 write forward,
+// 2 reads + 1 write backward; the backward recomputes tanh from x instead of saving it.
+//
+// Must match: gelu_forward_ref / gelu_backward_ref in tinygrad_llm/ops/activation.py.
+#include "common.cuh"
+
+using namespace tgl;
+
+template <typename T> __device__ __forceinline__ T gelu_y(T x, int approximate) {
+    if (approximate) {
+        const T u = T(0.7978845608028654) * (x + T(0.044715) * x * x * x);
+        return T(0.5) * x * (T(1) + tanh_(u));
+    }
+    return T(0.5) * x * (T(1) + erf_(x * T(0.7071067811865476)));
+}
+
+template <typename T> __device__ __forceinline__ T gelu_dydx(T x, int approximate) {
+    if (approximate) {
+        const T k = T(0.7978845608028654), c = T(0.044715);
+        const T t = tanh_(k * (x + c * x * x * x));
+        return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * k * (T(1) + T(3) * c * x * x);
+    }
+    return T(0.5) * (T(1) + erf_(x * T(0.7071067811865476))) +
+           x * exp_(T(-0.5) * x * x) * T(0.3989422804014327);
+}
+
+template <typename T>
+__global__ void gelu_forward(const T* __restrict__ x, T* __restrict__ y, long long n,
+                             int approximate) {
+    constexpr int P = Pack<T>::N;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long head = 0;  // elements done by the packed loop
+    if (aligned16(x) && aligned16(y)) {
+        head = n / P * P;
+        for (long long i = tid * P; i < head; i += stride * P) {
+            T v[P];
+            load_pack(x + i, v);
+#pragma unroll
+            for (int k = 0; k < P; ++k) v[k] = gelu_y(v[k], approximate);
+            store_pack(y + i, v);
+        }
+    }
+    for (long long i = head + tid; i < n; i += stride) y[i] = gelu_y(x[i], approximate);
+}
+
+template <typename T>
+__global__ void gelu_backward(const T* __restrict__ x, const T* __restrict__ dy,
+                              T* __restrict__ dx, long long n, int approximate) {
+    constexpr int P = Pack<T>::N;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long head = 0;
+    if (aligned16(x) && aligned16(dy) && aligned16(dx)) {
+        head = n / P * P;
+        for (long long i = tid * P; i < head; i += stride * P) {
+            T v[P], g[P];
+            load_pack(x + i, v);
+            load_pack(dy + i, g);
+#pragma unroll
+            for (int k = 0; k < P; ++k) v[k] = g[k] * gelu_dydx(v[k], approximate);
+            store_pack(dx + i, v);
+        }
+    }
+    for (long long i = head + tid; i < n; i += stride) dx[i] = dy[i] * gelu_dydx(x[i], approximate);
+}
+
+template __global__ void gelu_forward<float>(const float*, float*, long long, int);
+template __global__ void gelu_forward<double>(const double*, double*, long long, int);
+template __global__ void gelu_backward<float>(const float*, const float*, float*, long long, int);
+template __global__ void gelu_backward<double>(const double*, const double*, double*, long long, int);

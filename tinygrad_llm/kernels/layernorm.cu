@@ -1,0 +1,133 @@
+// Layer norm over the last axis of a contiguous (n_rows, C) array, forward and backward.
+//
+//   layernorm_forward<T>(x, w, b, y, mean, rstd, n_rows, C, eps)
+//       mean = sum x / C,  var = sum (x - mean)^2 / C,  rstd = 1 / sqrt(var + eps)
+//       xhat = (x - mean) rstd,  y = xhat w + b            (w or b may be null: 1 and 0)
+//   layernorm_backward_dx<T>(dy, x, w, mean, rstd, dx, n_rows, C)
+//       g = dy w,  dx = rstd (g - mean_c(g) - xhat mean_c(g xhat))
+//       when mean is null, x already holds xhat (for callers that saved xhat, not x)
+//   layernorm_backward_dwdb<T>(dy, x, mean, rstd, dw_part, db_part, n_rows, C, rows_per_chunk)
+//       dw_part[k, c] = sum over rows r of chunk k of dy[r, c] xhat[r, c];  db_part likewise of dy
+//       (either output may be null); column_sum then folds the chunks: dw[c] = sum_k dw_part[k, c]
+//   column_sum<T>(part, out, n_chunks, C)
+//
+// Work split. Forward and dx: one warp per row (blockDim = (32, rows per block)), the row read
+// three times (mean, variance, output) by the same warp: the second and third reads hit L1, and
+// two-pass variance avoids the cancellation of E[x^2] - mean^2. dw/db: columns across threads
+// (coalesced along c) and rows split into chunks across blockIdx.y; each thread sums its column
+// over its chunk, writing one partial per (chunk, column); column_sum adds the partials in a
+// fixed order, so the result is deterministic (no atomics) in float32 and float64 alike.
+//
+// Must match: layernorm_forward_ref / layernorm_backward_ref in tinygrad_llm/ops/norm.py.
+#include "common.cuh"
+
+using namespace tgl;
+
+template <typename T>
+__global__ void layernorm_forward(const T* __restrict__ x, const T* __restrict__ w,
+                                  const T* __restrict__ b, T* __restrict__ y,
+                                  T* __restrict__ mean, T* __restrict__ rstd, int n_rows, int C,
+                                  T eps) {
+    const int row = blockIdx.x * blockDim.y + threadIdx.y;
+    if (row >= n_rows) return;  // whole warps leave together: only warp shuffles follow
+    const int lane = threadIdx.x;
+    const T* xr = x + (long long)row * C;
+    T* yr = y + (long long)row * C;
+
+    T sum = T(0);
+    for (int i = lane; i < C; i += 32) sum += xr[i];
+    const T mu = warp_sum(sum) / T(C);
+    T sq = T(0);
+    for (int i = lane; i < C; i += 32) {
+        const T d = xr[i] - mu;
+        sq += d * d;
+    }
+    const T rs = T(1) / sqrt_(warp_sum(sq) / T(C) + eps);
+    for (int i = lane; i < C; i += 32) {
+        const T xhat = (xr[i] - mu) * rs;
+        yr[i] = xhat * (w ? w[i] : T(1)) + (b ? b[i] : T(0));
+    }
+    if (lane == 0) {
+        mean[row] = mu;
+        rstd[row] = rs;
+    }
+}
+
+template <typename T>
+__global__ void layernorm_backward_dx(const T* __restrict__ dy, const T* __restrict__ x,
+                                      const T* __restrict__ w, const T* __restrict__ mean,
+                                      const T* __restrict__ rstd, T* __restrict__ dx, int n_rows,
+                                      int C) {
+    const int row = blockIdx.x * blockDim.y + threadIdx.y;
+    if (row >= n_rows) return;
+    const int lane = threadIdx.x;
+    const long long off = (long long)row * C;
+    const T* dyr = dy + off;
+    const T* xr = x + off;
+    T* dxr = dx + off;
+    const T mu = mean ? mean[row] : T(0);
+    const T rs = rstd[row];
+    const T xscale = mean ? rs : T(1);  // x is xhat already when mean is null
+
+    T sum_g = T(0), sum_gx = T(0);
+    for (int i = lane; i < C; i += 32) {
+        const T g = dyr[i] * (w ? w[i] : T(1));
+        sum_g += g;
+        sum_gx += g * (xr[i] - mu) * xscale;
+    }
+    const T mean_g = warp_sum(sum_g) / T(C);
+    const T mean_gx = warp_sum(sum_gx) / T(C);
+    for (int i = lane; i < C; i += 32) {
+        const T g = dyr[i] * (w ? w[i] : T(1));
+        const T xhat = (xr[i] - mu) * xscale;
+        dxr[i] = rs * (g - mean_g - xhat * mean_gx);
+    }
+}
+
+template <typename T>
+__global__ void layernorm_backward_dwdb(const T* __restrict__ dy, const T* __restrict__ x,
+                                        const T* __restrict__ mean, const T* __restrict__ rstd,
+                                        T* __restrict__ dw_part, T* __restrict__ db_part,
+                                        int n_rows, int C, int rows_per_chunk) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    const int r0 = blockIdx.y * rows_per_chunk;
+    const int r1 = min(n_rows, r0 + rows_per_chunk);
+    T dw = T(0), db = T(0);
+    for (int r = r0; r < r1; ++r) {
+        const long long i = (long long)r * C + c;
+        const T g = dy[i];
+        const T xhat = mean ? (x[i] - mean[r]) * rstd[r] : x[i];
+        dw += g * xhat;
+        db += g;
+    }
+    const long long o = (long long)blockIdx.y * C + c;
+    if (dw_part) dw_part[o] = dw;
+    if (db_part) db_part[o] = db;
+}
+
+template <typename T>
+__global__ void column_sum(const T* __restrict__ part, T* __restrict__ out, int n_chunks, int C) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    T acc = T(0);
+    for (int k = 0; k < n_chunks; ++k) acc += part[(long long)k * C + c];
+    out[c] = acc;
+}
+
+template __global__ void layernorm_forward<float>(const float*, const float*, const float*, float*,
+                                                  float*, float*, int, int, float);
+template __global__ void layernorm_forward<double>(const double*, const double*, const double*,
+                                                   double*, double*, double*, int, int, double);
+template __global__ void layernorm_backward_dx<float>(const float*, const float*, const float*,
+                                                      const float*, const float*, float*, int, int);
+template __global__ void layernorm_backward_dx<double>(const double*, const double*, const double*,
+                                                       const double*, const double*, double*, int,
+                                                       int);
+template __global__ void layernorm_backward_dwdb<float>(const float*, const float*, const float*,
+                                                        const float*, float*, float*, int, int, int);
+template __global__ void layernorm_backward_dwdb<double>(const double*, const double*,
+                                                         const double*, const double*, double*,
+                                                         double*, int, int, int);
+template __global__ void column_sum<float>(const float*, float*, int, int);
+template __global__ void column_sum<double>(const double*, double*, int, int);
