@@ -14,11 +14,13 @@ intermediate activation is freed as soon as Python drops it, unless an op saved 
 100,000 ops needs no recursion), hands each node its summed gradient once, and frees each
 gradient and each node's saved arrays as soon as they are used.
 """
+import functools
 import time
 
 from . import backend
 
 _grad_enabled = True
+Tensor = None  # set by tensor.py once Tensor exists (tensor.py imports this module first)
 _observers = []  # callables(ctx, dy, dxs, seconds) called per node during backward (the tracer)
 _scope_hook = None  # callable(ctx, out) called per op while a study.scope is open (graph clusters)
 
@@ -26,19 +28,23 @@ _scope_hook = None  # callable(ctx, out) called per op while a study.scope is op
 class no_grad:
     """Context manager and decorator that turns graph recording off (like torch.no_grad)."""
 
+    def __init__(self):
+        self._prev = []  # a stack, so one instance can be entered again while already inside
+
     def __enter__(self):
         global _grad_enabled
-        self._prev, _grad_enabled = _grad_enabled, False
+        self._prev.append(_grad_enabled)
+        _grad_enabled = False
 
     def __exit__(self, *exc):
         global _grad_enabled
-        _grad_enabled = self._prev
+        _grad_enabled = self._prev.pop()
 
     def __call__(self, fn):
+        @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             with no_grad():
                 return fn(*args, **kwargs)
-        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
         return wrapper
 
 
@@ -82,26 +88,27 @@ class Function:
 
     @classmethod
     def apply(cls, *tensors, **params):
-        from .tensor import Tensor  # tensor.py imports this module; bind late
-
+        # the hot path of every op (a GPT step runs a few hundred): keep it to plain attribute work
         if backend._cupy is not None:  # devices can only differ once CuPy is in play
             _check_same_device(cls, tensors)
         ctx = Context()
         ctx.saved = None
-        needs = tuple(t.requires_grad for t in tensors)
+        if _grad_enabled:
+            needs = tuple([t.requires_grad for t in tensors])
+            record = True in needs
+        else:  # forward must not keep arrays for a backward that will never run
+            needs, record = (False,) * len(tensors), False
         ctx.needs_input_grad = needs
         data = cls.forward(ctx, *[t.data for t in tensors], **params)
         out = Tensor.__new__(Tensor)
-        out.data, out.grad, out._ctx = data, None, None
-        out.requires_grad = _grad_enabled and any(needs)
-        if out.requires_grad:
+        out.data, out.grad, out.requires_grad = data, None, record
+        if record:
             ctx.fn = cls
-            ctx.parents = tuple((t._ctx if t._ctx is not None else t) if t.requires_grad else None
-                                for t in tensors)
+            ctx.parents = tuple([(t._ctx or t) if t.requires_grad else None for t in tensors])
             ctx.shape, ctx.dtype = data.shape, data.dtype
             out._ctx = ctx
-        if _scope_hook is not None:
-            _scope_hook(ctx, out)
+        else:
+            out._ctx = None
         return out
 
 
@@ -137,19 +144,21 @@ def _topological_order(root):
 
 def backward(root, dy, retain_graph=False):
     """Backpropagate dy from root (a node or a leaf Tensor) into the leaves' .grad."""
-    from .tensor import Tensor
-
     grads = {id(root): dy}  # id(node) -> the gradient summed so far
+    owned = set()  # ids whose gradient buffer the walk allocated itself: safe to add into in place
     for node in _topological_order(root):
-        g = grads.pop(id(node), None)
+        key = id(node)
+        g = grads.pop(key, None)
         if g is None:
             continue  # no path carried a gradient here (all its consumers returned None)
-        if isinstance(node, Tensor):
-            _accumulate_leaf(node, g)
+        if type(node) is not Context:
+            _accumulate_leaf(node, g, key in owned)
+            owned.discard(key)
             continue
+        owned.discard(key)
         start = time.perf_counter() if _observers else 0.0
         dxs = node.fn.backward(node, g)
-        if not isinstance(dxs, tuple):
+        if type(dxs) is not tuple:
             dxs = (dxs,)
         if len(dxs) != len(node.parents):
             raise GraphError(f"{node.fn.__name__}.backward returned {len(dxs)} gradients for "
@@ -158,28 +167,38 @@ def backward(root, dy, retain_graph=False):
             seconds = time.perf_counter() - start
             for observe in _observers:
                 observe(node, g, dxs, seconds)
+        del g
         for parent, dx in zip(node.parents, dxs):
             if parent is None or dx is None:
                 continue
-            pshape = parent.shape if isinstance(parent, Context) else parent.data.shape
+            if type(parent) is Context:
+                pshape, pdtype = parent.shape, parent.dtype
+            else:
+                pshape, pdtype = parent.data.shape, parent.data.dtype
             if dx.shape != pshape:
                 raise GraphError(f"{node.fn.__name__}.backward gave a gradient of shape "
                                  f"{tuple(dx.shape)} for an input of shape {tuple(pshape)}")
-            key = id(parent)
-            # out of place: an op may hand the same array to two inputs (add passes dy through)
-            grads[key] = grads[key] + dx if key in grads else dx
+            if dx.dtype != pdtype:  # gradients live in their input's dtype
+                dx = dx.astype(pdtype)
+            pkey = id(parent)
+            if pkey not in grads:
+                grads[pkey] = dx  # maybe shared (add hands dy to both inputs): never written into
+            elif pkey in owned:
+                grads[pkey] += dx
+            else:
+                grads[pkey] = grads[pkey] + dx
+                owned.add(pkey)
         if not retain_graph:
             node.saved, node.parents, node.fn = None, (), None
             node.__dict__.clear()
 
 
-def _accumulate_leaf(leaf, g):
-    from .tensor import Tensor
-
+def _accumulate_leaf(leaf, g, owned):
     if g.dtype != leaf.data.dtype:
-        g = g.astype(leaf.data.dtype)
+        g, owned = g.astype(leaf.data.dtype), True
     if leaf.grad is None:
-        # a copy: g may be shared with another input's gradient (add passes dy through to both)
-        leaf.grad = Tensor(g.copy())
+        # copy unless the walk made g itself: g may be shared with another input's gradient
+        # (add passes dy through to both), or be a read-only broadcast view (sum's backward)
+        leaf.grad = Tensor(g if owned else g.copy())
     else:
         leaf.grad.data += g

@@ -394,6 +394,9 @@ class Tensor:
         return V.chunk(self, chunks, axis)
 
 
+autograd.Tensor = Tensor  # Function.apply builds its outputs without importing this module
+
+
 def _wrap_array(data):
     """A fresh constant tensor around an array, skipping __init__'s conversions."""
     t = Tensor.__new__(Tensor)

@@ -104,11 +104,18 @@ class Neg(Function):
 
 
 class PowScalar(Function):
-    """y = x ** c for a constant c.   dx = c * x^(c-1) * dy."""
+    """y = x ** c for a constant c.   dx = c * x^(c-1) * dy  (0 for c = 0, even at x = 0).
+
+    Derivation: docs/backward.md#powscalar
+    """
 
     @staticmethod
     def forward(ctx, x, exponent):
-        ctx.save_for_backward(x)
+        if hasattr(exponent, "item"):  # a NumPy scalar would upcast float32 x to its own dtype
+            exponent = exponent.item()
+        if not isinstance(exponent, (int, float)):
+            raise TypeError(f"pow: the exponent must be a number or a Tensor, got {exponent!r}")
+        ctx.save_for_backward(x if ctx.needs_input_grad[0] else None)
         ctx.exponent = exponent
         return x ** exponent
 
@@ -116,6 +123,10 @@ class PowScalar(Function):
     def backward(ctx, dy):
         (x,) = ctx.saved
         c = ctx.exponent
+        if c == 0:  # y is constant; c * x^(c-1) would give 0 * inf = nan at x = 0
+            return array_module(dy).zeros_like(dy)
+        if c == 1:
+            return dy
         if c == 2:
             return dy * (2 * x)
         return dy * (c * x ** (c - 1))
@@ -264,10 +275,8 @@ class Maximum(Function):
     @staticmethod
     def backward(ctx, dy):
         a, b = ctx.saved
-        wa = (a > b) + 0.5 * (a == b)
         need_a, need_b = ctx.needs_input_grad
-        return (_back(dy * wa, *ctx.a_meta) if need_a else None,
-                _back(dy * (1 - wa), *ctx.b_meta) if need_b else None)
+        return _split_extreme(dy, a > b, a == b, need_a, need_b, ctx.a_meta, ctx.b_meta)
 
 
 class Minimum(Function):
@@ -282,10 +291,18 @@ class Minimum(Function):
     @staticmethod
     def backward(ctx, dy):
         a, b = ctx.saved
-        wa = (a < b) + 0.5 * (a == b)
         need_a, need_b = ctx.needs_input_grad
-        return (_back(dy * wa, *ctx.a_meta) if need_a else None,
-                _back(dy * (1 - wa), *ctx.b_meta) if need_b else None)
+        return _split_extreme(dy, a < b, a == b, need_a, need_b, ctx.a_meta, ctx.b_meta)
+
+
+def _split_extreme(dy, a_wins, tie, need_a, need_b, a_meta, b_meta):
+    """Route dy to the winning input of maximum/minimum; a tie gives each half."""
+    xp = array_module(dy)
+    # weights in dy's dtype: a bool + 0.5 * bool would be float64 and upcast a float32 gradient
+    wa = xp.add(a_wins, tie * dy.dtype.type(0.5), dtype=dy.dtype)
+    da = _back(dy * wa, *a_meta) if need_a else None
+    db = _back(dy * (1 - wa), *b_meta) if need_b else None
+    return da, db
 
 
 class Clip(Function):
@@ -297,6 +314,8 @@ class Clip(Function):
             raise ValueError(f"clip: min {lo} is greater than max {hi}")
         ctx.save_for_backward(x)
         ctx.lo, ctx.hi = lo, hi
+        if lo is None and hi is None:
+            return x.copy()
         return array_module(x).clip(x, lo, hi)
 
     @staticmethod
@@ -339,6 +358,7 @@ class MaskedFill(Function):
     @staticmethod
     def forward(ctx, x, mask, value):
         xp = array_module(x)
+        mask = xp.asarray(mask)
         if mask.dtype != np.bool_:
             raise TypeError(f"masked_fill: the mask must be boolean, got {mask.dtype}")
         if broadcast_shapes("masked_fill", mask.shape, x.shape) != x.shape:

@@ -37,6 +37,8 @@ class MatMul(Function):
         need_a, need_b = ctx.needs_input_grad
         xp = array_module(dy)
         a_shape, b_shape = ctx.a_shape, ctx.b_shape
+        if len(a_shape) == 1 and len(b_shape) == 1:  # inner product y = a . b, dy is 0-d
+            return (dy * b if need_a else None, dy * a if need_b else None)
         # promote vectors to matrices so one formula serves every case
         if len(a_shape) == 1:
             dy = dy[..., None, :]

@@ -80,6 +80,9 @@ class Expand(Function):
     @staticmethod
     def forward(ctx, x, shape):
         lead = len(shape) - x.ndim
+        if lead < 0 or any(n == -1 for n in shape[:lead]):
+            raise ValueError(f"expand: a tensor of shape {x.shape} cannot be broadcast to shape "
+                             f"{tuple(shape)} (-1 only keeps one of the tensor's own axes)")
         shape = tuple(x.shape[i - lead] if n == -1 else n for i, n in enumerate(shape))
         ctx.in_shape = x.shape
         try:
@@ -154,6 +157,10 @@ class GetItem(Function):
 
     @staticmethod
     def forward(ctx, x, index):
+        xp = array_module(x)
+        if xp is not np:  # index arrays must live where x lives
+            index = tuple(xp.asarray(i) if isinstance(i, np.ndarray) else i for i in index) \
+                if isinstance(index, tuple) else (xp.asarray(index) if isinstance(index, np.ndarray) else index)
         ctx.in_shape, ctx.index = x.shape, index
         return x[index]
 
@@ -164,9 +171,10 @@ class GetItem(Function):
         if _is_basic(ctx.index):
             dx[ctx.index] = dy  # basic indexing never picks an element twice
         elif xp is np:
-            np.add.at(dx, ctx.index, dy)
+            np.add.at(dx, ctx.index, dy)  # unbuffered: a repeated index adds every time
         else:
-            xp.add.at(dx, ctx.index, dy)
+            import cupyx
+            cupyx.scatter_add(dx, ctx.index, dy)
         return dx
 
 
@@ -202,8 +210,8 @@ class Stack(Function):
 
     @staticmethod
     def backward(ctx, dy):
-        xp = array_module(dy)
-        return tuple(xp.take(dy, i, axis=ctx.axis) for i in range(dy.shape[ctx.axis]))
+        lead = (slice(None),) * ctx.axis
+        return tuple(dy[lead + (i,)] for i in range(dy.shape[ctx.axis]))  # views, no copies
 
 
 class ToDevice(Function):

@@ -91,9 +91,9 @@ class _Extreme(Function):
     def backward(ctx, dy):
         x, y = ctx.saved
         winners = x == y
-        count = winners.sum(axis=ctx.axes, keepdims=True)
+        count = winners.sum(axis=ctx.axes, keepdims=True, dtype=dy.dtype)
         dy = expand_reduced(dy, x.shape, ctx.axes, ctx.keepdims)
-        return winners * (dy / count).astype(dy.dtype, copy=False)
+        return winners * (dy / count)
 
 
 class Max(_Extreme):
@@ -152,4 +152,6 @@ class LogSumExp(Function):
     def backward(ctx, dy):
         x, y = ctx.saved
         xp = array_module(x)
+        # a slice of all -inf has y = -inf and no gradient: exp(-inf - 0) = 0, not exp(nan)
+        y = xp.where(y == -xp.inf, y.dtype.type(0), y)
         return xp.exp(x - y) * expand_reduced(dy, x.shape, ctx.axes, ctx.keepdims)
