@@ -206,7 +206,7 @@ def test_save_leaves_no_temp_files(tok, tmp_path):
 def test_encode_file_matches_encode(tok, tmp_path, block):
     src = tmp_path / "in.txt"
     src.write_bytes(CORPUS.encode() + b"\xff\xfe tail \x80")  # invalid UTF-8 is kept, byte for byte
-    meta = encode_file(tok, src, tmp_path / "d.bin", verbose=False, tokenizer_name="t", block_chars=block)
+    meta = encode_file(tok, src, tmp_path / "d.bin", verbose=False, tokenizer_name="t", block_bytes=block)
     ids, meta2 = read_token_file(tmp_path / "d.bin")
     assert meta == meta2
     assert set(meta) == {"dtype", "vocab_size", "num_tokens", "source_bytes", "tokenizer"}
@@ -269,3 +269,18 @@ def test_docstring_examples():
     for module in (patterns, tokenizer):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+PIECES = st.sampled_from(list("ab 1\n\t\r'!é🙂") + ["<|endoftext|>", "<|endof", "  \n", "'s", "123456", "\xff"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(PIECES, max_size=40), block=st.integers(1, 16))
+def test_encode_file_blocks_never_change_ids(tok, tmp_path, parts, block):
+    # however the file is cut into blocks, the ids are those of encoding it whole
+    text = "".join(parts)
+    src = tmp_path / "in.txt"
+    src.write_bytes(text.encode())
+    encode_file(tok, src, tmp_path / "d.bin", verbose=False, block_bytes=block)
+    ids, _ = read_token_file(tmp_path / "d.bin")
+    assert list(ids) == tok.encode(text, allowed_special="all")

@@ -39,7 +39,7 @@ def sidecar_path(path):
 
 
 def encode_file(tokenizer, input_path, out_path, verbose=True, tokenizer_name=None,
-                allowed_special="all", block_chars=1 << 22):
+                allowed_special="all", block_bytes=1 << 22):
     """Encode a text file into out_path (flat ids) and out_path.json; returns the sidecar dict.
 
     The file is read as UTF-8 with surrogateescape, so invalid bytes are kept, byte for byte.
@@ -56,7 +56,7 @@ def encode_file(tokenizer, input_path, out_path, verbose=True, tokenizer_name=No
     try:
         with open(input_path, "rb") as fin, open(tmp, "wb") as fout:
             while True:
-                raw = fin.read(block_chars)
+                raw = fin.read(block_bytes)
                 done_bytes += len(raw)
                 text = carry + decoder.decode(raw, final=not raw)
                 if not raw:
