@@ -284,3 +284,13 @@ def test_encode_file_blocks_never_change_ids(tok, tmp_path, parts, block):
     encode_file(tok, src, tmp_path / "d.bin", verbose=False, block_bytes=block)
     ids, _ = read_token_file(tmp_path / "d.bin")
     assert list(ids) == tok.encode(text, allowed_special="all")
+
+
+def test_cache_limit_starts_over(tok, monkeypatch):
+    import tinygrad_llm.tokenizer.tokenizer as module
+    monkeypatch.setattr(module, "_CACHE_LIMIT", 5)
+    expected = tok.encode(CORPUS, allowed_special="none")
+    tok.clear_cache()
+    tok.encode("a b c d")  # fills the cache up to the limit
+    assert tok.encode(CORPUS, allowed_special="none") == expected
+    tok.clear_cache()

@@ -182,7 +182,8 @@ class BPETokenizer:
         missing = set(chunks).difference(cache) if chunks else ()
         if missing:
             if len(cache) + len(missing) > _CACHE_LIMIT:
-                cache.clear()
+                cache.clear()  # then every chunk of this text is missing, not only the new ones
+                missing = set(chunks)
             for c in missing:
                 cache[c] = self._bpe(self._chunk_bytes(c))
         return list(itertools.chain.from_iterable(map(cache.__getitem__, chunks)))
