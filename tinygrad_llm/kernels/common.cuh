@@ -6,7 +6,9 @@
 // path (see tinygrad_llm/cuda/__init__.py).
 #pragma once
 
+#ifndef __CUDACC_RTC__  // NVRTC (CuPy) has the vector types and math built in
 #include <cuda_runtime.h>
+#endif
 
 namespace tgl {
 

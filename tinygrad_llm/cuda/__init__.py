@@ -1,0 +1,348 @@
+"""The CuPy glue: compiles tinygrad_llm/kernels/*.cu on first use, caches them, launches them.
+
+An op calls a kernel only where `serves(...)` says so:
+
+    y = cuda.softmax_forward(x) if cuda.serves(x) else softmax_forward_ref(x)
+
+`serves` is True only for C-contiguous CuPy float32/float64 arrays (RawKernel ignores strides)
+while the kernels are enabled; `TINYGRAD_LLM_KERNELS=0` in the environment, or
+`set_enabled(False)`, sends every op down its plain CuPy path instead. This module imports
+without CuPy: nothing here touches CuPy until an op hands it a CuPy array.
+
+Each .cu file is compiled once per (file, dtype) through `cupy.RawModule`, with the float or
+double instantiation named through `name_expressions` (the kernels are C++ templates) and the
+kernels folder on the include path for common.cuh. Ints are passed as np.int32 and scalars in the
+kernel's own dtype: CuPy packs each argument by its Python type, so a bare Python int would go
+in as a 64-bit value and a float as a double.
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend
+
+KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
+KERNEL_FILES = ("softmax.cu", "layernorm.cu", "cross_entropy.cu", "gelu.cu", "adamw.cu")
+# file -> kernel template names it defines (instantiated for float and double)
+KERNELS = {
+    "softmax.cu": ("softmax_forward", "softmax_backward"),
+    "layernorm.cu": ("layernorm_forward", "layernorm_backward_dx", "layernorm_backward_dwdb",
+                     "column_sum"),
+    "cross_entropy.cu": ("cross_entropy_forward", "cross_entropy_backward"),
+    "gelu.cu": ("gelu_forward", "gelu_backward"),
+    "adamw.cu": ("adamw_step",),
+}
+_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_PACK = {np.dtype(np.float32): 4, np.dtype(np.float64): 2}  # elements per 16-byte load
+
+_enabled = os.environ.get("TINYGRAD_LLM_KERNELS", "1") != "0"
+_modules = {}  # (file, dtype) -> cupy.RawModule
+_NULL = np.uint64(0)  # a null pointer argument (an optional weight or bias)
+
+
+def set_enabled(enabled):
+    """Turn the hand-written kernels on or off (off: every op takes its plain CuPy path)."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def enabled():
+    return _enabled
+
+
+def serves(*arrays):
+    """True when the kernels can take these arrays: all CuPy, C-contiguous, one float dtype.
+
+    None entries (an absent bias) are skipped.
+    """
+    cp = backend._cupy
+    if not _enabled or cp is None:
+        return False
+    dtype = None
+    for a in arrays:
+        if a is None:
+            continue
+        if not isinstance(a, cp.ndarray) or not a.flags.c_contiguous or a.dtype not in _CTYPE:
+            return False
+        if dtype is None:
+            dtype = a.dtype
+        elif a.dtype != dtype:
+            return False
+    return dtype is not None
+
+
+def kernel_source(filename):
+    return (KERNEL_DIR / filename).read_text()
+
+
+def module(filename, dtype):
+    """The compiled RawModule for one kernel file and dtype (compiled on first use, then cached)."""
+    dtype = np.dtype(dtype)
+    key = (filename, dtype)
+    mod = _modules.get(key)
+    if mod is None:
+        cp = backend.cupy()
+        ctype = _CTYPE[dtype]
+        mod = cp.RawModule(code=kernel_source(filename),
+                           options=("-std=c++17", f"-I{KERNEL_DIR}"),
+                           name_expressions=[f"{k}<{ctype}>" for k in KERNELS[filename]])
+        _modules[key] = mod
+    return mod
+
+
+def kernel(filename, name, dtype):
+    return module(filename, dtype).get_function(f"{name}<{_CTYPE[np.dtype(dtype)]}>")
+
+
+def _launch(filename, name, dtype, grid, block, *args):
+    """Launch a kernel; Python ints become np.int32, Python floats the kernel's dtype."""
+    scalar = np.dtype(dtype).type
+    packed = tuple(np.int32(a) if isinstance(a, (bool, int)) else
+                   scalar(a) if isinstance(a, float) else a for a in args)
+    kernel(filename, name, dtype)(tuple(grid), tuple(block), packed)
+
+
+_sm_count = {}
+
+
+def sm_count():
+    """Streaming multiprocessors on the current device (sizes grid-stride launches)."""
+    cp = backend.cupy()
+    dev = cp.cuda.Device().id
+    if dev not in _sm_count:
+        _sm_count[dev] = cp.cuda.runtime.getDeviceProperties(dev)["multiProcessorCount"]
+    return _sm_count[dev]
+
+
+def _rows(x, what):
+    """(n_rows, C) of a contiguous array reduced over its last axis."""
+    if x.ndim == 0:
+        raise ValueError(f"{what}: needs at least one axis, got a 0-d array")
+    C = x.shape[-1]
+    n_rows = x.size // C if C else 0
+    if n_rows >= 2**31 or C >= 2**31:
+        raise ValueError(f"{what}: shape {x.shape} is too large for the kernel's int32 indexing")
+    return n_rows, C
+
+
+def _row_threads(C, dtype):
+    """Threads for one-block-per-row kernels: enough for one 16-byte pack each, 32..512."""
+    packs = -(-C // _PACK[np.dtype(dtype)])
+    return max(32, min(512, -(-packs // 32) * 32))
+
+
+# --- softmax ------------------------------------------------------------------------------------
+def softmax_forward(x):
+    """Softmax over the last axis (matches ops/softmax.py's softmax_forward_ref)."""
+    cp = backend.cupy()
+    y = cp.empty_like(x)
+    n_rows, C = _rows(x, "softmax")
+    if n_rows and C:
+        _launch("softmax.cu", "softmax_forward", x.dtype, (n_rows,), (_row_threads(C, x.dtype),),
+                x, y, n_rows, C)
+    return y
+
+
+def softmax_backward(y, dy):
+    """dx = y * (dy - sum(y * dy)) over the last axis."""
+    cp = backend.cupy()
+    dx = cp.empty_like(y)
+    n_rows, C = _rows(y, "softmax backward")
+    if n_rows and C:
+        _launch("softmax.cu", "softmax_backward", y.dtype, (n_rows,), (_row_threads(C, y.dtype),),
+                y, dy, dx, n_rows, C)
+    return dx
+
+
+# --- layer norm ---------------------------------------------------------------------------------
+_LN_ROWS_PER_BLOCK = 8  # warps per block for the one-warp-per-row kernels
+_LN_ROWS_PER_CHUNK = 64  # rows each dw/db partial sums before the column_sum pass
+
+
+def layernorm_forward(x, weight=None, bias=None, eps=1e-5):
+    """(y, mean, rstd) of layer norm over the last axis; mean and rstd have shape x.shape[:-1]."""
+    cp = backend.cupy()
+    n_rows, C = _rows(x, "layer_norm")
+    y = cp.empty_like(x)
+    mean = cp.empty(x.shape[:-1], dtype=x.dtype)
+    rstd = cp.empty(x.shape[:-1], dtype=x.dtype)
+    if n_rows and C:
+        grid = (-(-n_rows // _LN_ROWS_PER_BLOCK),)
+        _launch("layernorm.cu", "layernorm_forward", x.dtype, grid, (32, _LN_ROWS_PER_BLOCK),
+                x, _NULL if weight is None else weight, _NULL if bias is None else bias,
+                y, mean, rstd, n_rows, C, float(eps))
+    return y, mean, rstd
+
+
+def layernorm_backward(dy, x, weight, mean, rstd, need_dx=True, need_dw=True, need_db=True):
+    """(dx, dw, db) of layer norm. With mean=None, x holds xhat (what the op saved) instead of x.
+
+    weight=None means no affine scale (dw is then None); each output is None when not needed.
+    """
+    cp = backend.cupy()
+    n_rows, C = _rows(x, "layer_norm backward")
+    dt = x.dtype
+    mean_arg = _NULL if mean is None else mean
+    dx = dw = db = None
+    if need_dx:
+        dx = cp.empty_like(x)
+        if n_rows and C:
+            grid = (-(-n_rows // _LN_ROWS_PER_BLOCK),)
+            _launch("layernorm.cu", "layernorm_backward_dx", dt, grid, (32, _LN_ROWS_PER_BLOCK),
+                    dy, x, _NULL if weight is None else weight, mean_arg, rstd, dx, n_rows, C)
+    need_dw = need_dw and weight is not None
+    if need_dw or need_db:
+        n_chunks = max(1, -(-n_rows // _LN_ROWS_PER_CHUNK))
+        dw_part = cp.empty((n_chunks, C), dt) if need_dw else None
+        db_part = cp.empty((n_chunks, C), dt) if need_db else None
+        dw = cp.empty((C,), dt) if need_dw else None
+        db = cp.empty((C,), dt) if need_db else None
+        if C:
+            threads = 256
+            cols = -(-C // threads)
+            _launch("layernorm.cu", "layernorm_backward_dwdb", dt, (cols, n_chunks), (threads,),
+                    dy, x, mean_arg, rstd, _NULL if dw_part is None else dw_part,
+                    _NULL if db_part is None else db_part, n_rows, C, _LN_ROWS_PER_CHUNK)
+            for part, out in ((dw_part, dw), (db_part, db)):
+                if part is not None:
+                    _launch("layernorm.cu", "column_sum", dt, (cols,), (threads,), part, out,
+                            n_chunks, C)
+    return dx, dw, db
+
+
+# --- cross-entropy ------------------------------------------------------------------------------
+def _targets64(targets, n_rows):
+    cp = backend.cupy()
+    t = cp.ascontiguousarray(targets, dtype=cp.int64)
+    if t.shape != (n_rows,):
+        raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not fit "
+                         f"{n_rows} rows of logits")
+    return t
+
+
+def cross_entropy_forward(logits, targets, ignore_index=-100):
+    """(loss, lse), one per row of logits (N, V): loss = lse - logits[target], 0 where ignored."""
+    cp = backend.cupy()
+    if logits.ndim != 2:
+        raise ValueError(f"cross_entropy kernel: logits must be (N, V), got shape {logits.shape}")
+    n_rows, V = _rows(logits, "cross_entropy")
+    t = _targets64(targets, n_rows)
+    loss = cp.empty((n_rows,), logits.dtype)
+    lse = cp.empty((n_rows,), logits.dtype)
+    if n_rows and V:
+        _launch("cross_entropy.cu", "cross_entropy_forward", logits.dtype, (n_rows,),
+                (_row_threads(V, logits.dtype),), logits, t, loss, lse, n_rows, V,
+                np.int64(ignore_index))
+    return loss, lse
+
+
+def cross_entropy_backward(logits, targets, lse, dloss, ignore_index=-100):
+    """dlogits = (softmax(logits) - onehot(targets)) * dloss per row; zero rows where ignored.
+
+    dloss: a 0-d array (one scale for every row: the mean reduction's dy / count) or (N,).
+    """
+    cp = backend.cupy()
+    n_rows, V = _rows(logits, "cross_entropy backward")
+    t = _targets64(targets, n_rows)
+    dloss = cp.ascontiguousarray(dloss, dtype=logits.dtype)
+    if dloss.size == 1:
+        stride = 0
+    elif dloss.shape == (n_rows,):
+        stride = 1
+    else:
+        raise ValueError(f"cross_entropy backward: dloss of shape {dloss.shape} must be a scalar "
+                         f"or ({n_rows},)")
+    dlogits = cp.empty_like(logits)
+    if n_rows and V:
+        _launch("cross_entropy.cu", "cross_entropy_backward", logits.dtype, (n_rows,),
+                (_row_threads(V, logits.dtype),), logits, t, lse, dloss, stride, dlogits, n_rows,
+                V, np.int64(ignore_index))
+    return dlogits
+
+
+# --- GELU ---------------------------------------------------------------------------------------
+def _elementwise_grid(n, dtype, threads=256):
+    packs = -(-n // _PACK[np.dtype(dtype)])
+    return (max(1, min(-(-packs // threads), sm_count() * 16)),), (threads,)
+
+
+def gelu_forward(x, approximate="tanh"):
+    cp = backend.cupy()
+    y = cp.empty_like(x)
+    if x.size:
+        grid, block = _elementwise_grid(x.size, x.dtype)
+        _launch("gelu.cu", "gelu_forward", x.dtype, grid, block, x, y, np.int64(x.size),
+                int(approximate == "tanh"))
+    return y
+
+
+def gelu_backward(x, dy, approximate="tanh"):
+    cp = backend.cupy()
+    dx = cp.empty_like(x)
+    if x.size:
+        grid, block = _elementwise_grid(x.size, x.dtype)
+        _launch("gelu.cu", "gelu_backward", x.dtype, grid, block, x, dy, dx, np.int64(x.size),
+                int(approximate == "tanh"))
+    return dx
+
+
+# --- AdamW --------------------------------------------------------------------------------------
+_ADAM_CHUNK = 65536  # elements per block
+_chunk_tables = {}  # tuple of sizes -> (chunk_tensor, chunk_start, sizes) on the device
+
+
+def _chunk_table(sizes):
+    """Per-chunk (tensor index, first element), tabulated once per list of parameter sizes."""
+    key = tuple(sizes)
+    table = _chunk_tables.get(key)
+    if table is None:
+        cp = backend.cupy()
+        tensor_of, start_of = [], []
+        for i, n in enumerate(sizes):
+            for s in range(0, n, _ADAM_CHUNK):
+                tensor_of.append(i)
+                start_of.append(s)
+        table = (cp.asarray(np.asarray(tensor_of, np.int32)),
+                 cp.asarray(np.asarray(start_of, np.int64)),
+                 cp.asarray(np.asarray(sizes, np.int64)), len(tensor_of))
+        _chunk_tables[key] = table
+    return table
+
+
+def adamw_step(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay, step):
+    """One AdamW step over lists of same-dtype contiguous CuPy arrays, in place, one launch.
+
+    step is the 1-based step count t (bias corrections 1 - beta^t are computed here).
+    """
+    if not params:
+        return
+    cp = backend.cupy()
+    dtype = params[0].dtype
+    for group in (params, grads, exp_avgs, exp_avg_sqs):
+        if len(group) != len(params) or not serves(*group) or group[0].dtype != dtype:
+            raise ValueError("adamw_step: params, grads and both moment lists must be equally long "
+                             f"lists of contiguous CuPy arrays of one dtype ({dtype})")
+    sizes = [p.size for p in params]
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+        if not (p.shape == g.shape == m.shape == v.shape):
+            raise ValueError(f"adamw_step: shapes differ: param {p.shape}, grad {g.shape}, "
+                             f"exp_avg {m.shape}, exp_avg_sq {v.shape}")
+    chunk_tensor, chunk_start, sizes_d, n_chunks = _chunk_table(sizes)
+    if n_chunks == 0:
+        return
+
+    def ptrs(arrays):
+        return cp.asarray(np.asarray([a.data.ptr for a in arrays], dtype=np.uint64))
+
+    grid = (min(n_chunks, sm_count() * 8),)
+    _launch("adamw.cu", "adamw_step", dtype, grid, (256,), ptrs(params), ptrs(grads),
+            ptrs(exp_avgs), ptrs(exp_avg_sqs), chunk_tensor, chunk_start, sizes_d, n_chunks,
+            _ADAM_CHUNK, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+            float(1 - beta1 ** step), float(1 - beta2 ** step))
+
+
+__all__ = ["serves", "set_enabled", "enabled", "module", "kernel", "softmax_forward",
+           "softmax_backward", "layernorm_forward", "layernorm_backward", "cross_entropy_forward",
+           "cross_entropy_backward", "gelu_forward", "gelu_backward", "adamw_step", "KERNEL_DIR",
+           "KERNEL_FILES"]
