@@ -35,7 +35,50 @@ def cupy():
         except Exception as e:  # noqa: BLE001 - CuPy raises its own CUDA error types
             raise DeviceError(f"device 'cuda': CuPy is installed but no GPU answered ({e})") from None
         _cupy = cp
+        _apply_tf32()
     return _cupy
+
+
+# --- TF32 ---------------------------------------------------------------------------------------
+# float32 matmuls on the GPU use TF32 tensor cores by default (10-bit mantissa products, float32
+# accumulation: several times the float32 GEMM rate on Ampere and later). CuPy's own switch is
+# the CUPY_TF32 environment variable, read once when the first float32 matmul runs; the
+# per-dtype compute type below is the same setting made at run time, so it can be turned off
+# and on again. TINYGRAD_LLM_TF32=0 in the environment starts with it off.
+_tf32 = os.environ.get("TINYGRAD_LLM_TF32", "1") != "0"
+_COMPUTE_TYPE_DEFAULT, _COMPUTE_TYPE_TF32 = 1, 7  # CuPy's COMPUTE_TYPE_* enum values
+
+
+def set_tf32(enabled):
+    """Allow (True) or forbid (False) TF32 tensor cores for float32 matmuls on the GPU."""
+    global _tf32
+    _tf32 = bool(enabled)
+    if _cupy is not None:
+        _apply_tf32()
+
+
+def tf32_enabled():
+    return _tf32
+
+
+def _apply_tf32():
+    import importlib
+    import warnings
+
+    for name in ("cupy._core._routines_linalg", "cupy._core._gpu._routines_linalg"):
+        try:
+            linalg = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(linalg, "set_compute_type"):
+            break
+    else:
+        return  # a CuPy without the switch: its default (CUPY_TF32) stands
+    kind = (getattr(linalg, "COMPUTE_TYPE_TF32", _COMPUTE_TYPE_TF32) if _tf32 else
+            getattr(linalg, "COMPUTE_TYPE_DEFAULT", _COMPUTE_TYPE_DEFAULT))
+    with warnings.catch_warnings():  # GPUs before compute capability 8.0 fall back to float32
+        warnings.simplefilter("ignore")
+        linalg.set_compute_type(np.float32, kind)
 
 
 def cuda_available():
