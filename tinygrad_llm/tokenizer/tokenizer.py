@@ -24,6 +24,7 @@ its words is a regex split plus one dict lookup per chunk.
 import collections
 import itertools
 import sys
+import time
 
 import regex
 
@@ -98,7 +99,7 @@ class BPETokenizer:
                                  f"{len(special_tokens)} special tokens = {256 + len(special_tokens)}")
         source = resolve_pattern(pattern)
         num_merges = vocab_size - 256 - len(special_tokens)
-        chunk_counts = count_chunks(text_or_iterable, source, special_tokens)  # str -> int
+        chunk_counts = count_chunks(text_or_iterable, source, special_tokens, verbose)  # str -> int
         if verbose:
             print(f"training BPE: {sum(chunk_counts.values()):,} chunks, {len(chunk_counts):,} distinct, "
                   f"{num_merges:,} merges", file=sys.stderr, flush=True)
@@ -231,7 +232,11 @@ class BPETokenizer:
             return b"".join([vocab[i] for i in _as_list(ids)])
         except (KeyError, TypeError):
             for i in _as_list(ids):
-                if not isinstance(i, int) or i not in vocab:
+                try:
+                    known = i in vocab  # numpy integers hash like ints: np.int64(5) is id 5
+                except TypeError:  # unhashable, e.g. a nested list
+                    known = False
+                if not known:
                     raise TokenizerError(f"id {i!r} is not in the vocabulary "
                                          f"(valid ids: 0..{self.vocab_size - 1})") from None
             raise
@@ -294,16 +299,19 @@ def _as_list(ids):
     return tolist() if tolist is not None else list(ids)
 
 
-def count_chunks(text_or_iterable, source, special_tokens=()):
+def count_chunks(text_or_iterable, source, special_tokens=(), verbose=False):
     """Distinct chunks of the text and how often each occurs: str -> int.
 
     Special tokens are cut out first (they are added to the vocabulary whole, never learned).
+    With verbose, a progress line every few seconds while an iterable of texts is read.
     """
     texts = [text_or_iterable] if isinstance(text_or_iterable, str) else text_or_iterable
     split_specials = BPETokenizer._compile_specials({s: 0 for s in special_tokens})
     pat = regex.compile(source) if source is not None else None
     counts = collections.Counter()  # str -> int
-    for text in texts:
+    t0 = last = time.perf_counter()
+    nchars = 0
+    for n, text in enumerate(texts, 1):
         if not isinstance(text, str):
             raise TokenizerError(f"training text must be str or an iterable of str, got an item "
                                  f"of type {type(text).__name__}")
@@ -313,4 +321,9 @@ def count_chunks(text_or_iterable, source, special_tokens=()):
                 counts.update(pat.findall(piece))
             elif piece:
                 counts[piece] += 1
+        nchars += len(text)
+        if verbose and time.perf_counter() - last > 5.0:
+            last = time.perf_counter()
+            print(f"counting chunks: {n:,} texts, {nchars / 1e6:,.1f} M characters, "
+                  f"{len(counts):,} distinct chunks ({last - t0:.0f} s)", file=sys.stderr, flush=True)
     return counts
