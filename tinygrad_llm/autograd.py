@@ -109,6 +109,8 @@ class Function:
             out._ctx = ctx
         else:
             out._ctx = None
+        if _scope_hook is not None:  # a study.scope is open: tag the node with the block's name
+            _scope_hook(ctx, out)
         return out
 
 
