@@ -1,0 +1,130 @@
+"""Name scopes: tag the graph nodes made inside a block so pictures and statistics can group them.
+
+    with tl.study.scope(f"h.{i}"):      # the GPT enters one per transformer block
+        x = block(x)
+
+Every op created while a scope is open gets `ctx.scope = "h.3"` (nested scopes join with a dot,
+like module names: "h.3.attn"). draw_graph clusters nodes by it and collapses blocks that repeat;
+record_activations() keeps the mean/std of each scope's last output (the block's output).
+Outside any scope the engine pays one `is None` test per op and nothing else.
+"""
+import math
+
+from .. import autograd
+from ..backend import to_numpy
+
+_stack = []        # names of the open scopes, outermost first
+_last = {}         # full scope name -> the last Tensor made inside it (the block's output)
+_recording = None  # dict name -> stats while record_activations() is on, else None
+_armed = None      # one forward pass armed by gradient_health: name -> stats, filled once each
+
+
+def current():
+    """The full dotted name of the innermost open scope, or None."""
+    return ".".join(_stack) if _stack else None
+
+
+def _hook(ctx, out):
+    name = ".".join(_stack)
+    if out._ctx is ctx:  # only nodes that are part of the graph get a scope
+        ctx.scope = name
+    if _recording is not None or _armed is not None:
+        _last[name] = out
+
+
+class scope:
+    """Context manager: ops made inside belong to the block `name` (see module docstring)."""
+
+    def __init__(self, name):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"scope: name must be a non-empty string, got {name!r}")
+        self.name = name
+
+    def __enter__(self):
+        _stack.append(self.name)
+        autograd._scope_hook = _hook
+        return self
+
+    def __exit__(self, *exc):
+        full = ".".join(_stack)
+        _stack.pop()
+        if not _stack:
+            autograd._scope_hook = None
+        out = _last.pop(full, None)
+        if out is not None:
+            _store(full, out)
+        return False
+
+
+def _store(name, out):
+    global _armed
+    if _recording is not None:
+        _recording[name] = activation_stats(out)
+    if _armed is not None:
+        if name in _armed:  # a second forward pass has begun: the armed one is complete
+            _armed_done.update(_armed)
+            _armed = None
+        else:
+            _armed[name] = activation_stats(out)
+
+
+_armed_done = {}  # the statistics of the last armed forward pass, until taken
+
+
+def arm_next_forward():
+    """Record the scope outputs of the next forward pass (each scope once), for take_recorded()."""
+    global _armed
+    _armed = {}
+
+
+def take_recorded():
+    """The statistics of the armed forward pass (or what it has so far), then forget them."""
+    global _armed
+    stats = dict(_armed_done)
+    if _armed:
+        stats.update(_armed)
+    _armed_done.clear()
+    _armed = None
+    if not _stack:
+        _last.clear()
+    return stats
+
+
+def activation_stats(t):
+    """mean, std and max |x| of a tensor's data, as Python floats (one pass each, float64 sums)."""
+    a = to_numpy(t.data if hasattr(t, "data") else t)
+    if a.size == 0:
+        return {"mean": 0.0, "std": 0.0, "absmax": 0.0}
+    mean = float(a.mean(dtype="float64"))
+    std = float(a.std(dtype="float64"))
+    absmax = float(abs(a).max())
+    return {"mean": mean, "std": std, "absmax": absmax if math.isfinite(absmax) else float("inf")}
+
+
+class record_activations:
+    """Context manager: while on, each scope's output statistics land in `.stats` (name -> dict).
+
+    with record_activations() as rec:
+        logits, loss = model(idx, targets)
+    rec.stats  # {"h.0": {"mean": ..., "std": ..., "absmax": ...}, ...}
+    """
+
+    def __init__(self):
+        self.stats = {}
+
+    def __enter__(self):
+        global _recording
+        self._prev, _recording = _recording, self.stats
+        return self
+
+    def __exit__(self, *exc):
+        global _recording
+        _recording = self._prev
+        _last.clear()
+        return False
+
+
+def record_activation(name, tensor):
+    """Record one tensor's statistics under `name` (e.g. the logits) when recording is on."""
+    if _recording is not None or _armed is not None:
+        _store(name, tensor)
