@@ -29,7 +29,7 @@ import time
 import regex
 
 from .errors import TokenizerError
-from .patterns import resolve_pattern
+from .patterns import pattern_name, resolve_pattern
 from .trainer import train_merges
 
 _CACHE_LIMIT = 1 << 20  # distinct chunks kept; past that the cache starts over (memory bound)
@@ -77,6 +77,7 @@ class BPETokenizer:
             self.special_tokens[s] = i
             self.vocab[i] = s.encode("utf-8")
         self.inverse_special_tokens = {i: s for s, i in self.special_tokens.items()}  # int -> str
+        self._vocab_size = max(self.vocab) + 1
         self._special_regex = self._compile_specials(self.special_tokens)
         self._cache = {}  # str -> [int]
 
@@ -133,7 +134,7 @@ class BPETokenizer:
     def vocab_size(self):
         """One more than the largest id: 256 bytes + merges + special tokens, unless the special
         ids were given with gaps (the size an embedding table needs)."""
-        return max(self.vocab) + 1
+        return self._vocab_size
 
     @property
     def eot_id(self):
@@ -280,7 +281,6 @@ class BPETokenizer:
         return regex.compile("(" + "|".join(regex.escape(s) for s in alternatives) + ")")
 
     def __repr__(self):
-        from .patterns import pattern_name
         name = pattern_name(self.pattern) or ("none" if self.pattern is None else "custom")
         return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
                 f"pattern={name}, special_tokens={self.special_tokens})")
