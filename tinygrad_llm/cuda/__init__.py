@@ -160,40 +160,40 @@ _LN_ROWS_PER_BLOCK = 8  # warps per block for the one-warp-per-row kernels
 _LN_ROWS_PER_CHUNK = 64  # rows each dw/db partial sums before the column_sum pass
 
 
-def layernorm_forward(x, weight=None, bias=None, eps=1e-5):
-    """(y, mean, rstd) of layer norm over the last axis; mean and rstd have shape x.shape[:-1]."""
+def layer_norm_forward(x, weight=None, bias=None, eps=1e-5):
+    """(y, xhat, rstd) for x (N, C), like ops/norm.py's layer_norm_forward_ref."""
     cp = backend.cupy()
     n_rows, C = _rows(x, "layer_norm")
-    y = cp.empty_like(x)
-    mean = cp.empty(x.shape[:-1], dtype=x.dtype)
+    y, xhat = cp.empty_like(x), cp.empty_like(x)
     rstd = cp.empty(x.shape[:-1], dtype=x.dtype)
     if n_rows and C:
         grid = (-(-n_rows // _LN_ROWS_PER_BLOCK),)
         _launch("layernorm.cu", "layernorm_forward", x.dtype, grid, (32, _LN_ROWS_PER_BLOCK),
                 x, _NULL if weight is None else weight, _NULL if bias is None else bias,
-                y, mean, rstd, n_rows, C, float(eps))
-    return y, mean, rstd
+                y, xhat, _NULL, rstd, n_rows, C, float(eps))
+    return y, xhat, rstd
 
 
-def layernorm_backward(dy, x, weight, mean, rstd, need_dx=True, need_dw=True, need_db=True):
-    """(dx, dw, db) of layer norm. With mean=None, x holds xhat (what the op saved) instead of x.
+def layer_norm_backward(dy, xhat, rstd, weight=None, need_dx=True, need_dw=True, need_db=True):
+    """(dx, dw, db) of layer norm from the saved xhat and rstd (dw, db: sums over the rows).
 
-    weight=None means no affine scale (dw is then None); each output is None when not needed.
+    dy, xhat: (N, C); weight None means no affine scale (dw is then None); each output is None
+    when not needed.
     """
     cp = backend.cupy()
-    n_rows, C = _rows(x, "layer_norm backward")
-    dt = x.dtype
-    mean_arg = _NULL if mean is None else mean
+    n_rows, C = _rows(xhat, "layer_norm backward")
+    dt = xhat.dtype
     dx = dw = db = None
     if need_dx:
-        dx = cp.empty_like(x)
+        dx = cp.empty_like(xhat)
         if n_rows and C:
             grid = (-(-n_rows // _LN_ROWS_PER_BLOCK),)
             _launch("layernorm.cu", "layernorm_backward_dx", dt, grid, (32, _LN_ROWS_PER_BLOCK),
-                    dy, x, _NULL if weight is None else weight, mean_arg, rstd, dx, n_rows, C)
+                    dy, xhat, _NULL if weight is None else weight, _NULL, rstd, dx, n_rows, C)
     need_dw = need_dw and weight is not None
     if need_dw or need_db:
-        n_chunks = max(1, -(-n_rows // _LN_ROWS_PER_CHUNK))
+        per_chunk = max(_LN_ROWS_PER_CHUNK, -(-n_rows // 65535))  # gridDim.y is at most 65535
+        n_chunks = max(1, -(-n_rows // per_chunk))
         dw_part = cp.empty((n_chunks, C), dt) if need_dw else None
         db_part = cp.empty((n_chunks, C), dt) if need_db else None
         dw = cp.empty((C,), dt) if need_dw else None
@@ -201,9 +201,10 @@ def layernorm_backward(dy, x, weight, mean, rstd, need_dx=True, need_dw=True, ne
         if C:
             threads = 256
             cols = -(-C // threads)
+            # zero rows: the partial sums are written as 0, so dw and db come out 0, not garbage
             _launch("layernorm.cu", "layernorm_backward_dwdb", dt, (cols, n_chunks), (threads,),
-                    dy, x, mean_arg, rstd, _NULL if dw_part is None else dw_part,
-                    _NULL if db_part is None else db_part, n_rows, C, _LN_ROWS_PER_CHUNK)
+                    dy, xhat, _NULL, rstd, _NULL if dw_part is None else dw_part,
+                    _NULL if db_part is None else db_part, n_rows, C, per_chunk)
             for part, out in ((dw_part, dw), (db_part, db)):
                 if part is not None:
                     _launch("layernorm.cu", "column_sum", dt, (cols,), (threads,), part, out,
@@ -310,10 +311,12 @@ def _chunk_table(sizes):
     return table
 
 
-def adamw_step(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay, step):
-    """One AdamW step over lists of same-dtype contiguous CuPy arrays, in place, one launch.
+def adamw_step(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay, step,
+               decoupled=True):
+    """One Adam(W) step over lists of same-dtype contiguous CuPy arrays, in place, one launch.
 
-    step is the 1-based step count t (bias corrections 1 - beta^t are computed here).
+    step is the 1-based step count t (bias corrections 1 - beta^t are computed here);
+    decoupled=True is AdamW (p *= 1 - lr wd), False is Adam with L2 (g += wd p).
     """
     if not params:
         return
@@ -339,10 +342,10 @@ def adamw_step(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weig
     _launch("adamw.cu", "adamw_step", dtype, grid, (256,), ptrs(params), ptrs(grads),
             ptrs(exp_avgs), ptrs(exp_avg_sqs), chunk_tensor, chunk_start, sizes_d, n_chunks,
             _ADAM_CHUNK, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-            float(1 - beta1 ** step), float(1 - beta2 ** step))
+            int(bool(decoupled)), float(1 - beta1 ** step), float(1 - beta2 ** step))
 
 
 __all__ = ["serves", "set_enabled", "enabled", "module", "kernel", "softmax_forward",
-           "softmax_backward", "layernorm_forward", "layernorm_backward", "cross_entropy_forward",
+           "softmax_backward", "layer_norm_forward", "layer_norm_backward", "cross_entropy_forward",
            "cross_entropy_backward", "gelu_forward", "gelu_backward", "adamw_step", "KERNEL_DIR",
            "KERNEL_FILES"]

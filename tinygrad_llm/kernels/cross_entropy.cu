@@ -17,7 +17,8 @@
 // three times (matmul write, forward read, backward read) plus one dlogits write.
 //
 // Must match: cross_entropy_forward_ref / cross_entropy_backward_ref in
-// tinygrad_llm/ops/cross_entropy.py.
+// tinygrad_llm/ops/cross_entropy.py with label_smoothing = 0 (the op keeps the reference path
+// for label smoothing).
 #include "common.cuh"
 
 using namespace tgl;

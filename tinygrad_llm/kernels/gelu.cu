@@ -13,7 +13,8 @@
 // when unaligned) go through the scalar loop. Pure bandwidth: 1 read + 1 write forward,
 // 2 reads + 1 write backward; the backward recomputes tanh from x instead of saving it.
 //
-// Must match: gelu_forward_ref / gelu_backward_ref in tinygrad_llm/ops/activation.py.
+// Must match: gelu_tanh_forward_ref / gelu_tanh_backward_ref (approximate = 1) and
+// gelu_exact_forward_ref / gelu_exact_backward_ref (approximate = 0) in tinygrad_llm/ops/activation.py.
 #include "common.cuh"
 
 using namespace tgl;

@@ -1,8 +1,9 @@
 // Layer norm over the last axis of a contiguous (n_rows, C) array, forward and backward.
 //
-//   layernorm_forward<T>(x, w, b, y, mean, rstd, n_rows, C, eps)
+//   layernorm_forward<T>(x, w, b, y, xhat, mean, rstd, n_rows, C, eps)
 //       mean = sum x / C,  var = sum (x - mean)^2 / C,  rstd = 1 / sqrt(var + eps)
 //       xhat = (x - mean) rstd,  y = xhat w + b            (w or b may be null: 1 and 0)
+//       xhat and mean are written only when their pointers are not null (the op saves xhat)
 //   layernorm_backward_dx<T>(dy, x, w, mean, rstd, dx, n_rows, C)
 //       g = dy w,  dx = rstd (g - mean_c(g) - xhat mean_c(g xhat))
 //       when mean is null, x already holds xhat (for callers that saved xhat, not x)
@@ -18,7 +19,8 @@
 // over its chunk, writing one partial per (chunk, column); column_sum adds the partials in a
 // fixed order, so the result is deterministic (no atomics) in float32 and float64 alike.
 //
-// Must match: layernorm_forward_ref / layernorm_backward_ref in tinygrad_llm/ops/norm.py.
+// Must match: layer_norm_forward_ref, layer_norm_backward_ref and _param_grads (dw, db) in
+// tinygrad_llm/ops/norm.py.
 #include "common.cuh"
 
 using namespace tgl;
@@ -26,8 +28,8 @@ using namespace tgl;
 template <typename T>
 __global__ void layernorm_forward(const T* __restrict__ x, const T* __restrict__ w,
                                   const T* __restrict__ b, T* __restrict__ y,
-                                  T* __restrict__ mean, T* __restrict__ rstd, int n_rows, int C,
-                                  T eps) {
+                                  T* __restrict__ xhat_out, T* __restrict__ mean,
+                                  T* __restrict__ rstd, int n_rows, int C, T eps) {
     const int row = blockIdx.x * blockDim.y + threadIdx.y;
     if (row >= n_rows) return;  // whole warps leave together: only warp shuffles follow
     const int lane = threadIdx.x;
@@ -46,9 +48,10 @@ __global__ void layernorm_forward(const T* __restrict__ x, const T* __restrict__
     for (int i = lane; i < C; i += 32) {
         const T xhat = (xr[i] - mu) * rs;
         yr[i] = xhat * (w ? w[i] : T(1)) + (b ? b[i] : T(0));
+        if (xhat_out) xhat_out[(long long)row * C + i] = xhat;
     }
     if (lane == 0) {
-        mean[row] = mu;
+        if (mean) mean[row] = mu;
         rstd[row] = rs;
     }
 }
@@ -116,9 +119,10 @@ __global__ void column_sum(const T* __restrict__ part, T* __restrict__ out, int 
 }
 
 template __global__ void layernorm_forward<float>(const float*, const float*, const float*, float*,
-                                                  float*, float*, int, int, float);
+                                                  float*, float*, float*, int, int, float);
 template __global__ void layernorm_forward<double>(const double*, const double*, const double*,
-                                                   double*, double*, double*, int, int, double);
+                                                   double*, double*, double*, double*, int, int,
+                                                   double);
 template __global__ void layernorm_backward_dx<float>(const float*, const float*, const float*,
                                                       const float*, const float*, float*, int, int);
 template __global__ void layernorm_backward_dx<double>(const double*, const double*, const double*,
