@@ -86,12 +86,13 @@ def _infer_scopes(order, names):
 
 def _edge_grad_norms(root_tensor):
     """(id(parent), id(node)) -> |dx| from one retained backward; leaves' .grad are restored."""
-    norms = {}
+    sums = {}  # an input used twice by one op (x * x) gets both of its gradients on one edge
 
     def observe(ctx, dy, dxs, seconds):
         for p, dx in zip(ctx.parents, dxs):
             if p is not None and dx is not None:
-                norms[(id(p), id(ctx))] = _norm(dx)
+                key = (id(p), id(ctx))
+                sums[key] = sums[key] + dx if key in sums else dx
 
     leaves = [n for n in _collect(root_tensor._ctx) if not isinstance(n, Context)]
     kept = [(leaf, leaf.grad) for leaf in leaves]
@@ -102,7 +103,7 @@ def _edge_grad_norms(root_tensor):
         autograd._observers.remove(observe)
         for leaf, grad in kept:
             leaf.grad = grad
-    return norms
+    return {key: _norm(dx) for key, dx in sums.items()}
 
 
 def _quote(text):
