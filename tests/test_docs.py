@@ -1,0 +1,118 @@
+"""docs/backward.md and the code point at each other: every op with a backward has a section there,
+its docstring links that section, and the section names the file that implements the op."""
+import importlib
+import inspect
+import pkgutil
+import re
+from pathlib import Path
+
+import pytest
+
+import tinygrad_llm.ops
+from tinygrad_llm.autograd import Function
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKWARD_MD = ROOT / "docs" / "backward.md"
+_LINK = re.compile(r"docs/backward\.md#([A-Za-z0-9_\-]+)")
+
+
+def _ops_modules():
+    for info in pkgutil.iter_modules(tinygrad_llm.ops.__path__):
+        yield importlib.import_module(f"tinygrad_llm.ops.{info.name}")
+
+
+def op_classes():
+    """Every public Function subclass defined in tinygrad_llm.ops whose class defines a backward."""
+    found = []
+    for mod in _ops_modules():
+        for name, cls in vars(mod).items():
+            if (inspect.isclass(cls) and issubclass(cls, Function) and cls is not Function
+                    and cls.__module__ == mod.__name__ and not name.startswith("_")
+                    and cls.backward is not Function.backward):
+                found.append(cls)
+    return sorted(found, key=lambda c: (c.__module__, c.__name__))
+
+
+def slug(heading):
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"<[^>]+>", "", heading).strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def sections(markdown):
+    """anchor -> the text of its section (to the next heading of the same or a higher level)."""
+    lines = markdown.splitlines()
+    heads = []
+    in_code = False
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            in_code = not in_code
+        m = None if in_code else re.match(r"^(#{1,6})\s+(.*?)\s*#*$", line)
+        if m:
+            heads.append((i, len(m.group(1)), m.group(2)))
+    out = {}
+    for k, (i, level, title) in enumerate(heads):
+        end = next((j for j, lv, _ in heads[k + 1:] if lv <= level), len(lines))
+        body = "\n".join(lines[i:end])
+        anchors = {slug(title)} | set(re.findall(r'\{#([\w\-]+)\}', title))
+        anchors |= set(re.findall(r'<a (?:id|name)="([\w\-]+)"', "\n".join(lines[i:i + 2])))
+        for a in anchors:
+            out.setdefault(a, body)
+    # explicit anchors anywhere (<a id="..."></a>) open a section that runs to the next heading
+    for m in re.finditer(r'<a (?:id|name)="([\w\-]+)"></a>', markdown):
+        line_no = markdown.count("\n", 0, m.start())
+        end = next((j for j, _, _ in heads if j > line_no), len(lines))
+        out.setdefault(m.group(1), "\n".join(lines[line_no:end]))
+    return out
+
+
+OPS = op_classes()
+
+
+def test_the_walk_finds_the_ops():
+    names = {c.__name__ for c in OPS}
+    assert {"Add", "Mul", "MatMul", "Sum", "Reshape", "Linear"} <= names
+    assert all(c.__name__ != "Function" for c in OPS)
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda c: f"{c.__module__.rsplit('.', 1)[-1]}.{c.__name__}")
+def test_op_docstring_links_a_section_that_names_its_file(op):
+    doc = inspect.getdoc(op) or ""
+    links = _LINK.findall(doc)
+    assert links, (f"{op.__module__}.{op.__name__}: its docstring has no 'docs/backward.md#<anchor>' "
+                   "link to the derivation")
+    found = sections(BACKWARD_MD.read_text())
+    for anchor in links:
+        assert anchor in found, (f"{op.__name__} links docs/backward.md#{anchor}, but backward.md "
+                                 "has no heading or <a id> with that anchor")
+        path = op.__module__.replace(".", "/") + ".py"
+        assert path in found[anchor] or Path(path).name in found[anchor], (
+            f"the section #{anchor} does not name {path}, the file that implements {op.__name__}")
+
+
+def test_every_link_in_the_code_resolves():
+    found = sections(BACKWARD_MD.read_text())
+    broken = []
+    for py in (ROOT / "tinygrad_llm").rglob("*.py"):
+        for anchor in _LINK.findall(py.read_text()):
+            if anchor not in found:
+                broken.append(f"{py.relative_to(ROOT)}: #{anchor}")
+    assert not broken, "links to missing sections of docs/backward.md: " + ", ".join(broken)
+
+
+def test_sections_link_files_that_exist():
+    text = BACKWARD_MD.read_text()
+    missing = [p for p in set(re.findall(r"tinygrad_llm/[\w/]+\.py", text))
+               if "{" not in p and not (ROOT / p).exists()]
+    assert not missing, f"backward.md names files that do not exist: {missing}"
+
+
+def test_readme_links_the_derivations():
+    assert "docs/backward.md" in (ROOT / "README.md").read_text()
+
+
+def test_slug_follows_github():
+    assert slug("Softmax") == "softmax"
+    assert slug("Log-softmax + NLL (cross-entropy)") == "log-softmax--nll-cross-entropy"
+    assert slug("`MatMul`: batched") == "matmul-batched"
