@@ -134,24 +134,31 @@ class Var(Function):
 class LogSumExp(Function):
     """y = log sum exp x over axes, computed as m + log sum exp(x - m) with m = max x (no overflow).
 
-    dx = exp(x - y) * dy, i.e. softmax(x) * dy.
+    dx = exp(x - y) * dy, i.e. softmax(x) * dy. x, m = max x and l = y - m are kept.
+    Derivation: docs/backward.md#logsumexp
     """
 
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
         xp = array_module(x)
         axes = normalize_axes(axis, x.ndim, "logsumexp")
-        m = x.max(axis=axes, keepdims=True)
-        m = xp.where(xp.isfinite(m), m, 0)  # rows of all -inf stay -inf instead of nan
-        y = xp.log(xp.exp(x - m).sum(axis=axes, keepdims=True)) + m
-        ctx.save_for_backward(x, y)
+        if x.size == 0:  # an empty sum: log 0 = -inf (NumPy's answer), no max to shift by
+            m = xp.zeros(tuple(1 if i in axes else n for i, n in enumerate(x.shape)), x.dtype)
+        else:
+            m = x.max(axis=axes, keepdims=True)
+            m = xp.where(xp.isfinite(m), m, x.dtype.type(0))  # rows of all -inf stay -inf, not nan
+        # y = m + l. Backward uses exp((x - m) - l), not exp(x - y): rounding y = m + l in
+        # float32 would cost the softmax several digits when m is large
+        l = xp.log(xp.exp(x - m).sum(axis=axes, keepdims=True))
+        y = m + l
+        ctx.save_for_backward(x, m, l)
         ctx.axes, ctx.keepdims = axes, keepdims
         return y if keepdims else y.reshape(tuple(n for i, n in enumerate(x.shape) if i not in axes))
 
     @staticmethod
     def backward(ctx, dy):
-        x, y = ctx.saved
+        x, m, l = ctx.saved
         xp = array_module(x)
-        # a slice of all -inf has y = -inf and no gradient: exp(-inf - 0) = 0, not exp(nan)
-        y = xp.where(y == -xp.inf, y.dtype.type(0), y)
-        return xp.exp(x - y) * expand_reduced(dy, x.shape, ctx.axes, ctx.keepdims)
+        # a slice of all -inf has l = -inf and no gradient: exp(-inf - 0) = 0, not exp(nan)
+        l = xp.where(l == -xp.inf, l.dtype.type(0), l)
+        return xp.exp((x - m) - l) * expand_reduced(dy, x.shape, ctx.axes, ctx.keepdims)
