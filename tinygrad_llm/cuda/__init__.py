@@ -41,6 +41,12 @@ _modules = {}  # (file, dtype) -> cupy.RawModule
 _NULL = np.uint64(0)  # a null pointer argument (an optional weight or bias)
 
 
+def _empty(shape, dtype):
+    """Every kernel output is allocated here (the tests swap in NaN-filled arrays to prove that
+    each element gets written)."""
+    return backend.cupy().empty(shape, dtype=dtype)
+
+
 def set_enabled(enabled):
     """Turn the hand-written kernels on or off (off: every op takes its plain CuPy path)."""
     global _enabled
@@ -135,8 +141,7 @@ def _row_threads(C, dtype):
 # --- softmax ------------------------------------------------------------------------------------
 def softmax_forward(x):
     """Softmax over the last axis (matches ops/softmax.py's softmax_forward_ref)."""
-    cp = backend.cupy()
-    y = cp.empty_like(x)
+    y = _empty(x.shape, x.dtype)
     n_rows, C = _rows(x, "softmax")
     if n_rows and C:
         _launch("softmax.cu", "softmax_forward", x.dtype, (n_rows,), (_row_threads(C, x.dtype),),
@@ -146,8 +151,7 @@ def softmax_forward(x):
 
 def softmax_backward(y, dy):
     """dx = y * (dy - sum(y * dy)) over the last axis."""
-    cp = backend.cupy()
-    dx = cp.empty_like(y)
+    dx = _empty(y.shape, y.dtype)
     n_rows, C = _rows(y, "softmax backward")
     if n_rows and C:
         _launch("softmax.cu", "softmax_backward", y.dtype, (n_rows,), (_row_threads(C, y.dtype),),
@@ -162,10 +166,9 @@ _LN_ROWS_PER_CHUNK = 64  # rows each dw/db partial sums before the column_sum pa
 
 def layer_norm_forward(x, weight=None, bias=None, eps=1e-5):
     """(y, xhat, rstd) for x (N, C), like ops/norm.py's layer_norm_forward_ref."""
-    cp = backend.cupy()
     n_rows, C = _rows(x, "layer_norm")
-    y, xhat = cp.empty_like(x), cp.empty_like(x)
-    rstd = cp.empty(x.shape[:-1], dtype=x.dtype)
+    y, xhat = _empty(x.shape, x.dtype), _empty(x.shape, x.dtype)
+    rstd = _empty(x.shape[:-1], x.dtype)
     if n_rows and C:
         grid = (-(-n_rows // _LN_ROWS_PER_BLOCK),)
         _launch("layernorm.cu", "layernorm_forward", x.dtype, grid, (32, _LN_ROWS_PER_BLOCK),
@@ -180,12 +183,11 @@ def layer_norm_backward(dy, xhat, rstd, weight=None, need_dx=True, need_dw=True,
     dy, xhat: (N, C); weight None means no affine scale (dw is then None); each output is None
     when not needed.
     """
-    cp = backend.cupy()
     n_rows, C = _rows(xhat, "layer_norm backward")
     dt = xhat.dtype
     dx = dw = db = None
     if need_dx:
-        dx = cp.empty_like(xhat)
+        dx = _empty(xhat.shape, xhat.dtype)
         if n_rows and C:
             grid = (-(-n_rows // _LN_ROWS_PER_BLOCK),)
             _launch("layernorm.cu", "layernorm_backward_dx", dt, grid, (32, _LN_ROWS_PER_BLOCK),
@@ -194,10 +196,10 @@ def layer_norm_backward(dy, xhat, rstd, weight=None, need_dx=True, need_dw=True,
     if need_dw or need_db:
         per_chunk = max(_LN_ROWS_PER_CHUNK, -(-n_rows // 65535))  # gridDim.y is at most 65535
         n_chunks = max(1, -(-n_rows // per_chunk))
-        dw_part = cp.empty((n_chunks, C), dt) if need_dw else None
-        db_part = cp.empty((n_chunks, C), dt) if need_db else None
-        dw = cp.empty((C,), dt) if need_dw else None
-        db = cp.empty((C,), dt) if need_db else None
+        dw_part = _empty((n_chunks, C), dt) if need_dw else None
+        db_part = _empty((n_chunks, C), dt) if need_db else None
+        dw = _empty((C,), dt) if need_dw else None
+        db = _empty((C,), dt) if need_db else None
         if C:
             threads = 256
             cols = -(-C // threads)
@@ -224,13 +226,12 @@ def _targets64(targets, n_rows):
 
 def cross_entropy_forward(logits, targets, ignore_index=-100):
     """(loss, lse), one per row of logits (N, V): loss = lse - logits[target], 0 where ignored."""
-    cp = backend.cupy()
     if logits.ndim != 2:
         raise ValueError(f"cross_entropy kernel: logits must be (N, V), got shape {logits.shape}")
     n_rows, V = _rows(logits, "cross_entropy")
     t = _targets64(targets, n_rows)
-    loss = cp.empty((n_rows,), logits.dtype)
-    lse = cp.empty((n_rows,), logits.dtype)
+    loss = _empty((n_rows,), logits.dtype)
+    lse = _empty((n_rows,), logits.dtype)
     if n_rows and V:
         _launch("cross_entropy.cu", "cross_entropy_forward", logits.dtype, (n_rows,),
                 (_row_threads(V, logits.dtype),), logits, t, loss, lse, n_rows, V,
@@ -254,7 +255,7 @@ def cross_entropy_backward(logits, targets, lse, dloss, ignore_index=-100):
     else:
         raise ValueError(f"cross_entropy backward: dloss of shape {dloss.shape} must be a scalar "
                          f"or ({n_rows},)")
-    dlogits = cp.empty_like(logits)
+    dlogits = _empty(logits.shape, logits.dtype)
     if n_rows and V:
         _launch("cross_entropy.cu", "cross_entropy_backward", logits.dtype, (n_rows,),
                 (_row_threads(V, logits.dtype),), logits, t, lse, dloss, stride, dlogits, n_rows,
@@ -269,8 +270,7 @@ def _elementwise_grid(n, dtype, threads=256):
 
 
 def gelu_forward(x, approximate="tanh"):
-    cp = backend.cupy()
-    y = cp.empty_like(x)
+    y = _empty(x.shape, x.dtype)
     if x.size:
         grid, block = _elementwise_grid(x.size, x.dtype)
         _launch("gelu.cu", "gelu_forward", x.dtype, grid, block, x, y, np.int64(x.size),
@@ -279,8 +279,7 @@ def gelu_forward(x, approximate="tanh"):
 
 
 def gelu_backward(x, dy, approximate="tanh"):
-    cp = backend.cupy()
-    dx = cp.empty_like(x)
+    dx = _empty(x.shape, x.dtype)
     if x.size:
         grid, block = _elementwise_grid(x.size, x.dtype)
         _launch("gelu.cu", "gelu_backward", x.dtype, grid, block, x, dy, dx, np.int64(x.size),
