@@ -9,3 +9,92 @@ from .ops.linear import Linear
 def linear(x, weight, bias=None):
     """y = x @ weight^T + bias, weight stored (out_features, in_features) as in PyTorch."""
     return Linear.apply(x, weight) if bias is None else Linear.apply(x, weight, bias)
+
+
+# --- fused neural-network ops (ops/softmax.py, cross_entropy.py, norm.py, activation.py, ...) ---
+from .backend import array_module as _array_module  # noqa: E402
+from .ops.activation import GELU, SiLU, SwiGLU  # noqa: E402
+from .ops.attention import ScaledDotProductAttention  # noqa: E402
+from .ops.cross_entropy import CrossEntropy  # noqa: E402
+from .ops.dropout import Dropout  # noqa: E402
+from .ops.embedding import Embedding  # noqa: E402
+from .ops.norm import LayerNorm, RMSNorm  # noqa: E402
+from .ops.softmax import LogSoftmax, Softmax  # noqa: E402
+
+
+def _raw(a):
+    """The array inside a Tensor (integer ids and targets enter ops as arrays, not inputs)."""
+    data = getattr(a, "data", a)
+    return data if hasattr(data, "dtype") else _array_module(data).asarray(data)
+
+
+def softmax(x, axis=-1):
+    """exp(x - max x) / sum exp(x - max x) along axis (stable for any finite x)."""
+    return Softmax.apply(x, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    """x - logsumexp(x) along axis."""
+    return LogSoftmax.apply(x, axis=axis)
+
+
+def cross_entropy(logits, targets, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Softmax cross-entropy of logits (..., V) against integer targets (...), fused in one op.
+
+    reduction: "mean" over the targets that are not ignore_index, "sum", or "none" (per target).
+    """
+    return CrossEntropy.apply(logits, targets=_raw(targets), ignore_index=ignore_index,
+                              reduction=reduction, label_smoothing=label_smoothing)
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis; weight, bias optional."""
+    params = [p for p in (weight, bias) if p is not None]
+    return LayerNorm.apply(x, *params, has_weight=weight is not None, has_bias=bias is not None,
+                           eps=eps)
+
+
+def rms_norm(x, weight=None, eps=1e-6):
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis; weight optional."""
+    return RMSNorm.apply(x, eps=eps) if weight is None else RMSNorm.apply(x, weight, eps=eps)
+
+
+def gelu(x, approximate="tanh"):
+    """x * Phi(x); approximate="tanh" (GPT-2's form) or "none" (exact, through erf)."""
+    return GELU.apply(x, approximate=approximate)
+
+
+def silu(x):
+    """x * sigmoid(x)."""
+    return SiLU.apply(x)
+
+
+def swiglu(x_gate, x_up):
+    """silu(x_gate) * x_up, the gated product of a SwiGLU MLP, as one op."""
+    return SwiGLU.apply(x_gate, x_up)
+
+
+def embedding(ids, weight):
+    """weight[ids]: rows of weight (V, C) picked by integer ids of any shape."""
+    return Embedding.apply(weight, ids=_raw(ids))
+
+
+def dropout(x, p=0.5, training=True):
+    """Inverted dropout: zero with probability p, scale the rest by 1 / (1 - p); identity when
+    not training or p == 0."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    return Dropout.apply(x, p=p)
+
+
+def scaled_dot_product_attention(q, k, v, causal=True, scale=None):
+    """softmax(q k^T * scale (+ causal mask)) v for q (B, H, T_q, D), k and v (B, H_kv, T_k, D).
+
+    H must be a multiple of H_kv (grouped-query attention); scale defaults to 1 / sqrt(D).
+    Causal: query i sees keys j <= i + (T_k - T_q).
+    """
+    return ScaledDotProductAttention.apply(q, k, v, causal=causal, scale=scale)

@@ -1,0 +1,214 @@
+"""Activations as single ops: GELU (tanh and exact forms), SiLU, and the fused SwiGLU product.
+
+Each forward keeps what makes its backward cheap: the tanh (or erf) term for GELU and the sigmoid
+for SiLU/SwiGLU, so backward is a few multiplies and no transcendental function. Every pass after
+the first writes in place: a fresh array per step costs page faults, not just arithmetic.
+"""
+import math
+
+from ..autograd import Function
+from ..backend import array_module
+
+# W. J. Cody, "Rational Chebyshev approximations for the error function", Math. Comp. 23 (1969):
+# erf on |x| <= 0.46875, erfc on (0.46875, 4] and on (4, inf); near double precision on each.
+_A = (3.16112374387056560e00, 1.13864154151050156e02, 3.77485237685302021e02,
+      3.20937758913846947e03, 1.85777706184603153e-1)
+_B = (2.36012909523441209e01, 2.44024637934444173e02, 1.28261652607737228e03,
+      2.84423683343917062e03)
+_C = (5.64188496988670089e-1, 8.88314979438837594e00, 6.61191906371416295e01,
+      2.98635138197400131e02, 8.81952221241769090e02, 1.71204761263407058e03,
+      2.05107837782607147e03, 1.23033935479799725e03, 2.15311535474403846e-8)
+_D = (1.57449261107098347e01, 1.17693950891312499e02, 5.37181101862009858e02,
+      1.62138957456669019e03, 3.29079923573345963e03, 4.36261909014324716e03,
+      3.43936767414372164e03, 1.23033935480374942e03)
+_P = (3.05326634961232344e-1, 3.60344899949804439e-1, 1.25781726111229246e-1,
+      1.60837851487422766e-2, 6.58749161529837803e-4, 1.63153871373020978e-2)
+_Q = (2.56852019228982242e00, 1.87295284992346047e00, 5.27905102951428412e-1,
+      6.05183413124413191e-2, 2.33520497626869185e-3)
+_RSQRTPI = 1.0 / math.sqrt(math.pi)
+
+
+def erf(x):
+    """erf(x) elementwise in x's dtype (NumPy has none), by Cody's three rational approximations."""
+    xp = array_module(x)
+    y = xp.abs(x)
+    z = y * y
+    num, den = _A[4] * z, z.copy()
+    for a, b in zip(_A[:3], _B[:3]):
+        num += a
+        num *= z
+        den += b
+        den *= z
+    small = x * (num + _A[3]) / (den + _B[3])
+    ym = xp.minimum(y, 4.0)  # clamped so the unused branch cannot overflow
+    num, den = _C[8] * ym, ym.copy()
+    for c, d in zip(_C[:7], _D[:7]):
+        num += c
+        num *= ym
+        den += d
+        den *= ym
+    erfc = (num + _C[7]) / (den + _D[7])
+    yb = xp.maximum(y, 4.0)
+    w = 1.0 / (yb * yb)
+    num, den = _P[5] * w, w.copy()
+    for p, q in zip(_P[:4], _Q[:4]):
+        num += p
+        num *= w
+        den += q
+        den *= w
+    erfc_big = (_RSQRTPI - w * (num + _P[4]) / (den + _Q[4])) / yb
+    erfc = xp.where(y <= 4.0, erfc, erfc_big)
+    erfc *= xp.exp(-z)  # erfc(y) = exp(-y^2) R(y) on both outer intervals
+    big = xp.copysign(1.0 - erfc, x)
+    return xp.where(y <= 0.46875, small, big).astype(x.dtype, copy=False)
+
+
+_K = math.sqrt(2.0 / math.pi)  # tanh-GELU: tanh(K (x + 0.044715 x^3))
+_C3 = 0.044715
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def gelu_tanh_forward_ref(x):
+    """(y, h) with h = 0.5 (1 + tanh(K (x + 0.044715 x^3))) and y = x h."""
+    xp = array_module(x)
+    h = x * x
+    h *= _K * _C3
+    h += _K
+    h *= x
+    xp.tanh(h, out=h)
+    h += 1.0
+    h *= 0.5
+    return x * h, h
+
+
+def gelu_tanh_backward_ref(dy, x, h):
+    """dx = dy * (h + 2 K x h (1 - h)(1 + 3 * 0.044715 x^2)), using 1 - tanh^2 = 4 h (1 - h)."""
+    d = x * x
+    d *= 2.0 * _K * 3.0 * _C3
+    d += 2.0 * _K
+    d *= x
+    d *= h
+    d -= d * h  # 2 K x (1 + 3c x^2) h (1 - h)
+    d += h
+    d *= dy
+    return d
+
+
+def gelu_exact_forward_ref(x):
+    """(y, h) with h = Phi(x) = 0.5 (1 + erf(x / sqrt 2)) and y = x h."""
+    h = erf(x * _INV_SQRT2)
+    h += 1.0
+    h *= 0.5
+    return x * h, h
+
+
+def gelu_exact_backward_ref(dy, x, h):
+    """dx = dy * (Phi(x) + x phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)."""
+    xp = array_module(x)
+    d = x * x
+    d *= -0.5
+    xp.exp(d, out=d)
+    d *= _INV_SQRT2PI
+    d *= x
+    d += h
+    d *= dy
+    return d
+
+
+def sigmoid_ref(x):
+    """1 / (1 + exp(-x)) written as 0.5 (1 + tanh(x / 2)): one transcendental, never overflows."""
+    xp = array_module(x)
+    s = x * 0.5
+    xp.tanh(s, out=s)
+    s += 1.0
+    s *= 0.5
+    return s
+
+
+def silu_backward_ref(dy, x, s):
+    """dx = dy * s (1 + x (1 - s)) for y = x s, s = sigmoid(x)."""
+    d = x * s
+    d -= x
+    d -= 1.0  # -(1 + x (1 - s))
+    d *= s
+    d *= dy
+    array_module(d).negative(d, out=d)
+    return d
+
+
+class GELU(Function):
+    """y = x Phi(x): exact Phi(x) = 0.5 (1 + erf(x / sqrt 2)), or approximate="tanh":
+    Phi ~ h = 0.5 (1 + tanh(K (x + 0.044715 x^3))), K = sqrt(2 / pi).
+
+    Backward: exact dx = dy (Phi + x phi); tanh dx = dy (h + 2 K x h (1 - h)(1 + 0.134145 x^2)).
+    Saved: x and h, so backward needs no tanh/erf.  Derivation: docs/backward.md#gelu
+    """
+
+    @staticmethod
+    def forward(ctx, x, approximate="tanh"):
+        if approximate not in ("tanh", "none"):
+            raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+        fwd = gelu_tanh_forward_ref if approximate == "tanh" else gelu_exact_forward_ref
+        y, h = fwd(x)
+        ctx.save_for_backward(x, h)
+        ctx.approximate = approximate
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, h = ctx.saved
+        bwd = gelu_tanh_backward_ref if ctx.approximate == "tanh" else gelu_exact_backward_ref
+        return bwd(dy, x, h)
+
+
+class SiLU(Function):
+    """y = x sigmoid(x).   dx = dy s (1 + x (1 - s)).  Saved: x and s.
+    Derivation: docs/backward.md#silu
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        s = sigmoid_ref(x)
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, s = ctx.saved
+        return silu_backward_ref(dy, x, s)
+
+
+def swiglu_forward_ref(gate, up):
+    """(y, s) with s = sigmoid(gate) and y = gate s up."""
+    s = sigmoid_ref(gate)
+    y = gate * s
+    y *= up
+    return y, s
+
+
+class SwiGLU(Function):
+    """y = silu(gate) * up, the gated unit of a SwiGLU MLP, as one op.
+
+    Backward: dgate = dy up s (1 + gate (1 - s)),  dup = dy gate s.  Saved: gate, up and s.
+    Derivation: docs/backward.md#swiglu
+    """
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        if gate.shape != up.shape:
+            raise ValueError(f"swiglu: gate {gate.shape} and up {up.shape} must have the same shape")
+        y, s = swiglu_forward_ref(gate, up)
+        ctx.save_for_backward(gate, up, s)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        gate, up, s = ctx.saved
+        need_g, need_u = ctx.needs_input_grad
+        dup = None
+        if need_u:
+            dup = gate * s
+            dup *= dy
+        dgate = silu_backward_ref(dy * up, gate, s) if need_g else None
+        return dgate, dup

@@ -1,0 +1,132 @@
+"""Cross-entropy as one op: log-softmax and the negative log-likelihood fused.
+
+Forward keeps the unnormalised row exponentials e and the reciprocal row sums r = 1 / sum e, so
+backward is a single pass (p = e * r times each row's gradient) plus a scatter into the target
+column: the one-hot matrix is never built.
+"""
+import numpy as np
+
+from ..autograd import Function
+from ..backend import array_module
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def exp_rows(x):
+    """(e, r, shift) with e = exp(x - shift) and r = 1 / sum(e) over the last axis.
+
+    The shift is 0 when every row's sum of exp(x) lands in [1e-30, 1e30]: then nothing overflowed
+    or vanished into subnormals, and the max pass and the subtraction pass are saved (two of the
+    four sweeps over x). Otherwise shift is the row max, the usual stable form.
+    """
+    xp = array_module(x)
+    with np.errstate(over="ignore", under="ignore"):
+        e = xp.exp(x)
+    s = e.sum(axis=-1, keepdims=True)
+    if bool(((s >= 1e-30) & (s <= 1e30)).all()):
+        return e, xp.reciprocal(s, out=s), 0
+    m = x.max(axis=-1, keepdims=True)
+    xp.subtract(x, m, out=e)
+    xp.exp(e, out=e)
+    s = e.sum(axis=-1, keepdims=True)
+    return e, xp.reciprocal(s, out=s), m
+
+
+def check_targets(logits_shape, targets, ignore_index, name="cross_entropy"):
+    """The non-ignored mask; raises on float targets, a shape mismatch or ids outside [0, V)."""
+    xp = array_module(targets)
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"{name}: targets must be integer class ids, got dtype {targets.dtype}")
+    if tuple(logits_shape[:-1]) != tuple(targets.shape):
+        raise ValueError(f"{name}: logits of shape {tuple(logits_shape)} need targets of shape "
+                         f"{tuple(logits_shape[:-1])}, got {tuple(targets.shape)}")
+    V = logits_shape[-1]
+    valid = targets != ignore_index
+    bad = valid & ((targets < 0) | (targets >= V))
+    if bool(bad.any()):
+        where = tuple(int(i[0]) for i in xp.nonzero(bad))
+        raise ValueError(f"{name}: target {int(targets[where])} at index {where} is outside "
+                         f"[0, {V}) (and is not ignore_index={ignore_index})")
+    return valid
+
+
+def cross_entropy_forward_ref(x, t, valid, label_smoothing=0.0):
+    """Per-row loss for logits x (N, V) and targets t (N,): (loss (N,), e, r).
+
+    loss_i = (1 - eps) (lse_i - x_i[t_i]) + eps (lse_i - mean_j x_ij), 0 where ignored.
+    """
+    xp = array_module(x)
+    N, V = x.shape
+    e, r, shift = exp_rows(x)
+    lse = xp.log(r)  # log(1/s) = -log s
+    xp.negative(lse, out=lse)
+    lse += shift
+    lse = lse[:, 0]
+    rows = xp.arange(N)
+    tc = xp.where(valid, t, 0)
+    loss = lse - x[rows, tc]
+    if label_smoothing:
+        loss *= 1.0 - label_smoothing
+        loss += label_smoothing * (lse - x.sum(axis=1) / x.dtype.type(V))
+    loss *= valid
+    return loss, e, r[:, 0]
+
+
+def cross_entropy_backward_ref(e, r, t, valid, g, label_smoothing=0.0):
+    """dx = g_i * (p - (1 - eps) onehot(t) - eps / V), p = e * r; g is each row's gradient (N,)."""
+    xp = array_module(e)
+    N, V = e.shape
+    g = g * valid  # ignored rows get no gradient
+    dx = e * (g * r)[:, None]
+    tc = xp.where(valid, t, 0)
+    dx[xp.arange(N), tc] -= (1.0 - label_smoothing) * g
+    if label_smoothing:
+        dx -= (label_smoothing / V) * g[:, None]
+    return dx
+
+
+class CrossEntropy(Function):
+    """loss = -log softmax(logits)[target] (optionally label-smoothed), reduced over the rows.
+
+    Backward: dlogits = (softmax(logits) - onehot(target)) * dloss per row, 0 for ignored rows.
+    Saved: e = exp(logits - shift) and r = 1 / rowsum(e), so p = e * r costs one pass; the targets
+    and the mask of rows that count.  Derivation: docs/backward.md#crossentropy
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"cross_entropy: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+        if logits.ndim == 0 or logits.dtype.kind != "f":
+            raise TypeError(f"cross_entropy: logits must be a float array (..., V), got shape "
+                            f"{logits.shape} dtype {logits.dtype}")
+        valid = check_targets(logits.shape, targets, ignore_index)
+        V = logits.shape[-1]
+        x2 = logits.reshape(-1, V)  # (N, V)
+        t, valid = targets.reshape(-1), valid.reshape(-1)  # (N,)
+        loss, e, r = cross_entropy_forward_ref(x2, t, valid, label_smoothing)
+        ctx.save_for_backward(e, r, t, valid)
+        ctx.meta = (logits.shape, targets.shape, reduction, label_smoothing)
+        if reduction == "none":
+            return loss.reshape(targets.shape)
+        xp = array_module(logits)
+        total = xp.asarray(loss.sum())
+        if reduction == "sum":
+            return total
+        ctx.n_valid = int(valid.sum())
+        # all rows ignored: 0 / 0 = nan, as in PyTorch
+        return total / total.dtype.type(ctx.n_valid) if ctx.n_valid else total * np.nan
+
+    @staticmethod
+    def backward(ctx, dy):
+        e, r, t, valid = ctx.saved
+        shape, t_shape, reduction, eps = ctx.meta
+        xp = array_module(e)
+        if reduction == "none":
+            g = dy.reshape(-1)
+        else:
+            scale = 1 if reduction == "sum" else (1.0 / ctx.n_valid if ctx.n_valid else 0.0)
+            g = xp.full(t.shape, dy * scale, dtype=e.dtype)
+        return cross_entropy_backward_ref(e, r, t, valid, g, eps).reshape(shape)

@@ -1,0 +1,66 @@
+"""Embedding lookup as one op; its backward is a scatter-add of rows over repeated ids."""
+from ..autograd import Function
+from ..backend import array_module
+
+
+def embedding_forward_ref(ids, weight):
+    """y[..., :] = weight[ids[...], :] for weight (V, C)."""
+    xp = array_module(weight)
+    return xp.take(weight, ids, axis=0)
+
+
+def embedding_backward_ref(ids, dy, V):
+    """dW (V, C): row v is the sum of dy over every position whose id is v.
+
+    np.add.at does this one element at a time. Here the ids are sorted (stable) and each row gets
+    its rank among the rows that share its id; all rank-0 rows are written at once, then rank 1 is
+    added, and so on. Within one rank no id repeats, so plain fancy-index += is exact, and the
+    number of rounds is the largest count of any one id (a handful for a big vocabulary, about
+    N / V for a small one).
+    """
+    xp = array_module(dy)
+    C = dy.shape[-1]
+    ids = ids.reshape(-1)
+    dy = dy.reshape(-1, C)  # (N, C)
+    N = ids.shape[0]
+    dw = xp.zeros((V, C), dtype=dy.dtype)
+    if N == 0:
+        return dw
+    order = xp.argsort(ids, kind="stable")
+    s = ids[order]
+    first = xp.empty(N, dtype=bool)
+    first[0] = True
+    xp.not_equal(s[1:], s[:-1], out=first[1:])
+    pos = xp.arange(N)
+    rank = pos - xp.maximum.accumulate(xp.where(first, pos, 0))  # position within its id's run
+    dw[s[first]] = dy[order[first]]
+    for k in range(1, int(rank.max()) + 1):
+        m = rank == k
+        dw[s[m]] += dy[order[m]]
+    return dw
+
+
+class Embedding(Function):
+    """y = weight[ids] for integer ids of any shape and weight (V, C); y has shape ids.shape + (C,).
+
+    Backward: dW[v] = sum of dy[i] over positions i with ids[i] = v (no gradient for ids).
+    Saved: the ids only.  Derivation: docs/backward.md#embedding
+    """
+
+    @staticmethod
+    def forward(ctx, weight, ids=None):
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
+        if weight.ndim != 2:
+            raise ValueError(f"embedding: weight must be (num_embeddings, dim), got shape {weight.shape}")
+        V = weight.shape[0]
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= V):
+            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+            raise ValueError(f"embedding: id {bad} is outside [0, {V}) for a weight of shape "
+                             f"{weight.shape}")
+        ctx.ids, ctx.V = ids, V
+        return embedding_forward_ref(ids, weight)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return embedding_backward_ref(ctx.ids, dy, ctx.V)

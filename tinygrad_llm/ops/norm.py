@@ -1,0 +1,149 @@
+"""Layer norm and RMS norm over the last axis, each one op that saves only xhat and rstd.
+
+Per row of C features: layer norm y = (x - mean) * rstd * w + b with rstd = 1 / sqrt(var + eps);
+RMS norm y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps). The row reductions that touch a
+weight vector (sum_c dy_c w_c) are GEMVs; the sums of products use einsum, which reduces without
+building the product array.
+"""
+from ..autograd import Function
+from ..backend import array_module
+
+
+def _rows(x):
+    return x.reshape(-1, x.shape[-1])  # (N, C)
+
+
+def layer_norm_forward_ref(x, weight=None, bias=None, eps=1e-5):
+    """(y, xhat, rstd) for x (N, C): xhat = (x - mean) * rstd, y = xhat * w + b."""
+    xp = array_module(x)
+    C = x.shape[-1]
+    inv_c = x.dtype.type(1.0 / C)
+    xhat = x - (x.sum(axis=1, keepdims=True) * inv_c)  # centred first: var never goes negative
+    var = xp.einsum("nc,nc->n", xhat, xhat) * inv_c
+    var += eps
+    rstd = xp.sqrt(var, out=var)
+    xp.reciprocal(rstd, out=rstd)
+    xhat *= rstd[:, None]
+    if weight is None:
+        y = xhat.copy() if bias is None else xhat + bias
+    else:
+        y = xhat * weight
+        if bias is not None:
+            y += bias
+    return y, xhat, rstd
+
+
+def layer_norm_backward_ref(dy, xhat, rstd, weight=None):
+    """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * w (three terms, per row)."""
+    xp = array_module(dy)
+    C = dy.shape[-1]
+    inv_c = dy.dtype.type(1.0 / C)
+    g = dy * weight if weight is not None else dy.copy()
+    mean_g = (dy @ weight if weight is not None else dy.sum(axis=1)) * inv_c  # GEMV, not a pass over g
+    mean_gx = xp.einsum("nc,nc->n", g, xhat) * inv_c
+    g -= mean_g[:, None]
+    tmp = xhat * mean_gx[:, None]
+    g -= tmp
+    g *= rstd[:, None]
+    return g
+
+
+def rms_norm_forward_ref(x, weight=None, eps=1e-6):
+    """(y, xhat, rstd) for x (N, C): xhat = x * rstd, y = xhat * w."""
+    xp = array_module(x)
+    C = x.shape[-1]
+    ms = xp.einsum("nc,nc->n", x, x) * x.dtype.type(1.0 / C)
+    ms += eps
+    rstd = xp.sqrt(ms, out=ms)
+    xp.reciprocal(rstd, out=rstd)
+    xhat = x * rstd[:, None]
+    y = xhat * weight if weight is not None else xhat.copy()
+    return y, xhat, rstd
+
+
+def rms_norm_backward_ref(dy, xhat, rstd, weight=None):
+    """dx = rstd * (g - xhat * mean(g * xhat)) with g = dy * w."""
+    xp = array_module(dy)
+    g = dy * weight if weight is not None else dy.copy()
+    mean_gx = xp.einsum("nc,nc->n", g, xhat) * dy.dtype.type(1.0 / dy.shape[-1])
+    tmp = xhat * mean_gx[:, None]
+    g -= tmp
+    g *= rstd[:, None]
+    return g
+
+
+def _param_grads(dy, xhat, need_w, need_b):
+    """dw = sum over rows of dy * xhat, db = sum over rows of dy."""
+    xp = array_module(dy)
+    dw = xp.einsum("nc,nc->c", dy, xhat) if need_w else None
+    db = dy.sum(axis=0) if need_b else None
+    return dw, db
+
+
+def _check(name, x, **params):
+    if x.ndim == 0:
+        raise ValueError(f"{name}: input must have a feature axis, got a 0-d input")
+    C = x.shape[-1]
+    for pname, p in params.items():
+        if p is not None and p.shape != (C,):
+            raise ValueError(f"{name}: {pname} of shape {p.shape} does not fit an input of shape "
+                             f"{x.shape}; expected ({C},)")
+
+
+class LayerNorm(Function):
+    """y = (x - mean) / sqrt(var + eps) * w + b over the last axis; w and b optional.
+
+    Backward, with xhat = (x - mean) * rstd and g = dy * w:
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  dw = sum_rows dy * xhat,  db = sum_rows dy.
+    Saved: xhat and rstd (one number per row), and w: x and the mean are not needed again.
+    Derivation: docs/backward.md#layernorm
+    """
+
+    @staticmethod
+    def forward(ctx, x, *params, has_weight=True, has_bias=True, eps=1e-5):
+        # only the arrays that exist are inputs: (x, w, b), (x, w), (x, b) or (x,)
+        params = list(params)
+        weight = params.pop(0) if has_weight else None
+        bias = params.pop(0) if has_bias else None
+        _check("layer_norm", x, weight=weight, bias=bias)
+        y, xhat, rstd = layer_norm_forward_ref(_rows(x), weight, bias, eps)
+        ctx.save_for_backward(xhat, rstd, weight)
+        ctx.layout = (x.shape, weight is not None, bias is not None)
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        xhat, rstd, weight = ctx.saved
+        shape, has_w, has_b = ctx.layout
+        need = ctx.needs_input_grad
+        dy2 = _rows(dy)
+        dx = layer_norm_backward_ref(dy2, xhat, rstd, weight).reshape(shape) if need[0] else None
+        dw, db = _param_grads(dy2, xhat, has_w and need[1], has_b and need[-1])
+        return (dx,) + ((dw,) if has_w else ()) + ((db,) if has_b else ())
+
+
+class RMSNorm(Function):
+    """y = x / sqrt(mean(x^2) + eps) * w over the last axis; w optional.
+
+    Backward, with xhat = x * rstd and g = dy * w:
+        dx = rstd * (g - xhat * mean(g * xhat)),  dw = sum_rows dy * xhat.
+    Saved: xhat and rstd, and w.  Derivation: docs/backward.md#rmsnorm
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight=None, eps=1e-6):
+        _check("rms_norm", x, weight=weight)
+        y, xhat, rstd = rms_norm_forward_ref(_rows(x), weight, eps)
+        ctx.save_for_backward(xhat, rstd, weight)
+        ctx.x_shape = x.shape
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        xhat, rstd, weight = ctx.saved
+        need = ctx.needs_input_grad
+        dy2 = _rows(dy)
+        dx = rms_norm_backward_ref(dy2, xhat, rstd, weight).reshape(ctx.x_shape) if need[0] else None
+        if weight is None:
+            return dx
+        return dx, (_param_grads(dy2, xhat, True, False)[0] if need[1] else None)

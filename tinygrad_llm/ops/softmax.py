@@ -1,0 +1,105 @@
+"""Softmax and log-softmax over one axis, each one op with a hand-derived backward.
+
+The plain-xp forward/backward functions (`softmax_forward_ref`, ...) work on the last axis; the
+ops move another axis there first. They write into as few fresh arrays as possible: every pass
+after the first runs in place (`out=`), because each NumPy pass is a full sweep of memory and a
+fresh array costs page faults on top.
+"""
+from ..autograd import Function
+from ..backend import array_module
+
+
+def _row_dot(a, b):
+    """sum(a * b) over the last axis, keepdims, without materialising the product."""
+    xp = array_module(a)
+    return xp.einsum("...i,...i->...", a, b)[..., None]
+
+
+def softmax_forward_ref(x):
+    """y = exp(x - max x) / sum exp(x - max x) over the last axis (stable for any finite x)."""
+    xp = array_module(x)
+    y = x - x.max(axis=-1, keepdims=True)  # the row max is 0 now: exp cannot overflow
+    xp.exp(y, out=y)
+    s = y.sum(axis=-1, keepdims=True)
+    y *= xp.reciprocal(s, out=s)  # one divide per row, then multiplies
+    return y
+
+
+def softmax_backward_ref(y, dy):
+    """dx = y * (dy - sum(y * dy)) over the last axis."""
+    dx = dy - _row_dot(y, dy)
+    dx *= y
+    return dx
+
+
+def log_softmax_forward_ref(x):
+    """y = x - max x - log sum exp(x - max x) over the last axis."""
+    xp = array_module(x)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    e = xp.exp(shifted)
+    s = e.sum(axis=-1, keepdims=True)
+    shifted -= xp.log(s, out=s)
+    return shifted
+
+
+def log_softmax_backward_ref(y, dy):
+    """dx = dy - exp(y) * sum(dy) over the last axis."""
+    xp = array_module(y)
+    p = xp.exp(y)
+    p *= dy.sum(axis=-1, keepdims=True)
+    return xp.subtract(dy, p, out=p)
+
+
+def _to_last(x, axis, name):
+    """x with `axis` moved last (a view when it already is), and the normalised axis."""
+    if x.ndim == 0:
+        raise ValueError(f"{name}: needs at least one axis, got a 0-d input")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"{name}: axis {axis} is out of range for an input of shape {x.shape}")
+    axis %= x.ndim
+    return (x if axis == x.ndim - 1 else array_module(x).moveaxis(x, axis, -1)), axis
+
+
+def _from_last(y, axis):
+    return y if axis == y.ndim - 1 else array_module(y).moveaxis(y, -1, axis)
+
+
+class Softmax(Function):
+    """y = exp(x - max x) / sum exp(x - max x) along `axis`.
+
+    Backward: dx = y * (dy - sum(y * dy)), the Jacobian diag(y) - y y^T applied per row.
+    Only y is saved: the input is not needed.  Derivation: docs/backward.md#softmax
+    """
+
+    @staticmethod
+    def forward(ctx, x, axis=-1):
+        x, ctx.axis = _to_last(x, axis, "softmax")
+        y = softmax_forward_ref(x)
+        ctx.save_for_backward(y)
+        return _from_last(y, ctx.axis)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved
+        return _from_last(softmax_backward_ref(y, _to_last(dy, ctx.axis, "softmax")[0]), ctx.axis)
+
+
+class LogSoftmax(Function):
+    """y = x - log sum exp x along `axis` (shifted by the max first, so it never overflows).
+
+    Backward: dx = dy - softmax(x) * sum(dy), with softmax(x) = exp(y).
+    Only y is saved.  Derivation: docs/backward.md#logsoftmax
+    """
+
+    @staticmethod
+    def forward(ctx, x, axis=-1):
+        x, ctx.axis = _to_last(x, axis, "log_softmax")
+        y = log_softmax_forward_ref(x)
+        ctx.save_for_backward(y)
+        return _from_last(y, ctx.axis)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved
+        dy = _to_last(dy, ctx.axis, "log_softmax")[0]
+        return _from_last(log_softmax_backward_ref(y, dy), ctx.axis)
