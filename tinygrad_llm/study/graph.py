@@ -223,6 +223,18 @@ def graph_to_dot(tensor, params=None, collapse=True, grad_flow=None, title=None)
         s = scope_of.get(id(n))
         if s is not None and top_of[s] not in box_of:
             own.setdefault(s, []).append(n)
+    # a parameter used only inside one scope is drawn inside it (ln_1.weight beside its LayerNorm)
+    leaf_scopes = {}
+    for n in ops:
+        for p in n.parents:
+            if p is not None and not isinstance(p, Context):
+                leaf_scopes.setdefault(id(p), set()).add(scope_of.get(id(n)))
+    for n in order:
+        if not isinstance(n, Context) and draw_id[id(n)] == ids[id(n)]:
+            where = leaf_scopes.get(id(n), set())
+            s = next(iter(where)) if len(where) == 1 else None
+            if s is not None and top_of[s] not in box_of:
+                own.setdefault(s, []).insert(0, n)
 
     def emit_cluster(s, indent):
         pad = "  " * indent

@@ -16,9 +16,10 @@ A healthy run keeps update_ratio near 1e-3 per step (Karpathy's rule of thumb) a
 norms of the same order across groups; a group whose ratio is orders of magnitude off is
 learning too fast or not at all. The update ratio compares the weights with a copy kept from the
 previous call (one extra float32 copy of the weights), divided by the optimizer steps in between.
-Activation statistics come from forward passes run while recording: gradient_health turns
-recording on for the next forward pass after each call, or wrap a forward in
-study.record_activations() yourself.
+Activation statistics come from forward passes run while recording: gradient_health scopes the
+model's numbered blocks (study.scope_blocks, once) and turns recording on for the next forward
+pass after each call, so from its second call on it reports the block outputs of the forward
+that followed the previous call; wrap a forward in study.record_activations() to choose one.
 """
 import re
 import weakref
@@ -125,6 +126,7 @@ def gradient_health(model, optimizer=None, activations=None, record_next=True):
     if acts:
         result["activations"] = acts
     if record_next:
+        _scope.scope_blocks(model)  # block outputs are recorded at their scope's exit
         _scope.arm_next_forward()
     return result
 

@@ -9,6 +9,7 @@ record_activations() keeps the mean/std of each scope's last output (the block's
 Outside any scope the engine pays one `is None` test per op and nothing else.
 """
 import math
+import re
 
 from .. import autograd
 from ..backend import to_numpy
@@ -128,3 +129,43 @@ def record_activation(name, tensor):
     """Record one tensor's statistics under `name` (e.g. the logits) when recording is on."""
     if _recording is not None or _armed is not None:
         _store(name, tensor)
+
+
+_BLOCK_NAME = re.compile(r"(?:^|\.)([A-Za-z_]\w*\.\d+)$")
+
+
+def scope_blocks(model, children=True):
+    """Open a scope around every numbered submodule of `model` ("transformer.h.3" -> "h.3"), and
+    around each of its direct children ("h.3.attn", "h.3.mlp"), without changing the model's code.
+
+    It sets an instance-level `forward` that enters the scope and calls the class's forward, so
+    parameters, state_dict and results are untouched. Calling it twice changes nothing. Returns
+    the scope names it installed.
+    """
+    named = list(model.named_modules()) if hasattr(model, "named_modules") else []
+    installed = []
+    for name, module in named:
+        m = _BLOCK_NAME.search(name)
+        if m is None:
+            continue
+        _wrap(module, m.group(1), installed)
+        if children:
+            for child_name, child in getattr(module, "_modules", {}).items():
+                if child is not None:
+                    _wrap(child, child_name, installed, prefix=m.group(1))
+    return installed
+
+
+def _wrap(module, name, installed, prefix=None):
+    if "forward" in vars(module) and getattr(vars(module)["forward"], "_study_scope", None):
+        installed.append(vars(module)["forward"]._study_scope)
+        return
+    forward = type(module).forward.__get__(module)
+
+    def scoped_forward(*args, **kwargs):
+        with scope(name):
+            return forward(*args, **kwargs)
+
+    scoped_forward._study_scope = name if prefix is None else f"{prefix}.{name}"
+    object.__setattr__(module, "forward", scoped_forward)
+    installed.append(scoped_forward._study_scope)

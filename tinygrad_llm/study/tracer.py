@@ -127,14 +127,14 @@ class BackwardTrace:
 
     def table(self, limit=None):
         """The per-node rows as text; `limit` keeps the first rows (the ones nearest the loss)."""
-        head = (f"{'#':>4}  {'op':<14} {'scope':<10} {'output':<16} {'inputs':<28} "
+        head = (f"{'#':>4}  {'op':<26} {'scope':<10} {'output':<16} {'inputs':<28} "
                 f"{'saved':>9} {'|dy|':>10} {'|dx|':<22} {'ms':>8}")
         lines = [head, "-" * len(head)]
         rows = self.records if limit is None else self.records[:limit]
         for r in rows:
             ins = ", ".join(_fmt_shape(s) for s in r["in_shapes"])
             dxs = ", ".join("-" if n is None else f"{n:.3g}" for n in r["dx_norms"])
-            lines.append(f"{r['index']:>4}  {r['op']:<14} {(r['scope'] or ''):<10} "
+            lines.append(f"{r['index']:>4}  {r['op']:<26} {(r['scope'] or ''):<10} "
                          f"{_fmt_shape(r['out_shape']):<16} {ins:<28} {_fmt_bytes(r['saved_bytes']):>9} "
                          f"{r['grad_norm']:>10.4g} {dxs:<22} {r['seconds'] * 1e3:>8.3f}")
         if limit is not None and len(self.records) > limit:
@@ -142,11 +142,11 @@ class BackwardTrace:
         return "\n".join(lines)
 
     def summary_table(self):
-        lines = [f"{'op':<16} {'count':>6} {'ms':>10} {'time':>6} {'saved':>10}"]
+        lines = [f"{'op':<26} {'count':>6} {'ms':>10} {'time':>6} {'saved':>10}"]
         for op, s in self.summary().items():
-            lines.append(f"{op:<16} {s['count']:>6} {s['seconds'] * 1e3:>10.3f} "
+            lines.append(f"{op:<26} {s['count']:>6} {s['seconds'] * 1e3:>10.3f} "
                          f"{s['time_share']:>6.1%} {_fmt_bytes(s['saved_bytes']):>10}")
-        lines.append(f"{'total':<16} {len(self.records):>6} {self.total_seconds() * 1e3:>10.3f} "
+        lines.append(f"{'total':<26} {len(self.records):>6} {self.total_seconds() * 1e3:>10.3f} "
                      f"{'':>6} {_fmt_bytes(self.total_saved_bytes()):>10}")
         return "\n".join(lines)
 
