@@ -1,0 +1,330 @@
+"""The hand-written CUDA kernels: compile check (CI, no GPU needed) and, on a GPU, each kernel
+against the NumPy reference function of its op.
+
+GPU tests draw fresh random inputs (never zeros), use sizes that are not multiples of the block
+or pack size (1 row, 1 column, V = 50,304, odd widths, buffers misaligned by one element), and
+poison every kernel output with NaN before the launch so an element the kernel forgot to write
+cannot pass. They also gradient-check the ops in float64 on device="cuda" with the kernels on.
+"""
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinygrad_llm as tl
+from tinygrad_llm import Tensor, backend, cuda
+
+gpu = pytest.mark.gpu
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-11, atol=1e-12)}
+# (rows, C): one row, one column, odd widths, pack-aligned widths, GPT-2's padded vocabulary
+ROW_SHAPES = [(1, 1), (1, 7), (3, 1), (5, 33), (37, 1000), (2, 768), (3, 50304), (4, 3, 129)]
+
+
+# --- runs everywhere (CI): the sources compile and define what the glue launches ---------------
+def test_every_kernel_compiles_with_nvcc(tmp_path):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not found: the kernel compile check needs the CUDA toolkit")
+    files = [str(cuda.KERNEL_DIR / f) for f in cuda.KERNEL_FILES]
+    # one nvcc call for every file: PTX only (no device link), which is what catches syntax,
+    # template and type errors in a few seconds
+    run = subprocess.run([nvcc, "-arch=sm_90", "-std=c++17", "--ptx", "-odir", str(tmp_path), *files],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, f"nvcc failed:\n{run.stderr}"
+    for f in cuda.KERNEL_FILES:
+        ptx = (tmp_path / (Path(f).stem + ".ptx")).read_text()
+        for name in cuda.KERNELS[f]:
+            for code in "fd":  # float and double instantiations, as name_expressions asks for
+                assert re.search(rf"\.entry _Z{len(name)}{name}I{code}E", ptx), (
+                    f"{f} defines no {name}<{'float' if code == 'f' else 'double'}> kernel")
+
+
+def test_kernel_files_are_listed_and_documented():
+    on_disk = sorted(p.name for p in cuda.KERNEL_DIR.glob("*.cu"))
+    assert on_disk == sorted(cuda.KERNEL_FILES)
+    for f in cuda.KERNEL_FILES:
+        head = cuda.kernel_source(f).split("#include")[0]
+        assert "Work split" in head and "Must match" in head, f"{f}: header comment incomplete"
+
+
+def test_serves_only_gpu_arrays_and_obeys_the_switch():
+    x = np.ones((2, 3), np.float32)
+    assert not cuda.serves(x)
+    assert not cuda.serves(None)
+    cuda.set_enabled(False)
+    try:
+        assert not cuda.enabled() and not cuda.serves(x)
+    finally:
+        cuda.set_enabled(True)
+
+
+# --- GPU: helpers -------------------------------------------------------------------------------
+@pytest.fixture
+def cp():
+    return backend.cupy()
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Every kernel output starts as NaN (and outputs are recorded, to check them all)."""
+    made = []
+
+    def nan_empty(shape, dtype):
+        a = backend.cupy().full(shape, np.nan, dtype=dtype)
+        made.append(a)
+        return a
+    monkeypatch.setattr(cuda, "_empty", nan_empty)
+    return made
+
+
+def _rand(cp, shape, dtype, seed, misalign=False, scale=1.0):
+    """Fresh normal values on the GPU; misalign=True starts the buffer one element past a
+    16-byte boundary (still C-contiguous), which sends the kernels down their scalar loops."""
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(shape))
+    host = (rng.standard_normal(n + 1) * scale).astype(dtype)
+    dev = cp.asarray(host)
+    return (dev[1:] if misalign else dev[:n]).reshape(shape)
+
+
+def _close(got, want, dtype, what):
+    got = backend.to_numpy(got)
+    assert not np.isnan(got).any(), f"{what}: NaN in the output (an element was not written)"
+    np.testing.assert_allclose(got, want, err_msg=what, **TOL[dtype])
+
+
+# --- GPU: kernel vs reference -------------------------------------------------------------------
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ROW_SHAPES)
+@pytest.mark.parametrize("misalign", [False, True])
+def test_softmax_kernel(cp, poison, dtype, shape, misalign):
+    from tinygrad_llm.ops.softmax import softmax_backward_ref, softmax_forward_ref
+    x = _rand(cp, shape, dtype, 1, misalign, scale=3.0)
+    dy = _rand(cp, shape, dtype, 2, misalign)
+    y = cuda.softmax_forward(x)
+    want = softmax_forward_ref(x.get())
+    _close(y, want, dtype, "softmax forward")
+    dx = cuda.softmax_backward(y, dy)
+    _close(dx, softmax_backward_ref(want, dy.get()), dtype, "softmax backward")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_kernel_extreme_rows(cp, poison, dtype):
+    """Rows with -inf (masked attention) and huge values: the online max must not overflow."""
+    from tinygrad_llm.ops.softmax import softmax_forward_ref
+    x = np.random.default_rng(3).standard_normal((4, 300)).astype(dtype) * 50
+    x[0, 5:] = -np.inf  # a causal-mask row
+    x[1, 0] = 1e4 if dtype == np.float32 else 1e300
+    y = cuda.softmax_forward(cp.asarray(x))
+    _close(y, softmax_forward_ref(x), dtype, "softmax forward, extreme rows")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ROW_SHAPES)
+@pytest.mark.parametrize("affine", ["wb", "w", "b", ""])
+def test_layer_norm_kernel(cp, poison, dtype, shape, affine):
+    from tinygrad_llm.ops.norm import _param_grads, layer_norm_backward_ref, layer_norm_forward_ref
+    C = shape[-1]
+    x = _rand(cp, shape, dtype, 4, scale=2.0).reshape(-1, C) + 0.5
+    w = _rand(cp, (C,), dtype, 5) if "w" in affine else None
+    b = _rand(cp, (C,), dtype, 6) if "b" in affine else None
+    dy = _rand(cp, x.shape, dtype, 7)
+    host = lambda a: None if a is None else a.get()  # noqa: E731
+    y, xhat, rstd = cuda.layer_norm_forward(x, w, b, eps=1e-5)
+    y_r, xhat_r, rstd_r = layer_norm_forward_ref(x.get(), host(w), host(b), 1e-5)
+    for got, want, what in ((y, y_r, "y"), (xhat, xhat_r, "xhat"), (rstd, rstd_r, "rstd")):
+        _close(got, want, dtype, f"layer norm forward {what}")
+    dx, dw, db = cuda.layer_norm_backward(dy, xhat, rstd, w, need_db=b is not None)
+    _close(dx, layer_norm_backward_ref(dy.get(), xhat_r, rstd_r, host(w)), dtype, "layer norm dx")
+    dw_r, db_r = _param_grads(dy.get(), xhat_r, w is not None, b is not None)
+    # dw/db sum over the rows: the kernel adds in another order than NumPy's pairwise sum
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else TOL[dtype]
+    for got, want, what in ((dw, dw_r, "dw"), (db, db_r, "db")):
+        assert (got is None) == (want is None), what
+        if got is not None:
+            assert not np.isnan(got.get()).any(), what
+            np.testing.assert_allclose(got.get(), want, err_msg=f"layer norm {what}", **tol)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, V", [(1, 1), (1, 5), (7, 50304), (33, 1000), (5, 50257), (64, 129)])
+@pytest.mark.parametrize("misalign", [False, True])
+def test_cross_entropy_kernel(cp, poison, dtype, N, V, misalign):
+    from tinygrad_llm.ops.cross_entropy import cross_entropy_backward_ref, cross_entropy_forward_ref
+    rng = np.random.default_rng(8)
+    x = _rand(cp, (N, V), dtype, 9, misalign, scale=4.0)
+    t = rng.integers(0, V, N)
+    if N > 2:
+        t[::3] = -100  # ignored rows
+    valid = t != -100
+    loss, lse = cuda.cross_entropy_forward(x, cp.asarray(t), ignore_index=-100)
+    loss_r, e, r = cross_entropy_forward_ref(x.get(), t, valid)
+    _close(loss, loss_r, dtype, "cross-entropy loss")
+    _close(lse, -np.log(r), dtype, "cross-entropy lse")
+    g = rng.standard_normal(N).astype(dtype)
+    for dloss, g_rows in ((cp.asarray(g), g), (cp.asarray(g[0]), np.full(N, g[0], dtype))):
+        dx = cuda.cross_entropy_backward(x, cp.asarray(t), lse, dloss, ignore_index=-100)
+        _close(dx, cross_entropy_backward_ref(e, r, t, valid, g_rows), dtype, "dlogits")
+
+
+@gpu
+def test_cross_entropy_kernel_bad_target_poisons_the_loss(cp):
+    x = _rand(cp, (2, 10), np.float32, 10)
+    loss, _ = cuda.cross_entropy_forward(x, cp.asarray([3, 10]), ignore_index=-100)
+    assert np.isfinite(loss.get()[0]) and np.isnan(loss.get()[1])
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 3, 4, 1001, 3 * 768 * 4 + 1, 1 << 20])
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@pytest.mark.parametrize("misalign", [False, True])
+def test_gelu_kernel(cp, poison, dtype, n, approximate, misalign):
+    from tinygrad_llm.ops import activation as A
+    fwd, bwd = ((A.gelu_tanh_forward_ref, A.gelu_tanh_backward_ref) if approximate == "tanh" else
+                (A.gelu_exact_forward_ref, A.gelu_exact_backward_ref))
+    x = _rand(cp, (n,), dtype, 11, misalign, scale=3.0)
+    dy = _rand(cp, (n,), dtype, 12, misalign)
+    y_r, h = fwd(x.get())
+    _close(cuda.gelu_forward(x, approximate), y_r, dtype, "gelu forward")
+    _close(cuda.gelu_backward(x, dy, approximate), bwd(dy.get(), x.get(), h), dtype, "gelu backward")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decoupled", [True, False])
+def test_adamw_kernel_matches_the_optimizer(cp, dtype, decoupled):
+    """Several tensors of odd sizes (one crosses chunk boundaries) in one launch, three steps,
+    against tl.optim.AdamW / Adam on the CPU."""
+    from tinygrad_llm import nn, optim
+    rng = np.random.default_rng(13)
+    sizes = [(1,), (7,), (3, 5), (65537,), (300, 701)]
+    hp = dict(lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    params = [nn.Parameter(Tensor(rng.standard_normal(s).astype(dtype))) for s in sizes]
+    opt = (optim.AdamW if decoupled else optim.Adam)(params, **hp)
+    p_dev = [cp.asarray(p.data) for p in params]
+    m_dev = [cp.zeros_like(p) for p in p_dev]
+    v_dev = [cp.zeros_like(p) for p in p_dev]
+    for step in (1, 2, 3):
+        grads = [rng.standard_normal(s).astype(dtype) for s in sizes]
+        for p, g in zip(params, grads):
+            p.grad = Tensor(g.copy())
+        opt.step()
+        cuda.adamw_step(p_dev, [cp.asarray(g) for g in grads], m_dev, v_dev, hp["lr"],
+                        hp["betas"][0], hp["betas"][1], hp["eps"], hp["weight_decay"], step,
+                        decoupled=decoupled)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else TOL[dtype]
+    for p, d in zip(params, p_dev):
+        np.testing.assert_allclose(d.get(), p.data, **tol)
+
+
+# --- GPU: the ops on device="cuda", kernels on ----------------------------------------------------
+def _cuda64(shape, seed, requires_grad=True):
+    x = np.random.default_rng(seed).standard_normal(shape)
+    return Tensor(x, requires_grad=requires_grad, device="cuda")
+
+
+@gpu
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 3, 33)])
+def test_gradcheck_softmax_on_cuda(shape):
+    from tinygrad_llm.ops.softmax import Softmax
+    x = _cuda64(shape, 20)
+    assert tl.gradcheck(lambda a: Softmax.apply(a, axis=-1), [x], atol=1e-6, rtol=1e-4)
+
+
+@gpu
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 3, 33)])
+def test_gradcheck_layer_norm_on_cuda(shape):
+    from tinygrad_llm.ops.norm import LayerNorm
+    C = shape[-1]
+    x, w, b = _cuda64(shape, 21), _cuda64((C,), 22), _cuda64((C,), 23)
+    assert tl.gradcheck(lambda a, ww, bb: LayerNorm.apply(a, ww, bb, eps=1e-5), [x, w, b],
+                        atol=1e-6, rtol=1e-4)
+
+
+@gpu
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gradcheck_cross_entropy_on_cuda(reduction):
+    from tinygrad_llm.ops.cross_entropy import CrossEntropy
+    logits = _cuda64((6, 11), 24)
+    t = Tensor(np.array([0, 10, -100, 3, 3, 7]), device="cuda")
+    assert tl.gradcheck(lambda a: CrossEntropy.apply(a, t, ignore_index=-100, reduction=reduction),
+                        [logits], atol=1e-6, rtol=1e-4)
+
+
+@gpu
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_gradcheck_gelu_on_cuda(approximate):
+    from tinygrad_llm.ops.activation import GELU
+    x = _cuda64((3, 17), 25)
+    assert tl.gradcheck(lambda a: GELU.apply(a, approximate=approximate), [x], atol=1e-6, rtol=1e-4)
+
+
+@gpu
+def test_kernels_switch_off_gives_the_same_answer():
+    from tinygrad_llm.ops.softmax import Softmax
+    x = Tensor(np.random.default_rng(26).standard_normal((5, 300)).astype(np.float32), device="cuda")
+    on = Softmax.apply(x, axis=-1).numpy()
+    cuda.set_enabled(False)
+    try:
+        off = Softmax.apply(x, axis=-1).numpy()
+    finally:
+        cuda.set_enabled(True)
+    np.testing.assert_allclose(on, off, rtol=1e-5, atol=1e-7)
+
+
+# --- GPU: devices ---------------------------------------------------------------------------------
+@gpu
+def test_mixing_devices_names_both():
+    a = Tensor(np.ones((2, 3), np.float32))
+    b = Tensor(np.ones((2, 3), np.float32), device="cuda")
+    with pytest.raises(backend.DeviceError, match=r"cpu \(2, 3\).*cuda \(2, 3\)"):
+        a + b
+
+
+@gpu
+def test_to_cuda_and_back_carries_values_and_gradients():
+    x = Tensor(np.arange(6, dtype=np.float32).reshape(2, 3), requires_grad=True)
+    y = x.to("cuda")
+    assert y.device == "cuda" and isinstance(y.numpy(), np.ndarray)
+    (y * y).sum().backward()
+    assert x.grad.device == "cpu"
+    np.testing.assert_allclose(x.grad.numpy(), 2 * x.numpy())
+
+
+@gpu
+def test_module_and_optimizer_state_live_on_the_gpu():
+    from tinygrad_llm import nn, optim
+    model = nn.Linear(4, 3).to("cuda")
+    opt = optim.AdamW(model.parameters(), lr=1e-2)
+    x = Tensor(np.random.default_rng(27).standard_normal((5, 4)).astype(np.float32), device="cuda")
+    model(x).sum().backward()
+    opt.step()
+    assert all(p.device == "cuda" for p in model.parameters())
+    buckets = [b for group in opt._buckets for b in group]
+    assert buckets and all(b.device == "cuda" for b in buckets)
+    assert all(backend.device_of(s) == "cuda" for b in buckets for s in b.state.values())
+
+
+@gpu
+def test_tf32_switch(cp):
+    a = cp.asarray(np.random.default_rng(28).standard_normal((256, 256)).astype(np.float32))
+    exact = (a.astype(cp.float64) @ a.astype(cp.float64)).get()
+    try:
+        backend.set_tf32(False)
+        err_fp32 = np.abs((a @ a).get() - exact).max()
+        backend.set_tf32(True)
+        err_tf32 = np.abs((a @ a).get() - exact).max()
+    finally:
+        backend.set_tf32(True)
+    assert err_fp32 < 1e-3  # float32 products: ~1e-5 relative on values of size ~16
+    if int(cp.cuda.Device().compute_capability) >= 80:
+        assert err_tf32 > 10 * err_fp32  # 10-bit mantissa products are visibly coarser
