@@ -15,7 +15,7 @@ returns a JSON-ready dict:
 A healthy run keeps update_ratio near 1e-3 per step (Karpathy's rule of thumb) and gradient
 norms of the same order across groups; a group whose ratio is orders of magnitude off is
 learning too fast or not at all. The update ratio compares the weights with a copy kept from the
-previous call (one extra float32 copy of the weights), divided by the optimizer steps in between.
+previous call (one extra copy of the weights), divided by the optimizer steps in between.
 Activation statistics come from forward passes run while recording: gradient_health scopes the
 model's numbered blocks (study.scope_blocks, once) and turns recording on for the next forward
 pass after each call, so from its second call on it reports the block outputs of the forward
@@ -31,6 +31,7 @@ from . import scope as _scope
 
 _DIGITS = re.compile(r"\.\d+\.")
 _previous = weakref.WeakKeyDictionary()  # model -> {"weights": {name: array}, "step": int}
+_previous_plain = {}  # id(model) -> (model, same) for models that take no weak reference (dicts)
 
 
 def group_name(param_name):
@@ -85,7 +86,7 @@ def gradient_health(model, optimizer=None, activations=None, record_next=True):
     if not named:
         raise ValueError("gradient_health: the model has no parameters")
     steps = _optimizer_steps(optimizer) if optimizer is not None else None
-    prev = _previous.get(model) if _weakrefable(model) else None
+    prev = _get_previous(model)
     elapsed = None
     if prev is not None:
         elapsed = (steps - prev["step"]) if steps is not None and prev["step"] is not None else 1
@@ -107,7 +108,7 @@ def gradient_health(model, optimizer=None, activations=None, record_next=True):
             s["_wprev"] += _sq(old)
         else:
             s["_has_prev"] = False
-        snapshot[name] = w.astype(np.float32, copy=True)
+        snapshot[name] = w.copy()
     out_groups = {}
     for gname, s in groups.items():
         wn, gn = s["_w"] ** 0.5, s["_g"] ** 0.5
@@ -116,8 +117,7 @@ def gradient_health(model, optimizer=None, activations=None, record_next=True):
         if s["_has_prev"] and prev is not None and elapsed and elapsed > 0 and s["_wprev"] > 0:
             entry["update_ratio"] = (s["_dw"] ** 0.5) / (s["_wprev"] ** 0.5) / elapsed
         out_groups[gname] = entry
-    if _weakrefable(model):
-        _previous[model] = {"weights": snapshot, "step": steps}
+    _set_previous(model, {"weights": snapshot, "step": steps})
     result = {"grad_norm": total_sq ** 0.5, "groups": out_groups}
     lr = _learning_rate(optimizer)
     if lr is not None:
@@ -131,9 +131,16 @@ def gradient_health(model, optimizer=None, activations=None, record_next=True):
     return result
 
 
-def _weakrefable(obj):
+def _get_previous(model):
     try:
-        weakref.ref(obj)
-        return True
+        return _previous.get(model)
     except TypeError:
-        return False
+        kept = _previous_plain.get(id(model))
+        return kept[1] if kept is not None and kept[0] is model else None
+
+
+def _set_previous(model, value):
+    try:
+        _previous[model] = value
+    except TypeError:
+        _previous_plain[id(model)] = (model, value)
