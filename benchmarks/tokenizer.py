@@ -115,7 +115,7 @@ def main():
         lines.append(s)
 
     say(f"# tokenizer benchmark: {args.data.name}, {nbytes:,} bytes; python {platform.python_version()}, "
-        f"{os.cpu_count()} cpus; regex {regex.__version__}; "
+        f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f} at start; regex {regex.__version__}; "
         f"tokenizers {getattr(tokenizers, '__version__', 'not installed')}; "
         f"tiktoken {getattr(tiktoken, '__version__', 'not installed') if tiktoken else 'not installed'}")
 
