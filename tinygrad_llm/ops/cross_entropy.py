@@ -58,16 +58,18 @@ def cross_entropy_forward_ref(x, t, valid, label_smoothing=0.0):
     xp = array_module(x)
     N, V = x.shape
     e, r, shift = exp_rows(x)
-    lse = xp.log(r)  # log(1/s) = -log s
-    xp.negative(lse, out=lse)
-    lse += shift
-    lse = lse[:, 0]
+    log_s = xp.log(r[:, 0])
+    xp.negative(log_s, out=log_s)  # log rowsum(e); lse = shift + log_s
+    if not isinstance(shift, int):
+        shift = shift[:, 0]
     rows = xp.arange(N)
     tc = xp.where(valid, t, 0)
-    loss = lse - x[rows, tc]
+    # (shift - x_t) first: both are ~|x|, their difference is exact where lse - x_t would round
+    loss = shift - x[rows, tc]
+    loss += log_s
     if label_smoothing:
         loss *= 1.0 - label_smoothing
-        loss += label_smoothing * (lse - x.sum(axis=1) / x.dtype.type(V))
+        loss += label_smoothing * ((shift - x.sum(axis=1) / x.dtype.type(V)) + log_s)
     loss *= valid
     return loss, e, r[:, 0]
 
