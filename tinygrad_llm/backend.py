@@ -31,9 +31,11 @@ def cupy():
                 "device 'cuda' needs CuPy: pip install 'tinygrad-llm[gpu]' (cupy-cuda12x) "
                 f"on a machine with an NVIDIA GPU ({e})") from None
         try:
-            cp.cuda.runtime.getDeviceCount()
+            count = cp.cuda.runtime.getDeviceCount()
         except Exception as e:  # noqa: BLE001 - CuPy raises its own CUDA error types
             raise DeviceError(f"device 'cuda': CuPy is installed but no GPU answered ({e})") from None
+        if count == 0:
+            raise DeviceError("device 'cuda': CuPy is installed but sees no GPU")
         _cupy = cp
         _apply_tf32()
     return _cupy

@@ -1,0 +1,91 @@
+"""Backend: array-module lookup, devices (CuPy only when asked for), the seeded RNG, dtypes."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tinygrad_llm as tl
+from tinygrad_llm import Tensor, backend
+
+
+def test_array_module_and_device_of_numpy():
+    x = np.ones(2)
+    assert backend.array_module(x) is np and backend.device_of(x) == "cpu"
+    assert backend.xp_of("cpu") is np
+    assert backend.array_module(3.0) is np
+
+
+def test_unknown_device_is_refused():
+    with pytest.raises(backend.DeviceError, match=r"unknown device 'tpu'; expected one of \('cpu', 'cuda'\)"):
+        Tensor.zeros(2, device="tpu")
+    with pytest.raises(backend.DeviceError, match="unknown device"):
+        Tensor.zeros(2).to("gpu")
+
+
+@pytest.mark.skipif(tl.cuda_available(), reason="CuPy and a GPU are present")
+def test_cuda_without_cupy_says_what_to_install():
+    assert tl.cuda_available() is False
+    with pytest.raises(backend.DeviceError, match="device 'cuda'"):
+        Tensor.zeros(2, device="cuda")
+
+
+def test_package_imports_without_cupy_and_honours_the_device_variable():
+    # a fresh interpreter where `import cupy` fails: the package and the CPU path still work
+    code = ("import sys; sys.modules['cupy'] = None\n"
+            "import tinygrad_llm as tl\n"
+            "from tinygrad_llm import Tensor\n"
+            "x = Tensor([1.0, 2.0], requires_grad=True); (x * x).sum().backward()\n"
+            "assert x.grad.tolist() == [2.0, 4.0] and not tl.cuda_available()\n"
+            "assert 'cupy' not in sys.modules or sys.modules['cupy'] is None\n"
+            "print(Tensor.zeros(1).device)\n")
+    env = dict(os.environ, TINYGRAD_LLM_DEVICE="cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "cpu"
+    env["TINYGRAD_LLM_DEVICE"] = "tpu"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "unknown device 'tpu'" in out.stderr
+
+
+def test_default_device_follows_the_environment(monkeypatch):
+    monkeypatch.setenv("TINYGRAD_LLM_DEVICE", "cpu")
+    assert backend.default_device() == "cpu"
+    monkeypatch.delenv("TINYGRAD_LLM_DEVICE")
+    assert backend.default_device() == "cpu"
+
+
+def test_manual_seed_and_rng_state_round_trip():
+    tl.manual_seed(7)
+    a = Tensor.randn(4).numpy()
+    state = tl.get_rng_state()
+    b = Tensor.rand(4).numpy()
+    tl.set_rng_state(state)
+    assert np.array_equal(Tensor.rand(4).numpy(), b)
+    tl.manual_seed(7)
+    assert np.array_equal(Tensor.randn(4).numpy(), a)
+    tl.manual_seed(8)
+    assert not np.array_equal(Tensor.randn(4).numpy(), a)
+
+
+def test_dtypes():
+    assert backend.resolve_dtype(None) == np.float32
+    assert backend.resolve_dtype("float64") == np.float64
+    assert backend.is_float(np.float32) and not backend.is_float(np.int64)
+
+
+def test_ops_on_mixed_devices_are_refused(device):
+    if device == "cpu":
+        pytest.skip("needs a second device")
+    a, b = Tensor.ones(2), Tensor.ones(2, device="cuda")
+    with pytest.raises(backend.DeviceError, match="different devices"):
+        a + b
+
+
+def test_to_device_round_trip_carries_gradient(device):
+    x = Tensor([1.0, 2.0], requires_grad=True)
+    y = x.to(device)
+    assert y.device == device
+    (y * 2).sum().backward()
+    assert x.grad.device == "cpu" and x.grad.tolist() == [2.0, 2.0]
