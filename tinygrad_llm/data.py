@@ -87,3 +87,68 @@ class TokenData:
 def bits_per_byte(loss_nats, num_tokens, num_bytes):
     """Cross-entropy in nats per token -> bits per byte of text: loss * tokens / (bytes * ln 2)."""
     return float(loss_nats) * num_tokens / (num_bytes * np.log(2.0))
+
+
+class CharTokenizer:
+    """nanoGPT's character-level vocabulary: one id per distinct character of the text.
+
+    >>> tok = CharTokenizer.from_text("hello")      # chars "ehlo" -> ids 0..3
+    >>> tok.encode("hole"), tok.decode([2, 3])
+    ([1, 3, 2, 0], 'lo')
+    """
+
+    def __init__(self, chars):
+        self.chars = list(chars)  # id -> str
+        self.stoi = {c: i for i, c in enumerate(self.chars)}  # str -> id
+        if len(self.stoi) != len(self.chars):
+            raise ValueError("CharTokenizer: the character list has duplicates")
+
+    @classmethod
+    def from_text(cls, text):
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self):
+        return len(self.chars)
+
+    def encode(self, text, allowed_special=None):
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError as e:
+            raise ValueError(f"CharTokenizer: character {e.args[0]!r} is not in the vocabulary") from None
+
+    def decode(self, ids):
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def decode_bytes(self, ids):
+        return self.decode(ids).encode("utf-8", "surrogateescape")
+
+    def save(self, path):
+        import json
+        from .tokenizer.io import atomic_write_text
+        atomic_write_text(path, json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, path):
+        import json
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        if d.get("type") != "char":
+            raise ValueError(f"{path} is not a CharTokenizer file")
+        return cls(d["chars"])
+
+
+def write_token_file(ids, path, vocab_size, source_bytes, tokenizer_name):
+    """ids -> path (+ .json sidecar) in encode_file's format, written atomically."""
+    import json
+    import os
+    from .tokenizer.corpus import sidecar_path, token_dtype
+    from .tokenizer.io import atomic_write_text
+    path = Path(path)
+    dtype = token_dtype(vocab_size)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    np.asarray(ids, dtype=dtype).tofile(tmp)
+    os.replace(tmp, path)
+    meta = {"dtype": np.dtype(dtype).name, "vocab_size": int(vocab_size), "num_tokens": len(ids),
+            "source_bytes": int(source_bytes), "tokenizer": tokenizer_name}
+    atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2) + "\n")
+    return meta

@@ -1,0 +1,18 @@
+"""Generate text from a checkpoint written by examples/train_shakespeare.py.
+
+    python examples/sample.py --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8
+
+Same as `python -m tinygrad_llm sample`; all flags: --help.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from tinygrad_llm.cli import sample  # noqa: E402
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sample.add_arguments(parser)
+    sys.exit(sample.main(parser.parse_args()))

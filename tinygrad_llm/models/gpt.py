@@ -1,0 +1,374 @@
+"""GPT: a decoder-only transformer in the GPT-2 layout, with the usual modern options.
+
+    config  -> GPTConfig: sizes, and pos="learned"|"rope", norm="layernorm"|"rmsnorm",
+               mlp="gelu"|"swiglu", n_kv_head < n_head for grouped-query attention
+    model   -> embeddings, n_layer pre-norm Blocks (attention then MLP, each added to the
+               residual stream), a final norm, and the language-model head (tied to wte)
+    generate-> sampling with a KV cache: the prompt runs once, each new token costs O(T)
+
+Parameter names are GPT-2's (transformer.wte.weight, transformer.h.0.attn.c_attn.weight, ...),
+so a Hugging Face checkpoint loads as a straight copy (see hf.py, GPT.from_safetensors).
+"""
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from .. import backend
+from .. import functional as F
+from .. import nn
+from ..autograd import no_grad
+from ..tensor import Tensor
+from .rope import apply_rope, rope_tables
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50304   # GPT-2's 50257 padded up to a multiple of 64, as nanoGPT does
+    block_size: int = 1024    # the longest sequence the model sees
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_kv_head: int = None     # None: = n_head (multi-head); fewer shares each k/v head (GQA)
+    dropout: float = 0.0
+    bias: bool = True         # biases in Linear layers and LayerNorm, as GPT-2
+    pos: str = "learned"      # "learned" (GPT-2's wpe table) or "rope"
+    norm: str = "layernorm"   # or "rmsnorm"
+    mlp: str = "gelu"         # or "swiglu"
+    tie_weights: bool = True  # lm_head shares wte's matrix
+    mlp_hidden: int = None    # None: 4 * n_embd for gelu, 8/3 * n_embd (rounded up to 8) for swiglu
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+    def __post_init__(self):
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_kv_head"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"GPTConfig: {name} must be a positive integer, got {v!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"GPTConfig: n_head={self.n_head} is not divisible by n_kv_head="
+                             f"{self.n_kv_head} (each k/v head serves a whole group of query heads)")
+        choices = {"pos": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"GPTConfig: {name}={getattr(self, name)!r}; expected one of {allowed}")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"GPTConfig: pos='rope' needs an even head size; n_embd={self.n_embd} / "
+                             f"n_head={self.n_head} = {self.n_embd // self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
+        if self.mlp_hidden is None:
+            self.mlp_hidden = 4 * self.n_embd if self.mlp == "gelu" else -(-8 * self.n_embd // 3 // 8) * 8
+
+    @property
+    def head_size(self):
+        return self.n_embd // self.n_head
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"GPTConfig: unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def num_parameters(self):
+        """Parameter count from the shapes alone (tied weights once), without building the model."""
+        C, V, L, hs = self.n_embd, self.vocab_size, self.n_layer, self.head_size
+        b = 1 if self.bias else 0
+        norm = C * (1 + b) if self.norm == "layernorm" else C
+        qkv = (self.n_head + 2 * self.n_kv_head) * hs
+        attn = qkv * C + b * qkv + C * C + b * C
+        up = self.mlp_hidden * (2 if self.mlp == "swiglu" else 1)
+        mlp = up * C + b * up + C * self.mlp_hidden + b * C
+        emb = V * C + (self.block_size * C if self.pos == "learned" else 0)
+        head = 0 if self.tie_weights else V * C
+        return emb + L * (2 * norm + attn + mlp) + norm + head
+
+
+def _norm(config, dtype):
+    if config.norm == "layernorm":
+        return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias, dtype=dtype)
+    return nn.RMSNorm(config.n_embd, eps=config.norm_eps, dtype=dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention; n_kv_head < n_head shares k/v heads across query groups."""
+
+    def __init__(self, config, dtype=None):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.hs = config.n_head, config.n_kv_head, config.head_size
+        qkv = (config.n_head + 2 * config.n_kv_head) * self.hs
+        self.c_attn = nn.Linear(config.n_embd, qkv, bias=config.bias, dtype=dtype)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias, dtype=dtype)
+        self.dropout = config.dropout
+
+    def forward(self, x, rope=None, cache=None):
+        B, T, C = x.shape
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.hs
+        qkv = self.c_attn(x)  # (B, T, (nh + 2 nkv) hs)
+        qkv = qkv.reshape(B, T, nh + 2 * nkv, hs).transpose(0, 2, 1, 3)  # (B, nh + 2 nkv, T, hs)
+        q, k, v = qkv[:, :nh], qkv[:, nh:nh + nkv], qkv[:, nh + nkv:]  # (B, nh|nkv, T, hs)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        causal = True
+        if cache is not None:  # generation: keep k, v of every position seen so far
+            k, v = cache.append(k, v)
+            causal = T > 1  # one new query may look at every cached position
+        y = F.scaled_dot_product_attention(q, k, v, causal=causal)  # (B, nh, T, hs)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C): heads side by side again
+        y = self.c_proj(y)
+        # dropout on the residual branch only (the fused attention keeps no probability matrix)
+        return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
+
+
+class MLP(nn.Module):
+    def __init__(self, config, dtype=None):
+        super().__init__()
+        self.kind = config.mlp
+        up = config.mlp_hidden * (2 if config.mlp == "swiglu" else 1)  # swiglu: gate and value
+        self.c_fc = nn.Linear(config.n_embd, up, bias=config.bias, dtype=dtype)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias, dtype=dtype)
+        self.dropout = config.dropout
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        if self.kind == "gelu":
+            h = F.gelu(h, approximate="tanh")
+        else:
+            H = h.shape[-1] // 2
+            h = F.swiglu(h[..., :H], h[..., H:])  # silu(gate) * value
+        y = self.c_proj(h)
+        return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
+
+
+class Block(nn.Module):
+    """x + attn(norm(x)), then + mlp(norm(x)): the pre-norm residual block of GPT-2."""
+
+    def __init__(self, config, dtype=None):
+        super().__init__()
+        self.ln_1 = _norm(config, dtype)
+        self.attn = CausalSelfAttention(config, dtype)
+        self.ln_2 = _norm(config, dtype)
+        self.mlp = MLP(config, dtype)
+
+    def forward(self, x, rope=None, cache=None):
+        x = x + self.attn(self.ln_1(x), rope, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config, dtype=None):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd, dtype=dtype)
+        if config.pos == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd, dtype=dtype)
+        self.h = nn.ModuleList([Block(config, dtype) for _ in range(config.n_layer)])
+        self.ln_f = _norm(config, dtype)
+
+
+class KVCache:
+    """Per layer, preallocated k and v of shape (B, n_kv_head, block_size, hs), filled as tokens come."""
+
+    def __init__(self, config, B, dtype, xp):
+        shape = (B, config.n_kv_head, config.block_size, config.head_size)
+        self.k = [xp.zeros(shape, dtype) for _ in range(config.n_layer)]
+        self.v = [xp.zeros(shape, dtype) for _ in range(config.n_layer)]
+        self.length, self.layer = 0, 0
+
+    def append(self, k, v):
+        """Write k, v (B, nkv, T, hs) after what is cached; return all cached k, v as Tensors."""
+        i, T = self.layer, k.shape[2]
+        end = self.length + T
+        self.k[i][:, :, self.length:end] = k.data
+        self.v[i][:, :, self.length:end] = v.data
+        self.layer += 1
+        return Tensor(self.k[i][:, :, :end]), Tensor(self.v[i][:, :, :end])
+
+    def advance(self, T):
+        self.length += T
+        self.layer = 0
+
+
+class GPT(nn.Module):
+    """The model: idx (B, T) token ids -> logits (B, T, vocab_size), and the loss given targets."""
+
+    def __init__(self, config, dtype=None):
+        super().__init__()
+        if isinstance(config, dict):
+            config = GPTConfig.from_dict(config)
+        self.config = config
+        self.transformer = Transformer(config, dtype)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False, dtype=dtype)
+        if config.tie_weights:
+            # the input embedding and the output projection share one matrix (Press & Wolf 2017):
+            # fewer parameters, and rare tokens' rows learn from both ends
+            self.lm_head.weight = self.transformer.wte.weight
+        self._rope_cache = None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """GPT-2's initialisation: N(0, 0.02) for weights, zero biases, unit norm gains, and the
+        projections into the residual stream scaled by 1/sqrt(2 n_layer), so the variance of the
+        stream stays O(1) however many blocks add to it."""
+        rng = backend.rng("cpu")
+        std = 0.02
+        for name, p in self.named_parameters():
+            shape, dtype = p.shape, p.dtype
+            if name.endswith("c_proj.weight"):
+                value = rng.standard_normal(shape) * (std / math.sqrt(2 * self.config.n_layer))
+            elif name.endswith(".weight") and len(shape) == 2:
+                value = rng.standard_normal(shape) * std
+            elif "ln_" in name and name.endswith(".weight"):
+                value = np.ones(shape)
+            else:
+                value = np.zeros(shape)
+            p.data[...] = backend.xp_of(p.device).asarray(value.astype(dtype))
+
+    # ---------------------------------------------------------------------------------- forward
+    def _rope(self, start, T, x):
+        if self.config.pos != "rope":
+            return None
+        if self._rope_cache is None or self._rope_cache[0].dtype != x.dtype or \
+                backend.device_of(self._rope_cache[0]) != x.device:
+            xp = backend.array_module(x.data)
+            self._rope_cache = rope_tables(self.config.block_size, self.config.head_size,
+                                           self.config.rope_theta, dtype=x.dtype, xp=xp)
+        cos, sin = self._rope_cache
+        return cos[start:start + T], sin[start:start + T]
+
+    def _check_idx(self, idx):
+        data = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
+        if data.ndim == 1:
+            data = data[None]
+        if data.ndim != 2 or data.dtype.kind not in "iu":
+            raise ValueError(f"GPT: idx must be (B, T) integer token ids, got {data.dtype} {data.shape}")
+        return data
+
+    def forward(self, idx, targets=None, cache=None):
+        """(logits (B, T, vocab_size), mean cross-entropy or None). With a KVCache, idx are the
+        next tokens after the cached ones."""
+        cfg = self.config
+        data = self._check_idx(idx)
+        B, T = data.shape
+        start = cache.length if cache is not None else 0
+        if start + T > cfg.block_size:
+            raise ValueError(f"GPT: a sequence of length {start + T} is longer than block_size "
+                             f"{cfg.block_size}; crop it to the last {cfg.block_size} tokens")
+        lo, hi = int(data.min()), int(data.max())
+        if lo < 0 or hi >= cfg.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"GPT: token id {bad} is outside the vocabulary [0, {cfg.vocab_size})")
+        x = self.transformer.wte(Tensor(data))  # (B, T, C)
+        if cfg.pos == "learned":
+            x = x + self.transformer.wpe.weight[start:start + T]  # (T, C) broadcast over B
+        if cfg.dropout and self.training:
+            x = F.dropout(x, cfg.dropout, training=True)
+        rope = self._rope(start, T, x)
+        for block in self.transformer.h:
+            x = block(x, rope, cache)
+        if cache is not None:
+            cache.advance(T)
+        x = self.transformer.ln_f(x)
+        logits = F.linear(x, self.lm_head.weight)  # (B, T, V)
+        if targets is None:
+            return logits, None
+        tgt = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+        if tgt.shape != (B, T):
+            raise ValueError(f"GPT: targets of shape {tgt.shape} do not match idx of shape {(B, T)}")
+        loss = F.cross_entropy(logits.reshape(B * T, cfg.vocab_size), Tensor(tgt.reshape(B * T)))
+        return logits, loss
+
+    # ------------------------------------------------------------------------------- generation
+    @no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, eos_id=None,
+                 seed=None, use_cache=True):
+        """Extend idx (B, T) by up to max_new_tokens sampled tokens; returns (B, T + n) int64.
+
+        temperature 0 is greedy. top_k keeps the k likeliest tokens, top_p the smallest set whose
+        probability reaches p. Generation stops early once every row has produced eos_id. Past
+        block_size the context is cropped to the last block_size tokens (as nanoGPT does); with
+        the cache that means running the cropped window again, so both paths agree exactly.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            return self._generate(idx, max_new_tokens, temperature, top_k, top_p, eos_id, seed, use_cache)
+        finally:
+            self.train(was_training)
+
+    def _generate(self, idx, max_new_tokens, temperature, top_k, top_p, eos_id, seed, use_cache):
+        cfg = self.config
+        idx = self._check_idx(idx)
+        idx = np.asarray(backend.to_numpy(idx), dtype=np.int64)
+        if idx.shape[1] == 0:
+            raise ValueError("generate: the prompt needs at least one token")
+        if temperature < 0:
+            raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"generate: top_k must be >= 1, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
+        rng = np.random.default_rng(seed) if seed is not None else backend.rng("cpu")
+        device = self.lm_head.weight.device
+        xp = backend.xp_of(device)
+        B = idx.shape[0]
+        cache = None
+        done = np.zeros(B, dtype=bool)
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits, _ = self(Tensor(xp.asarray(idx[:, -cfg.block_size:])))
+            elif cache is None or cache.length + 1 > cfg.block_size:
+                # first call, or the window is full: (re)run the last block_size tokens at once
+                cache = KVCache(cfg, B, self.lm_head.weight.dtype, xp)
+                logits, _ = self(Tensor(xp.asarray(idx[:, -cfg.block_size:])), cache=cache)
+            else:
+                logits, _ = self(Tensor(xp.asarray(idx[:, -1:])), cache=cache)
+            last = np.asarray(backend.to_numpy(logits.data[:, -1, :]), dtype=np.float64)  # (B, V)
+            nxt = sample_next(last, temperature, top_k, top_p, rng)
+            if eos_id is not None:
+                nxt = np.where(done, eos_id, nxt)
+                done |= nxt == eos_id
+            idx = np.concatenate([idx, nxt[:, None]], axis=1)
+            if eos_id is not None and done.all():
+                break
+        return Tensor(idx)
+
+    # ------------------------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_safetensors(cls, path, dtype=None):
+        """A Hugging Face GPT-2 checkpoint (a directory with config.json and model.safetensors)."""
+        from .hf import load_hf_gpt2
+        return load_hf_gpt2(cls, path, dtype=dtype)
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):
+    """One token id per row of logits (B, V): greedy at temperature 0, else sampled."""
+    if temperature == 0:
+        return logits.argmax(axis=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = np.partition(logits, -top_k, axis=-1)[:, -top_k][:, None]
+        logits = np.where(logits < kth, -np.inf, logits)
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-probs, axis=-1)
+        sorted_p = np.take_along_axis(probs, order, axis=-1)
+        # keep a token while the mass before it is below p: the first token always stays
+        keep_sorted = (np.cumsum(sorted_p, axis=-1) - sorted_p) < top_p
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=-1)
+        probs = np.where(keep, probs, 0.0)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    rng = rng if rng is not None else backend.rng("cpu")
+    u = rng.random((probs.shape[0], 1))
+    cdf = np.cumsum(probs, axis=-1)
+    return np.minimum((cdf < u * cdf[:, -1:]).sum(axis=-1), probs.shape[-1] - 1)

@@ -1,0 +1,327 @@
+"""The training loop shared by examples/train_shakespeare.py and `python -m tinygrad_llm train`.
+
+    cfg = TrainConfig(data="shakespeare.bin", out_dir="out/run", model={"n_layer": 4, ...})
+    summary = Trainer(cfg).run()          # or .run(resume=True) to continue from out_dir
+
+Per step: B x T windows (times grad_accum micro-batches), forward, backward, clip the global
+gradient norm, optimizer step with the scheduled learning rate. Every log_every steps a line
+(step, loss, lr, ms/step, tokens/s) and a JSON line in <out_dir>/metrics.jsonl; every
+eval_every steps the loss on a fixed set of validation batches and its bits per byte
+(loss in nats x tokens / (bytes x ln 2)), which compares runs across tokenizers.
+
+Checkpoints (<out_dir>/ckpt.safetensors, see checkpoint.py) hold the weights, the optimizer
+state, both RNG states (initialisation/dropout and the data sampler) and the step, so a resumed
+run draws the same batches and produces bit-identical losses. Ctrl-C saves one and exits; a
+non-finite loss stops the run and leaves the last good checkpoint untouched.
+"""
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import TokenData, bits_per_byte
+from .models import GPT, GPTConfig
+from .tensor import Tensor
+
+CKPT_NAME = "ckpt.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""               # token file written by tokenizer.encode_file (.bin + .bin.json)
+    out_dir: str = "out/run"     # checkpoints and metrics.jsonl
+    model: dict = field(default_factory=dict)  # GPTConfig fields; vocab_size defaults to the data's
+    batch_size: int = 12
+    grad_accum: int = 1          # micro-batches per optimizer step (their gradients add up)
+    max_iters: int = 2000
+    optimizer: str = "adamw"     # or "muon": Muon on the blocks' matrices, AdamW on the rest
+    lr: float = 1e-3             # peak learning rate (AdamW's; the AdamW part under "muon")
+    muon_lr: float = 0.02        # Muon's peak learning rate
+    muon_momentum: float = 0.95
+    min_lr_ratio: float = 0.1    # the schedule ends at lr * min_lr_ratio
+    warmup_iters: int = 100
+    schedule: str = "cosine"     # "cosine" (warmup + cosine), "wsd" (warmup, stable, decay), "constant"
+    decay_frac: float = 0.2      # wsd: the fraction of steps spent decaying (linearly) at the end
+    weight_decay: float = 0.1    # on matrices only: biases and norm gains are not decayed
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0       # 0 turns clipping off
+    eval_every: int = 250
+    eval_iters: int = 20         # validation batches per evaluation (the same batches each time)
+    final_eval: str = "full"     # "full": the last evaluation covers the whole val split; "sample"
+    log_every: int = 10
+    checkpoint_every: int = 0    # 0: a checkpoint at each evaluation and at the end
+    seed: int = 1337
+    device: str = "cpu"
+    val_fraction: float = 0.1
+    health_every: int = 0        # >0: study.health.gradient_health every N steps, in metrics["health"]
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown keys {unknown}")
+        return cls(**d)
+
+    def validate(self):
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"TrainConfig: optimizer={self.optimizer!r}; expected 'adamw' or 'muon'")
+        if self.schedule not in ("cosine", "wsd", "constant"):
+            raise ValueError(f"TrainConfig: schedule={self.schedule!r}; expected cosine, wsd or constant")
+        for name in ("batch_size", "grad_accum", "eval_iters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_iters < 0 or self.warmup_iters < 0:
+            raise ValueError("TrainConfig: max_iters and warmup_iters must be >= 0")
+
+
+def lr_factor(step, cfg):
+    """The schedule as a multiple of the peak lr at `step` (0-based)."""
+    if step < cfg.warmup_iters:
+        return (step + 1) / cfg.warmup_iters
+    if cfg.schedule == "constant":
+        return 1.0
+    lo = cfg.min_lr_ratio
+    if cfg.schedule == "wsd":
+        decay_start = cfg.max_iters - int(cfg.decay_frac * cfg.max_iters)
+        if step < decay_start:
+            return 1.0
+        return 1.0 - (1.0 - lo) * (step - decay_start + 1) / max(cfg.max_iters - decay_start, 1)
+    progress = (step - cfg.warmup_iters) / max(cfg.max_iters - cfg.warmup_iters, 1)
+    return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_optimizer(model, cfg):
+    """AdamW (weight decay on matrices only), or Muon on the hidden matrices + AdamW on the rest.
+
+    Every param group remembers its peak lr as "base_lr"; the schedule scales it each step.
+    """
+    from . import optim
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "adamw":
+        opt = optim.AdamW(optim.param_groups_for_weight_decay(model, cfg.weight_decay),
+                          lr=cfg.lr, betas=betas)
+    else:
+        opt = optim.muon_hybrid(model, muon_lr=cfg.muon_lr, adamw_lr=cfg.lr, momentum=cfg.muon_momentum,
+                                adamw_betas=betas, adamw_weight_decay=cfg.weight_decay)
+    for g in opt.param_groups:
+        g["base_lr"] = g["lr"]
+    return opt
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class Trainer:
+    def __init__(self, cfg, data=None, decode_bytes=None, log=None):
+        """cfg: TrainConfig (or dict). data: a TokenData (else cfg.data is opened). decode_bytes:
+        ids -> bytes, to count the validation split's bytes exactly for bits per byte."""
+        self.cfg = cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
+        cfg.validate()
+        self.log = log or (lambda msg: print(msg, flush=True))
+        backend.manual_seed(cfg.seed)
+        self.data = data if data is not None else TokenData(cfg.data, cfg.val_fraction, seed=cfg.seed)
+        model_cfg = dict(cfg.model)
+        if "vocab_size" not in model_cfg:
+            model_cfg["vocab_size"] = int(self.data.meta.get("vocab_size") or 0) or None
+            if model_cfg["vocab_size"] is None:
+                raise ValueError("TrainConfig.model needs vocab_size (the data does not say)")
+        self.model_config = GPTConfig.from_dict(model_cfg)
+        self.model = GPT(self.model_config)
+        if cfg.device != "cpu":
+            self.model.to(cfg.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.params = list(self.model.parameters())
+        self.out_dir = Path(cfg.out_dir)
+        self.bytes_per_token = self.data.bytes_per_token("val", decode=decode_bytes)
+        self.decode_bytes = decode_bytes
+        self.step = 0
+        self.elapsed = 0.0  # training seconds, carried across resumes
+        self.last_val = None
+        # the evaluation batches are the same at every evaluation, drawn from their own generator
+        T = self.model_config.block_size
+        eval_rng = np.random.default_rng(cfg.seed + 1)
+        self.eval_batches = [self.data.get_batch("val", cfg.batch_size, T, rng=eval_rng)
+                             for _ in range(cfg.eval_iters)]
+
+    # ------------------------------------------------------------------------------ checkpoints
+    @property
+    def ckpt_path(self):
+        return self.out_dir / CKPT_NAME
+
+    def save(self):
+        rng = {"global": backend.get_rng_state(), "data": self.data.state()}
+        extra = {"train_config": asdict(self.cfg), "elapsed_s": self.elapsed, "last_val": self.last_val}
+        save_checkpoint(self.ckpt_path, self.model.state_dict(), self.optimizer.state_dict(),
+                        step=self.step, config=self.model_config.to_dict(), rng=rng, extra=extra)
+
+    def load(self, path=None):
+        ck = load_checkpoint(path or self.ckpt_path)
+        if ck["config"] != self.model_config.to_dict():
+            raise ValueError(f"checkpoint model config {ck['config']} differs from this run's "
+                             f"{self.model_config.to_dict()}")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        backend.set_rng_state(ck["rng"]["global"])
+        self.data.set_state(ck["rng"]["data"])
+        self.step = ck["step"]
+        self.elapsed = ck["extra"].get("elapsed_s", 0.0)
+        self.last_val = ck["extra"].get("last_val")
+
+    # ------------------------------------------------------------------------------- evaluation
+    def evaluate(self, full=False):
+        """Mean validation loss (nats/token) and bits per byte."""
+        from .autograd import no_grad
+        self.model.eval()
+        T, B = self.model_config.block_size, self.cfg.batch_size
+        losses, weights = [], []
+        with no_grad():
+            if full:
+                val = np.asarray(self.data.splits["val"], dtype=np.int64)
+                n = (len(val) - 1) // T
+                x_all, y_all = val[:n * T].reshape(n, T), val[1:n * T + 1].reshape(n, T)  # (n, T)
+                for i in range(0, n, B):
+                    _, loss = self.model(self._dev(x_all[i:i + B]), self._dev(y_all[i:i + B]))
+                    losses.append(loss.item())
+                    weights.append(min(B, n - i))
+            else:
+                for x, y in self.eval_batches:
+                    _, loss = self.model(self._dev(x), self._dev(y))
+                    losses.append(loss.item())
+                    weights.append(1)
+        self.model.train()
+        val_loss = float(np.average(losses, weights=weights))
+        if full and self.decode_bytes is not None:  # the bytes of exactly the tokens scored
+            n_tok = sum(weights) * T
+            n_bytes = len(self.decode_bytes(val[1:n * T + 1].tolist()))
+            return val_loss, bits_per_byte(val_loss, n_tok, n_bytes)
+        return val_loss, val_loss / (self.bytes_per_token * math.log(2))
+
+    def _dev(self, arr):
+        return Tensor(backend.to_device(arr, self.cfg.device) if self.cfg.device != "cpu" else arr)
+
+    # ----------------------------------------------------------------------------------- the loop
+    def _health(self):
+        try:
+            from .study.health import gradient_health
+        except ImportError:
+            return None
+        try:
+            return gradient_health(self.model, self.optimizer)
+        except Exception as e:  # noqa: BLE001 - a diagnostic must never kill a run
+            return {"error": f"{type(e).__name__}: {e}"}
+
+    def train_step(self):
+        """One optimizer step; returns the mean loss of its micro-batches."""
+        cfg, T = self.cfg, self.model_config.block_size
+        factor = lr_factor(self.step, cfg)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            x, y = self.data.get_batch("train", cfg.batch_size, T)
+            _, loss = self.model(self._dev(x), self._dev(y))
+            lv = loss.item()
+            if not math.isfinite(lv):
+                raise TrainingDiverged(f"loss is {lv} at step {self.step}: training diverged (try a "
+                                       f"lower lr than {cfg.lr}); the last good checkpoint is kept")
+            (loss * (1.0 / cfg.grad_accum) if cfg.grad_accum > 1 else loss).backward()
+            total += lv
+        health = self._health() if cfg.health_every and self.step % cfg.health_every == 0 else None
+        if cfg.grad_clip > 0:
+            from .optim import clip_grad_norm_
+            clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return total / cfg.grad_accum, health
+
+    def run(self, resume=False):
+        """Train to max_iters; returns a summary dict (status, step, val_loss, val_bpb, ...)."""
+        cfg = self.cfg
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = self.out_dir / "metrics.jsonl"
+        if resume:
+            if not self.ckpt_path.exists():
+                raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_path}")
+            self.load()
+            self.log(f"resumed from {self.ckpt_path} at step {self.step}")
+        elif metrics_path.exists():
+            metrics_path.unlink()
+        T = self.model_config.block_size
+        tokens_per_step = cfg.batch_size * T * cfg.grad_accum
+        self.log(f"model: {self.model.num_parameters():,} parameters, {self.model_config.n_layer} layers, "
+                 f"{self.model_config.n_embd} wide, vocab {self.model_config.vocab_size}, T={T}; "
+                 f"{tokens_per_step:,} tokens/step, {cfg.max_iters} steps, {cfg.optimizer}")
+        status, window, window_t = "done", [], time.perf_counter()
+        with open(metrics_path, "a") as metrics:
+            def emit(record):
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+            try:
+                while self.step < cfg.max_iters:
+                    t0 = time.perf_counter()
+                    loss, health = self.train_step()
+                    dt = time.perf_counter() - t0
+                    self.elapsed += dt
+                    self.step += 1
+                    window.append(dt)
+                    last = self.step == cfg.max_iters
+                    do_eval = (cfg.eval_every and self.step % cfg.eval_every == 0) or last
+                    val_loss = val_bpb = None
+                    if do_eval:
+                        val_loss, val_bpb = self.evaluate(full=last and cfg.final_eval == "full")
+                        self.last_val = {"step": self.step, "val_loss": val_loss, "val_bpb": val_bpb}
+                    if self.step % cfg.log_every == 0 or do_eval or health is not None:
+                        ms = 1000 * float(np.median(window)) if window else 0.0
+                        tps = tokens_per_step / (ms / 1000) if ms else 0.0
+                        lr = self.optimizer.param_groups[0]["lr"]
+                        line = (f"step {self.step:5d} | loss {loss:.4f} | lr {lr:.2e} | "
+                                f"{ms:6.1f} ms/step | {tps:8,.0f} tok/s")
+                        if val_loss is not None:
+                            line += f" | val {val_loss:.4f} ({val_bpb:.3f} bits/byte)"
+                        self.log(line)
+                        record = {"step": self.step, "train_loss": loss, "val_loss": val_loss,
+                                  "val_bpb": val_bpb, "lr": lr, "tokens_per_s": tps, "ms_per_step": ms,
+                                  "elapsed_s": round(self.elapsed, 3)}
+                        if health is not None:
+                            record["health"] = health
+                        emit(record)
+                        window = []
+                    if do_eval or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                        self.save()
+            except KeyboardInterrupt:
+                self.save()
+                self.log(f"interrupted: checkpoint saved at step {self.step} to {self.ckpt_path} "
+                         "(continue with --resume)")
+                status = "interrupted"
+            except TrainingDiverged as e:
+                self.log(f"stopped: {e}")
+                status = "diverged"
+        summary = {"status": status, "step": self.step, "elapsed_s": self.elapsed,
+                   "val_loss": self.last_val and self.last_val["val_loss"],
+                   "val_bpb": self.last_val and self.last_val["val_bpb"],
+                   "checkpoint": str(self.ckpt_path), "wall_s": time.perf_counter() - window_t}
+        return summary
+
+
+def load_model(path, device="cpu"):
+    """(GPT, checkpoint dict) from a training checkpoint, ready for generation."""
+    ck = load_checkpoint(path)
+    model = GPT(GPTConfig.from_dict(ck["config"]))
+    model.load_state_dict(ck["model"])
+    if device != "cpu":
+        model.to(device)
+    model.eval()
+    return model, ck
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use `python -m tinygrad_llm train` or examples/train_shakespeare.py")
