@@ -93,9 +93,8 @@ def _encode_block(tokenizer, text, allowed_special):
     """Encode all of text but its tail; return (ids, tail), where tail starts the next block.
 
     Special tokens are hard boundaries, so everything up to the last one is final.  In the
-    piece after it, the regex chunks up to the second-to-last are final too (only a chunk that
-    reaches the block's end can be cut differently once more text follows), and the tail is
-    kept at least as long as the longest special token, which may be cut in half.
+    piece after it, the regex chunks up to the second-to-last are final too: only a chunk that
+    reaches the block's end can be cut differently once more text follows.
     """
     if tokenizer.pattern is None:  # the text is one chunk: nothing is final before the end
         return [], text
@@ -109,20 +108,26 @@ def _encode_block(tokenizer, text, allowed_special):
             ids.append(special[m.group()])
             piece_start = m.end()
     piece = text[piece_start:]
-    longest = max((len(s) for s in tokenizer.special_tokens), default=1)
-    limit = len(piece) - (longest - 1)
-    chunks = tokenizer._regex.findall(piece)
+    # A special token may be cut in half at the end ("...<|endof").  If it completes, the text
+    # before it ends there, and ends differently than if more text followed; so treat the text
+    # as ending where a possibly cut special starts, and keep back the last two chunks of that.
+    head_end = len(piece)
+    longest = max((len(t) for t in special), default=1)
+    for p in range(max(0, len(piece) - longest + 1), len(piece)):
+        if any(t.startswith(piece[p:]) for t in special):
+            head_end = p
+            break
+    head = piece[:head_end]
+    chunks = tokenizer._regex.findall(head)
     lengths = [len(c) for c in chunks]
-    if sum(lengths) == len(piece):  # the chunks tile the piece: starts are running sums
+    if sum(lengths) == len(head):  # the chunks tile the head: starts are running sums
         starts, pos = [], 0
         for n in lengths:
             starts.append(pos)
             pos += n
     else:  # a custom pattern that skips characters: ask the regex where each chunk starts
-        starts = [m.start() for m in tokenizer._regex.finditer(piece)]
-    k = len(chunks) - 2  # chunks[:k] are final ...
-    while k > 0 and starts[k] > limit:  # ... and the tail must hold a possibly cut special token
-        k -= 1
+        starts = [m.start() for m in tokenizer._regex.finditer(head)]
+    k = len(chunks) - 2  # chunks[:k] are final
     if k <= 0:
         return ids, piece
     ids.extend(tokenizer._encode_chunks(chunks[:k]))
