@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tinygrad_llm.tokenizer import BPETokenizer, bytes_to_unicode  # noqa: E402
-from tinygrad_llm.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN  # noqa: E402
+from tinygrad_llm.tokenizer.patterns import GPT2_PATTERN  # noqa: E402
 from tinygrad_llm.tokenizer.trainer import merge_word  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
