@@ -6,6 +6,8 @@ the first writes in place: a fresh array per step costs page faults, not just ar
 """
 import math
 
+import numpy as np
+
 from ..autograd import Function
 from ..backend import array_module
 
@@ -30,6 +32,11 @@ _RSQRTPI = 1.0 / math.sqrt(math.pi)
 
 def erf(x):
     """erf(x) elementwise in x's dtype (NumPy has none), by Cody's three rational approximations."""
+    with np.errstate(invalid="ignore", over="ignore"):  # +-inf: the unused branches give nan
+        return _erf(x)
+
+
+def _erf(x):
     xp = array_module(x)
     y = xp.abs(x)
     z = y * y
@@ -117,13 +124,14 @@ def gelu_exact_backward_ref(dy, x, h):
 
 
 def sigmoid_ref(x):
-    """1 / (1 + exp(-x)) written as 0.5 (1 + tanh(x / 2)): one transcendental, never overflows."""
+    """1 / (1 + exp(-x)): exp(-x) overflows to inf for x < -88 (float32) and 1 / inf = 0 is the
+    right limit, while moderately negative x keep full relative precision (unlike 0.5 (1 + tanh))."""
     xp = array_module(x)
-    s = x * 0.5
-    xp.tanh(s, out=s)
+    s = xp.negative(x)
+    with np.errstate(over="ignore"):
+        xp.exp(s, out=s)
     s += 1.0
-    s *= 0.5
-    return s
+    return xp.reciprocal(s, out=s)
 
 
 def silu_backward_ref(dy, x, s):
@@ -150,16 +158,17 @@ class GELU(Function):
         if approximate not in ("tanh", "none"):
             raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
         fwd = gelu_tanh_forward_ref if approximate == "tanh" else gelu_exact_forward_ref
-        y, h = fwd(x)
-        ctx.save_for_backward(x, h)
+        x1 = x.reshape(-1)  # flat (a view): a 0-d input would turn the in-place passes into scalars
+        y, h = fwd(x1)
+        ctx.save_for_backward(x1, h)
         ctx.approximate = approximate
-        return y
+        return y.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
         x, h = ctx.saved
         bwd = gelu_tanh_backward_ref if ctx.approximate == "tanh" else gelu_exact_backward_ref
-        return bwd(dy, x, h)
+        return bwd(dy.reshape(-1), x, h).reshape(dy.shape)
 
 
 class SiLU(Function):
@@ -169,14 +178,15 @@ class SiLU(Function):
 
     @staticmethod
     def forward(ctx, x):
-        s = sigmoid_ref(x)
-        ctx.save_for_backward(x, s)
-        return x * s
+        x1 = x.reshape(-1)  # flat, as in GELU
+        s = sigmoid_ref(x1)
+        ctx.save_for_backward(x1, s)
+        return (x1 * s).reshape(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
         x, s = ctx.saved
-        return silu_backward_ref(dy, x, s)
+        return silu_backward_ref(dy.reshape(-1), x, s).reshape(dy.shape)
 
 
 def swiglu_forward_ref(gate, up):
@@ -198,17 +208,21 @@ class SwiGLU(Function):
     def forward(ctx, gate, up):
         if gate.shape != up.shape:
             raise ValueError(f"swiglu: gate {gate.shape} and up {up.shape} must have the same shape")
+        shape = gate.shape
+        gate, up = gate.reshape(-1), up.reshape(-1)  # flat, as in GELU
         y, s = swiglu_forward_ref(gate, up)
         ctx.save_for_backward(gate, up, s)
-        return y
+        return y.reshape(shape)
 
     @staticmethod
     def backward(ctx, dy):
         gate, up, s = ctx.saved
         need_g, need_u = ctx.needs_input_grad
+        dy1 = dy.reshape(-1)
         dup = None
         if need_u:
             dup = gate * s
-            dup *= dy
-        dgate = silu_backward_ref(dy * up, gate, s) if need_g else None
+            dup *= dy1
+            dup = dup.reshape(dy.shape)
+        dgate = silu_backward_ref(dy1 * up, gate, s).reshape(dy.shape) if need_g else None
         return dgate, dup

@@ -19,7 +19,7 @@ class Dropout(Function):
 
     @staticmethod
     def forward(ctx, x, p=0.5):
-        m = dropout_mask_ref(x.shape, p, x.dtype, device_of(x))
+        m = dropout_mask_ref(x.size, p, x.dtype, device_of(x)).reshape(x.shape)  # flat draw: 0-d too
         ctx.save_for_backward(m)
         return x * m
 
