@@ -17,18 +17,19 @@ from .. import autograd
 from ..autograd import Context
 from ..backend import array_module
 
-_DERIVATIVE = re.compile(r"\bd[A-Za-z_][\w']* = ")
+_DERIVATIVE = re.compile(r"\bd[A-Za-z_][\w']*(?:\[[^\]]*\])? = ")
 
 
 def backward_formula(fn):
     """The backward line of an op's docstring ("dx = y * dy ..."), or "" when it has none."""
     doc = " ".join((fn.__doc__ or "").split())
-    m = _DERIVATIVE.search(doc)
+    marker = doc.find("Backward:")
+    m = _DERIVATIVE.search(doc, marker if marker >= 0 else 0)
     if m is None:
         return ""
     rest = doc[m.start():]
     # stop at the first sentence end that is not inside a formula ("2.0" has no space after it)
-    end = re.search(r"(?<=[a-z)\]0-9])\.(\s|$)", rest)
+    end = re.search(r"(?<=[A-Za-z)\]0-9])\.(\s|$)", rest)
     return (rest[:end.start()] if end else rest).strip()
 
 

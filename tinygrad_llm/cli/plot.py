@@ -1,0 +1,221 @@
+"""`python -m tinygrad_llm plot <out_dir>`: a training run's metrics.jsonl as one PNG.
+
+    python -m tinygrad_llm plot out/shakespeare            # writes out/shakespeare/metrics.png
+
+Six panels: train loss (raw and a centred moving average) with val loss; val bits-per-byte; the learning rate;
+gradient norms per parameter group; update/weight ratios per group (with the 1e-3 rule of thumb);
+and the spread (std) of each block's output. The last three need health records in the file
+(train with health_every > 0); without them those panels say so. Needs matplotlib
+(pip install "tinygrad-llm[plot]").
+"""
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser):
+    parser.add_argument("out_dir", help="a training run's directory (holding metrics.jsonl), or the file")
+    parser.add_argument("--out", help="PNG to write (default <out_dir>/metrics.png)")
+    parser.add_argument("--smooth", type=int, default=None,
+                        help="records averaged for the smoothed train loss (odd; default: about 1/25 of them)")
+    parser.add_argument("--dpi", type=int, default=120)
+
+
+def read_metrics(path):
+    """The JSON lines of a metrics file (a line cut short by a killed run is skipped)."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "step" in rec:
+                records.append(rec)
+    return records
+
+
+def _series(records, key):
+    pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))
+           and math.isfinite(r[key])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _centered_mean(values, window):
+    """Moving average over `window` records centred on each one: smooth, and without the lag of
+    an exponential average (which would draw the curve late by window / 2 records)."""
+    half = window // 2
+    out = []
+    for k in range(len(values)):
+        chunk = values[max(0, k - half):k + half + 1]
+        out.append(sum(chunk) / len(chunk))
+    return out
+
+
+def _health_series(records, field):
+    """group -> (steps, values) of health[groups][group][field]."""
+    out = {}
+    for r in records:
+        groups = (r.get("health") or {}).get("groups") or {}
+        for name, g in groups.items():
+            v = g.get(field)
+            if isinstance(v, (int, float)) and math.isfinite(v) and v > 0:
+                s = out.setdefault(name, ([], []))
+                s[0].append(r["step"])
+                s[1].append(v)
+    return out
+
+
+def _activation_series(records):
+    out = {}
+    for r in records:
+        for name, st in ((r.get("health") or {}).get("activations") or {}).items():
+            if name.count(".") == 1 and isinstance(st.get("std"), (int, float)):  # blocks, not sub-scopes
+                s = out.setdefault(name, ([], []))
+                s[0].append(r["step"])
+                s[1].append(st["std"])
+    return out
+
+
+def _short(group):
+    return group.replace("transformer.", "")
+
+
+def _empty(ax, text):
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777777",
+            fontsize=9, wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot(records, out_path, smooth=None, dpi=120, title=None):
+    """Draw the six panels of `records` into out_path (PNG)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    (ax_loss, ax_bpb, ax_lr), (ax_grad, ax_upd, ax_act) = axes
+    fig.suptitle(title or "training run", fontsize=13)
+
+    steps, train = _series(records, "train_loss")
+    vsteps, val = _series(records, "val_loss")
+    if steps:
+        ax_loss.plot(steps, train, color="#9ecae1", lw=0.8, label="train")
+        window = smooth or 2 * max(1, len(train) // 50) + 1
+        if len(train) > 2 and window > 1:
+            ax_loss.plot(steps, _centered_mean(train, window), color="#1f77b4", lw=1.8,
+                         label=f"train (mean of {window} records)")
+        if val:
+            ax_loss.plot(vsteps, val, "o-", color="#d62728", lw=1.6, ms=4, label="val")
+            ax_loss.annotate(f"{val[-1]:.3f}", (vsteps[-1], val[-1]), textcoords="offset points",
+                             xytext=(-10, 8), color="#d62728", fontsize=9)
+        ax_loss.set_title("loss (cross-entropy, nats/token)")
+        ax_loss.set_xlabel("step")
+        ax_loss.legend(fontsize=8)
+        ax_loss.grid(alpha=0.3)
+    else:
+        _empty(ax_loss, "no train_loss in the metrics")
+
+    bsteps, bpb = _series(records, "val_bpb")
+    if bpb:
+        ax_bpb.plot(bsteps, bpb, "o-", color="#9467bd", lw=1.6, ms=4)
+        ax_bpb.annotate(f"{bpb[-1]:.3f}", (bsteps[-1], bpb[-1]), textcoords="offset points",
+                        xytext=(-10, 8), color="#9467bd", fontsize=9)
+        ax_bpb.set_title("val bits per byte (lower is better)")
+        ax_bpb.set_xlabel("step")
+        ax_bpb.grid(alpha=0.3)
+    else:
+        _empty(ax_bpb, "no val_bpb yet (evaluations add it)")
+
+    lsteps, lr = _series(records, "lr")
+    if lr:
+        ax_lr.plot(lsteps, lr, color="#2ca02c", lw=1.6)
+        ax_lr.set_title("learning rate")
+        ax_lr.set_xlabel("step")
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        ax_lr.grid(alpha=0.3)
+    else:
+        _empty(ax_lr, "no lr in the metrics")
+
+    no_health = "no health records:\ntrain with health_every > 0"
+    gsteps, gtotal = _series([{"step": r["step"], "g": (r.get("health") or {}).get("grad_norm")}
+                              for r in records], "g")
+    grads = _health_series(records, "grad_norm")
+    if grads:
+        cmap = plt.get_cmap("tab20")
+        for k, (name, (s, v)) in enumerate(sorted(grads.items())):
+            ax_grad.plot(s, v, lw=1.1, color=cmap(k % 20), label=_short(name))
+        if gtotal:
+            ax_grad.plot(gsteps, gtotal, color="black", lw=2.0, label="total")
+        ax_grad.set_yscale("log")
+        ax_grad.set_title("gradient norm per parameter group")
+        ax_grad.set_xlabel("step")
+        ax_grad.legend(fontsize=6, ncol=2)
+        ax_grad.grid(alpha=0.3, which="both")
+    else:
+        _empty(ax_grad, no_health)
+
+    updates = _health_series(records, "update_ratio")
+    if updates:
+        cmap = plt.get_cmap("tab20")
+        for k, (name, (s, v)) in enumerate(sorted(updates.items())):
+            ax_upd.plot(s, v, lw=1.1, color=cmap(k % 20), label=_short(name))
+        ax_upd.axhline(1e-3, color="black", ls="--", lw=1.0, label="1e-3 (rule of thumb)")
+        ax_upd.set_yscale("log")
+        ax_upd.set_title("update / weight per step  |ΔW| / |W|")
+        ax_upd.set_xlabel("step")
+        ax_upd.legend(fontsize=6, ncol=2)
+        ax_upd.grid(alpha=0.3, which="both")
+    else:
+        _empty(ax_upd, no_health if not grads else "update ratios appear from the second health record")
+
+    acts = _activation_series(records)
+    if acts:
+        names = sorted(acts, key=lambda n: (n.split(".")[0], int(n.split(".")[1]) if n.split(".")[1].isdigit() else 0))
+        cmap = plt.get_cmap("viridis")
+        for k, name in enumerate(names):
+            s, v = acts[name]
+            ax_act.plot(s, v, lw=1.3, color=cmap(k / max(1, len(names) - 1)), label=name)
+        ax_act.set_title("std of each block's output (residual stream)")
+        ax_act.set_xlabel("step")
+        ax_act.legend(fontsize=7, ncol=2)
+        ax_act.grid(alpha=0.3)
+    else:
+        _empty(ax_act, no_health if not grads else "no activation statistics recorded")
+
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(out_path, dpi=dpi)
+    plt.close(fig)
+    return out_path
+
+
+def main(args):
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("plot needs matplotlib, which is not installed: pip install \"tinygrad-llm[plot]\" "
+              "(or pip install matplotlib)", file=sys.stderr)
+        return 1
+    src = Path(args.out_dir)
+    metrics = src if src.is_file() else src / "metrics.jsonl"
+    if not metrics.exists():
+        print(f"plot: no metrics file at {metrics} (a training run writes <out_dir>/metrics.jsonl)",
+              file=sys.stderr)
+        return 1
+    if args.smooth is not None and args.smooth < 1:
+        print(f"plot: --smooth must be a number of records >= 1, got {args.smooth}", file=sys.stderr)
+        return 2
+    records = read_metrics(metrics)
+    if not records:
+        print(f"plot: {metrics} holds no metric lines yet", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else metrics.with_name("metrics.png")
+    plot(records, out, smooth=args.smooth, dpi=args.dpi, title=f"{metrics.parent.name}: {len(records)} records, "
+         f"last step {records[-1]['step']}")
+    print(f"wrote {out}")
+    return 0
