@@ -26,7 +26,10 @@ def _back(dx, shape, dtype):
 
 
 class Add(Function):
-    """y = a + b.   da = dy, db = dy (each summed over the axes it was broadcast along)."""
+    """y = a + b.   da = dy, db = dy (each summed over the axes it was broadcast along).
+
+    Keeps only the input shapes and dtypes.  Derivation: docs/backward.md#add
+    """
 
     @staticmethod
     def forward(ctx, a, b):
@@ -40,7 +43,10 @@ class Add(Function):
 
 
 class Sub(Function):
-    """y = a - b.   da = dy, db = -dy."""
+    """y = a - b.   da = dy, db = -dy.
+
+    Keeps only the input shapes and dtypes.  Derivation: docs/backward.md#sub
+    """
 
     @staticmethod
     def forward(ctx, a, b):
@@ -54,7 +60,10 @@ class Sub(Function):
 
 
 class Mul(Function):
-    """y = a * b.   da = dy * b, db = dy * a."""
+    """y = a * b.   da = dy * b, db = dy * a.
+
+    Keeps, for each input that needs a gradient, the other input.  Derivation: docs/backward.md#mul
+    """
 
     @staticmethod
     def forward(ctx, a, b):
@@ -73,7 +82,10 @@ class Mul(Function):
 
 
 class Div(Function):
-    """y = a / b.   da = dy / b, db = -dy * a / b^2 = -dy * y / b."""
+    """y = a / b.   da = dy / b, db = -dy * a / b^2 = -dy * y / b.
+
+    Keeps b, and y when b needs a gradient (y / b replaces a / b^2).  Derivation: docs/backward.md#div
+    """
 
     @staticmethod
     def forward(ctx, a, b):
@@ -92,7 +104,10 @@ class Div(Function):
 
 
 class Neg(Function):
-    """y = -x.   dx = -dy."""
+    """y = -x.   dx = -dy.
+
+    Keeps nothing.  Derivation: docs/backward.md#neg
+    """
 
     @staticmethod
     def forward(ctx, x):
@@ -133,7 +148,10 @@ class PowScalar(Function):
 
 
 class Pow(Function):
-    """y = a ** b, both tensors.   da = b * a^(b-1) * dy,  db = y * ln(a) * dy  (a > 0 for db)."""
+    """y = a ** b, both tensors.   da = b * a^(b-1) * dy,  db = y * ln(a) * dy  (a > 0 for db).
+
+    Keeps a, b and y.  Derivation: docs/backward.md#pow
+    """
 
     @staticmethod
     def forward(ctx, a, b):
@@ -159,7 +177,10 @@ class Pow(Function):
 
 
 class Exp(Function):
-    """y = e^x.   dx = y * dy (only y is kept)."""
+    """y = e^x.   dx = y * dy (only y is kept).
+
+    Derivation: docs/backward.md#exp
+    """
 
     @staticmethod
     def forward(ctx, x):
@@ -174,7 +195,10 @@ class Exp(Function):
 
 
 class Log(Function):
-    """y = ln x.   dx = dy / x."""
+    """y = ln x.   dx = dy / x.
+
+    Keeps x.  Derivation: docs/backward.md#log
+    """
 
     @staticmethod
     def forward(ctx, x):
@@ -188,7 +212,10 @@ class Log(Function):
 
 
 class Sqrt(Function):
-    """y = sqrt(x).   dx = dy / (2 y)."""
+    """y = sqrt(x).   dx = dy / (2 y).
+
+    Keeps y, not x: the derivative needs only y.  Derivation: docs/backward.md#sqrt
+    """
 
     @staticmethod
     def forward(ctx, x):
@@ -203,7 +230,10 @@ class Sqrt(Function):
 
 
 class Abs(Function):
-    """y = |x|.   dx = sign(x) * dy (sign(0) = 0: the subgradient PyTorch picks)."""
+    """y = |x|.   dx = sign(x) * dy (sign(0) = 0: the subgradient PyTorch picks).
+
+    Keeps x.  Derivation: docs/backward.md#abs
+    """
 
     @staticmethod
     def forward(ctx, x):
@@ -217,7 +247,10 @@ class Abs(Function):
 
 
 class Tanh(Function):
-    """y = tanh x.   dx = (1 - y^2) * dy."""
+    """y = tanh x.   dx = (1 - y^2) * dy.
+
+    Keeps y.  Derivation: docs/backward.md#tanh
+    """
 
     @staticmethod
     def forward(ctx, x):
@@ -232,7 +265,10 @@ class Tanh(Function):
 
 
 class Sigmoid(Function):
-    """y = 1 / (1 + e^-x), computed as (1 + tanh(x/2)) / 2 so no exp overflows.   dx = y (1 - y) dy."""
+    """y = 1 / (1 + e^-x), computed as (1 + tanh(x/2)) / 2 so no exp overflows.   dx = y (1 - y) dy.
+
+    Keeps y.  Derivation: docs/backward.md#sigmoid
+    """
 
     @staticmethod
     def forward(ctx, x):
@@ -249,7 +285,10 @@ class Sigmoid(Function):
 
 
 class ReLU(Function):
-    """y = max(x, 0).   dx = dy where x > 0, else 0 (0 at x = 0)."""
+    """y = max(x, 0).   dx = dy where x > 0, else 0 (0 at x = 0).
+
+    Keeps y: y > 0 exactly where x > 0.  Derivation: docs/backward.md#relu
+    """
 
     @staticmethod
     def forward(ctx, x):
@@ -264,7 +303,10 @@ class ReLU(Function):
 
 
 class Maximum(Function):
-    """y = max(a, b) elementwise.   The larger input gets dy; on a tie each gets dy / 2."""
+    """y = max(a, b) elementwise.   The larger input gets dy; on a tie each gets dy / 2.
+
+    Keeps a and b to find the winner.  Derivation: docs/backward.md#maximum
+    """
 
     @staticmethod
     def forward(ctx, a, b):
@@ -280,7 +322,10 @@ class Maximum(Function):
 
 
 class Minimum(Function):
-    """y = min(a, b) elementwise.   The smaller input gets dy; on a tie each gets dy / 2."""
+    """y = min(a, b) elementwise.   The smaller input gets dy; on a tie each gets dy / 2.
+
+    Keeps a and b to find the winner.  Derivation: docs/backward.md#minimum
+    """
 
     @staticmethod
     def forward(ctx, a, b):
@@ -306,7 +351,10 @@ def _split_extreme(dy, a_wins, tie, need_a, need_b, a_meta, b_meta):
 
 
 class Clip(Function):
-    """y = min(max(x, lo), hi).   dx = dy where lo <= x <= hi, else 0 (either bound may be None)."""
+    """y = min(max(x, lo), hi).   dx = dy where lo <= x <= hi, else 0 (either bound may be None).
+
+    Keeps x.  Derivation: docs/backward.md#clip
+    """
 
     @staticmethod
     def forward(ctx, x, lo=None, hi=None):
@@ -330,7 +378,10 @@ class Clip(Function):
 
 
 class Where(Function):
-    """y = a where cond else b (cond a boolean array).   da = dy where cond, db = dy where not."""
+    """y = a where cond else b (cond a boolean array).   da = dy where cond, db = dy where not.
+
+    Keeps the condition.  Derivation: docs/backward.md#where
+    """
 
     @staticmethod
     def forward(ctx, a, b, cond):
@@ -353,6 +404,7 @@ class MaskedFill(Function):
     """y = value where mask else x; mask broadcasts to x's shape.   dx = dy where not mask, else 0.
 
     A causal attention mask is masked_fill(scores, upper_triangle, -inf).
+    Keeps the mask.  Derivation: docs/backward.md#maskedfill
     """
 
     @staticmethod
@@ -373,7 +425,10 @@ class MaskedFill(Function):
 
 
 class Cast(Function):
-    """y = x converted to dtype.   dx = dy converted back to x's dtype."""
+    """y = x converted to dtype.   dx = dy converted back to x's dtype.
+
+    Keeps the input dtype.  Derivation: docs/backward.md#cast
+    """
 
     @staticmethod
     def forward(ctx, x, dtype):

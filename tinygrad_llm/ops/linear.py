@@ -7,6 +7,7 @@ class Linear(Function):
 
     dx = dy @ W,  dW = dy^T x,  db = sum of dy over every axis but the last. The leading axes are
     folded into rows first, so each of the three is one GEMM (or one sum) whatever the batch shape.
+    Keeps x (as rows) if W needs a gradient, W if x does.  Derivation: docs/backward.md#linear
     """
 
     @staticmethod

@@ -40,7 +40,10 @@ def flattened_shape(shape, start, end):
 
 
 class Reshape(Function):
-    """y = x with a new shape (same elements, C order).   dx = dy reshaped to x's shape."""
+    """y = x with a new shape (same elements, C order).   dx = dy reshaped to x's shape.
+
+    Keeps only the input shape.  Derivation: docs/backward.md#reshape
+    """
 
     @staticmethod
     def forward(ctx, x, shape):
@@ -57,7 +60,10 @@ class Reshape(Function):
 
 
 class Transpose(Function):
-    """y = x with axes permuted (reversed when axes is None).   dx = dy permuted by the inverse."""
+    """y = x with axes permuted (reversed when axes is None).   dx = dy permuted by the inverse.
+
+    Keeps only the permutation.  Derivation: docs/backward.md#transpose
+    """
 
     @staticmethod
     def forward(ctx, x, axes=None):
@@ -75,7 +81,10 @@ class Transpose(Function):
 
 
 class Expand(Function):
-    """y = x broadcast to shape (np.broadcast_to; -1 keeps a size).   dx = dy summed back."""
+    """y = x broadcast to shape (np.broadcast_to; -1 keeps a size).   dx = dy summed back.
+
+    Keeps only the input shape.  Derivation: docs/backward.md#expand
+    """
 
     @staticmethod
     def forward(ctx, x, shape):
@@ -153,6 +162,7 @@ class GetItem(Function):
 
     dx = zeros like x, with dy scatter-ADDED at the indexed places: an element picked k times
     (repeated integer indices) receives the sum of its k gradients.
+    Keeps the index and the input shape.  Derivation: docs/backward.md#getitem
     """
 
     @staticmethod
@@ -179,7 +189,10 @@ class GetItem(Function):
 
 
 class Cat(Function):
-    """y = the inputs joined along axis.   dx_i = the slice of dy that input i filled."""
+    """y = the inputs joined along axis.   dx_i = the slice of dy that input i filled.
+
+    Keeps the split points.  Derivation: docs/backward.md#cat
+    """
 
     @staticmethod
     def forward(ctx, *xs, axis=0):
@@ -199,7 +212,10 @@ class Cat(Function):
 
 
 class Stack(Function):
-    """y = the inputs stacked along a new axis.   dx_i = dy taken at position i of that axis."""
+    """y = the inputs stacked along a new axis.   dx_i = dy taken at position i of that axis.
+
+    Keeps the axis.  Derivation: docs/backward.md#stack
+    """
 
     @staticmethod
     def forward(ctx, *xs, axis=0):
@@ -215,7 +231,10 @@ class Stack(Function):
 
 
 class ToDevice(Function):
-    """y = x copied to another device.   dx = dy copied back."""
+    """y = x copied to another device.   dx = dy copied back.
+
+    Keeps the source device.  Derivation: docs/backward.md#todevice
+    """
 
     @staticmethod
     def forward(ctx, x, device):

@@ -33,7 +33,10 @@ def expand_reduced(dy, in_shape, axes, keepdims):
 
 
 class Sum(Function):
-    """y = sum of x over axes.   dx = dy copied along the summed axes."""
+    """y = sum of x over axes.   dx = dy copied along the summed axes.
+
+    Keeps only the input shape and axes.  Derivation: docs/backward.md#sum
+    """
 
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
@@ -48,7 +51,10 @@ class Sum(Function):
 
 
 class Mean(Function):
-    """y = mean of x over axes (N elements each).   dx = dy / N copied along those axes."""
+    """y = mean of x over axes (N elements each).   dx = dy / N copied along those axes.
+
+    Keeps the input shape, axes and N.  Derivation: docs/backward.md#mean
+    """
 
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
@@ -67,11 +73,7 @@ class Mean(Function):
 
 
 class _Extreme(Function):
-    """Shared backward of max and min: dy goes to the winners, split evenly among ties.
-
-    If k elements share the extreme value, each gets dy / k (PyTorch's amax/amin rule); the
-    gradient is then the same whichever of the tied elements one thinks of as "the" maximum.
-    """
+    """The forward shared by max and min; each defines its backward with `_extreme_backward`."""
 
     reducer = None
 
@@ -87,29 +89,40 @@ class _Extreme(Function):
         ctx.axes, ctx.keepdims = axes, keepdims
         return y if keepdims else y.reshape(tuple(n for i, n in enumerate(x.shape) if i not in axes))
 
-    @staticmethod
-    def backward(ctx, dy):
-        x, y = ctx.saved
-        winners = x == y
-        count = winners.sum(axis=ctx.axes, keepdims=True, dtype=dy.dtype)
-        dy = expand_reduced(dy, x.shape, ctx.axes, ctx.keepdims)
-        return winners * (dy / count)
+
+def _extreme_backward(ctx, dy):
+    """dy goes to the winners (x == y), split evenly among ties: k tied elements get dy / k each
+    (PyTorch's amax/amin rule), so no tied element is favoured and the shares add up to dy."""
+    x, y = ctx.saved
+    winners = x == y
+    count = winners.sum(axis=ctx.axes, keepdims=True, dtype=dy.dtype)
+    dy = expand_reduced(dy, x.shape, ctx.axes, ctx.keepdims)
+    return winners * (dy / count)
 
 
 class Max(_Extreme):
-    """y = max of x over axes.   dx = dy at the maxima (split evenly among ties), 0 elsewhere."""
+    """y = max of x over axes.   dx = dy at the maxima (split evenly among ties), 0 elsewhere.
+
+    x and y (keepdims) are kept to find the winners.  Derivation: docs/backward.md#max
+    """
     reducer = "max"
+    backward = staticmethod(_extreme_backward)
 
 
 class Min(_Extreme):
-    """y = min of x over axes.   dx = dy at the minima (split evenly among ties), 0 elsewhere."""
+    """y = min of x over axes.   dx = dy at the minima (split evenly among ties), 0 elsewhere.
+
+    x and y (keepdims) are kept to find the winners.  Derivation: docs/backward.md#min
+    """
     reducer = "min"
+    backward = staticmethod(_extreme_backward)
 
 
 class Var(Function):
     """y = sum (x - mean)^2 / (N - correction).   dx = 2 (x - mean) / (N - correction) * dy.
 
     The mean's own dependence on x drops out: sum(x - mean) = 0, so its term vanishes.
+    Keeps x - mean.  Derivation: docs/backward.md#var
     """
 
     @staticmethod
