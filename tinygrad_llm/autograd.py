@@ -123,23 +123,31 @@ def _check_same_device(cls, tensors):
 
 
 def _topological_order(root):
-    """Nodes reachable from root, every node after all nodes that consume its output."""
+    """Nodes reachable from root, every node after all nodes that consume its output.
+
+    An iterative depth-first search: a node is pushed once to open it and once more to emit it
+    after its inputs (post-order); the reversed post-order is a topological order.
+    """
     order, visited, stack = [], set(), [(root, False)]
+    push, pop, emit, mark = stack.append, stack.pop, order.append, visited.add
     while stack:
-        node, expanded = stack.pop()
+        node, expanded = pop()
         if expanded:
-            order.append(node)
+            emit(node)
             continue
-        if id(node) in visited:
+        key = id(node)
+        if key in visited:
             continue
-        visited.add(id(node))
-        stack.append((node, True))
-        if isinstance(node, Context):
+        mark(key)
+        push((node, True))
+        if type(node) is Context:
             if node.fn is None:
                 raise GraphError(
                     "backward through a graph whose saved arrays were already freed by an earlier "
                     "backward(); call the first backward with retain_graph=True to walk it twice")
-            stack.extend((p, False) for p in node.parents if p is not None and id(p) not in visited)
+            for p in node.parents:
+                if p is not None and id(p) not in visited:
+                    push((p, False))
     order.reverse()
     return order
 
