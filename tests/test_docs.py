@@ -116,3 +116,58 @@ def test_slug_follows_github():
     assert slug("Softmax") == "softmax"
     assert slug("Log-softmax + NLL (cross-entropy)") == "log-softmax--nll-cross-entropy"
     assert slug("`MatMul`: batched") == "matmul-batched"
+
+
+# docs/architecture.md: the rooms, lowest first; a module may import from its own room or below
+ROOMS = [
+    {"backend", "autograd", "tensor", "ops", "functional", "gradcheck", "cuda", "kernels"},
+    {"nn", "optim", "study"},
+    {"tokenizer", "models", "data", "train", "checkpoint", "safetensors"},
+    {"cli", "__main__", "__init__"},
+]
+
+
+def _room(name):
+    for level, room in enumerate(ROOMS):
+        if name in room:
+            return level
+    return None
+
+
+def _imported_tops(py, package_parts):
+    """The top-level tinygrad_llm modules that a file imports (relative or absolute)."""
+    import ast
+    tops = set()
+    for node in ast.walk(ast.parse(py.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package_parts[:len(package_parts) - (node.level - 1)]
+            parts = base + (node.module.split(".") if node.module else [])
+            if parts:
+                tops.add(parts[0])
+            else:
+                tops.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tinygrad_llm."):
+            tops.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            tops.update(a.name.split(".")[1] for a in node.names if a.name.startswith("tinygrad_llm."))
+    return tops
+
+
+def test_imports_point_down():
+    pkg = ROOT / "tinygrad_llm"
+    upward, unknown = [], []
+    for py in sorted(pkg.rglob("*.py")):
+        rel = py.relative_to(pkg)
+        me = rel.parts[0].removesuffix(".py")
+        mine = _room(me)
+        if mine is None:
+            unknown.append(str(rel))
+            continue
+        for top in _imported_tops(py, list(rel.parts[:-1])):
+            theirs = _room(top)
+            if theirs is None:
+                unknown.append(f"{rel} imports {top}")
+            elif theirs > mine:
+                upward.append(f"{rel} imports {top}")
+    assert not unknown, f"modules docs/architecture.md does not place in a room: {unknown}"
+    assert not upward, f"imports that point up (see docs/architecture.md): {upward}"
