@@ -20,7 +20,8 @@ BINARY = {
 
 @pytest.mark.parametrize("name", list(BINARY))
 @SETTINGS
-@given(pair=broadcast_pairs(), seed=seeds, grad=st.sampled_from([(True, True), (True, False), (False, True)]))
+@given(pair=broadcast_pairs(min_side=0), seed=seeds,
+       grad=st.sampled_from([(True, True), (True, False), (False, True)]))
 def test_binary(device, name, pair, seed, grad):
     fn, ref, ka, kb = BINARY[name]
     a, b = values(pair[0], seed, ka), values(pair[1], seed + 1, kb)
@@ -52,7 +53,7 @@ UNARY = {
 
 @pytest.mark.parametrize("name", list(UNARY))
 @SETTINGS
-@given(shape=shapes(), seed=seeds)
+@given(shape=shapes(min_side=0), seed=seeds)  # empty axes too
 def test_unary(device, name, shape, seed):
     fn, ref, kind = UNARY[name]
     x = values(shape, seed, kind)
@@ -69,7 +70,7 @@ def test_unary(device, name, shape, seed):
 
 @pytest.mark.parametrize("name", ["maximum", "minimum"])
 @SETTINGS
-@given(pair=broadcast_pairs(), seed=seeds)
+@given(pair=broadcast_pairs(min_side=0), seed=seeds)
 def test_maximum_minimum(device, name, pair, seed):
     a = values(pair[0], seed)
     b = values(pair[1], seed + 1)
