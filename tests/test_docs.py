@@ -17,12 +17,18 @@ _LINK = re.compile(r"docs/backward\.md#([A-Za-z0-9_\-]+)")
 
 
 def _ops_modules():
-    for info in pkgutil.iter_modules(tinygrad_llm.ops.__path__):
-        yield importlib.import_module(f"tinygrad_llm.ops.{info.name}")
+    """tinygrad_llm.ops, and the packages that may define an op of their own (RoPE in models)."""
+    for pkg_name in ("ops", "models", "nn", "optim"):
+        try:
+            pkg = importlib.import_module(f"tinygrad_llm.{pkg_name}")
+        except ImportError:  # a package still being written
+            continue
+        for info in pkgutil.iter_modules(pkg.__path__):
+            yield importlib.import_module(f"tinygrad_llm.{pkg_name}.{info.name}")
 
 
 def op_classes():
-    """Every public Function subclass defined in tinygrad_llm.ops whose class defines a backward."""
+    """Every public Function subclass in tinygrad_llm.ops (and models, nn, optim) with a backward."""
     found = []
     for mod in _ops_modules():
         for name, cls in vars(mod).items():
@@ -73,6 +79,7 @@ OPS = op_classes()
 def test_the_walk_finds_the_ops():
     names = {c.__name__ for c in OPS}
     assert {"Add", "Mul", "MatMul", "Sum", "Reshape", "Linear"} <= names
+    assert all(c.__module__.startswith("tinygrad_llm.") for c in OPS)
     assert all(c.__name__ != "Function" for c in OPS)
 
 
