@@ -17,7 +17,7 @@ import numpy as np
 from .. import safetensors
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-SKIPPED = ("attn.bias", "attn.masked_bias")
+SKIPPED = (".attn.bias", ".attn.masked_bias")  # the dot: "c_attn.bias" is a real weight
 
 
 def _config_from_hf(hf):

@@ -1,0 +1,155 @@
+"""ms/step and tokens/s of a GPT training step (forward, backward, clip, AdamW) on the CPU,
+against the same model written in PyTorch inside this script (eager, float32, same threads).
+
+    python benchmarks/train_cpu.py                 # both configs, ratios vs PyTorch
+    python benchmarks/train_cpu.py --config small --steps 30 --profile
+
+Configs: "small" = nanoGPT's CPU Shakespeare recipe (4 layers, 4 heads, 128 wide, T=64, B=12,
+vocab 65); "medium" = its GPU recipe's model (6 layers, 6 heads, 384 wide, T=256, B=12 here).
+The two runs are interleaved step by step and medians are compared, so load from other
+processes hits both alike; speed ratio = torch ms / ours ms (> 1: we are faster).
+"""
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tinygrad_llm as tl  # noqa: E402
+from tinygrad_llm import optim  # noqa: E402
+from tinygrad_llm.models import GPT, GPTConfig  # noqa: E402
+
+CONFIGS = {
+    "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65),
+    "medium": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=12, vocab_size=65),
+}
+
+
+def ours(cfg):
+    tl.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=cfg["vocab_size"], block_size=cfg["block_size"], n_layer=cfg["n_layer"],
+                          n_head=cfg["n_head"], n_embd=cfg["n_embd"]))
+    opt = optim.AdamW(optim.param_groups_for_weight_decay(model, 0.1), lr=1e-3, betas=(0.9, 0.99))
+    params = list(model.parameters())
+
+    def step(x, y):
+        _, loss = model(x, y)
+        loss.backward()
+        optim.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        return loss.item()
+    return step
+
+
+def torch_model(cfg):
+    import torch
+    import torch.nn as tnn
+    import torch.nn.functional as TF
+    torch.manual_seed(0)
+    C, H, L, V, T = cfg["n_embd"], cfg["n_head"], cfg["n_layer"], cfg["vocab_size"], cfg["block_size"]
+
+    class Block(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = tnn.LayerNorm(C), tnn.LayerNorm(C)
+            self.c_attn, self.c_proj = tnn.Linear(C, 3 * C), tnn.Linear(C, C)
+            self.c_fc, self.mlp_proj = tnn.Linear(C, 4 * C), tnn.Linear(4 * C, C)
+
+        def forward(self, x):
+            B, T_, _ = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T_, H, C // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hs)
+            y = TF.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.c_proj(y.transpose(1, 2).contiguous().view(B, T_, C))
+            return x + self.mlp_proj(TF.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class Model(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = tnn.Embedding(V, C), tnn.Embedding(T, C)
+            self.h = tnn.ModuleList([Block() for _ in range(L)])
+            self.ln_f = tnn.LayerNorm(C)
+            self.lm_head = tnn.Linear(C, V, bias=False)
+            self.lm_head.weight = self.wte.weight
+
+        def forward(self, idx, targets):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            for b in self.h:
+                x = b(x)
+            logits = self.lm_head(self.ln_f(x))
+            return TF.cross_entropy(logits.view(-1, V), targets.view(-1))
+
+    model = Model()
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=1e-3, betas=(0.9, 0.99), foreach=True)
+
+    def step(x, y):
+        loss = model(torch.from_numpy(x), torch.from_numpy(y))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+    return step
+
+
+def bench(name, steps, warmup, profile):
+    cfg = CONFIGS[name]
+    rng = np.random.default_rng(0)
+    B, T, V = cfg["batch_size"], cfg["block_size"], cfg["vocab_size"]
+    batches = [(rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))) for _ in range(4)]
+    runners = {"ours": ours(cfg)}
+    try:
+        import torch
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())))
+        runners["torch"] = torch_model(cfg)
+    except ImportError:
+        print("(torch not installed: ours only)")
+    times = {k: [] for k in runners}
+    for i in range(warmup + steps):
+        for k, run in runners.items():  # interleaved: the same background load hits both
+            x, y = batches[i % len(batches)]
+            t0 = time.perf_counter()
+            run(x, y)
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    if profile:
+        import cProfile
+        import pstats
+        pr = cProfile.Profile()
+        pr.enable()
+        for i in range(steps):
+            runners["ours"](*batches[i % len(batches)])
+        pr.disable()
+        pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+    ms = {k: 1000 * float(np.median(v)) for k, v in times.items()}
+    tok = B * T
+    line = f"{name:7s} (L={cfg['n_layer']} C={cfg['n_embd']} T={T} B={B}) | ours {ms['ours']:7.1f} ms/step " \
+           f"{tok / ms['ours'] * 1000:9,.0f} tok/s"
+    if "torch" in ms:
+        line += f" | torch {ms['torch']:7.1f} ms/step | speed ratio torch/ours {ms['torch'] / ms['ours']:.2f}"
+    print(line, flush=True)
+    return ms
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", choices=list(CONFIGS) + ["all"], default="all")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--profile", action="store_true", help="cProfile our step after timing")
+    args = p.parse_args()
+    print(f"numpy {np.__version__}, {os.cpu_count()} cpus; medians of {args.steps} interleaved steps")
+    for name in (CONFIGS if args.config == "all" else [args.config]):
+        bench(name, args.steps, args.warmup, args.profile)
+
+
+if __name__ == "__main__":
+    main()
