@@ -315,9 +315,13 @@ def test_step_without_any_gradient_changes_nothing():
     assert opt.state_dict()["state"][0]["step"] == 0
 
 
-def test_big_buckets_take_the_chunked_threaded_path():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_big_buckets_take_the_chunked_threaded_path(monkeypatch, threads):
     from tinygrad_llm.optim import flat
-    n = 2 * flat.CHUNK + 12345  # not a multiple of the chunk: the last chunk is short
+    monkeypatch.setattr(flat, "CHUNK", 1000)
+    monkeypatch.setattr(flat, "MIN_PARALLEL", 0)
+    monkeypatch.setattr(flat, "THREADS", threads)
+    n = 50 * 1000 + 123  # not a multiple of the chunk: each thread's last chunk is short
     rng = np.random.default_rng(5)
     p0, g = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
     p = nn.Parameter(p0.copy())

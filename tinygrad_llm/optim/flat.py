@@ -25,8 +25,12 @@ from .. import backend
 from ..tensor import Tensor
 
 # Elements per chunk: 64K float32 = 256 KiB per array, so the 4-6 arrays one AdamW chunk touches
-# fit in L2. Measured in benchmarks/optim_cpu.py (16K..1M: flat within noise from 32K to 128K).
+# stay in L2. `benchmarks/optim_cpu.py --sweep-chunk` on GPT-2 small shapes: 64K-128K chunks take
+# 0.37x the time of whole-array passes, 16K 0.5x (Python overhead), 256K+ 0.6x (out of L2).
 CHUNK = 1 << 16
+# Buckets smaller than this run inline, whole-array: their state fits in L3 anyway, and for the
+# 0.8M-parameter Shakespeare model chunking/threads cost 1.1-1.3x the inline step.
+MIN_PARALLEL = 1 << 21
 THREADS = max(1, min(int(os.environ.get("TINYGRAD_LLM_OPTIM_THREADS", "2")), os.cpu_count() or 1))
 _pool = None
 
@@ -110,7 +114,7 @@ class FlatBucket:
 
     def scratch(self, k, size):
         """k reusable scratch arrays of `size` elements per worker thread (allocated once)."""
-        key = (k, size)
+        key = (k, size, THREADS)
         if key not in self._scratch:
             self._scratch[key] = [self.xp.empty((k, size), dtype=self.dtype) for _ in range(THREADS)]
         return self._scratch[key]
@@ -123,16 +127,17 @@ class FlatBucket:
         and GPU buckets go in one call.
         """
         n = self.n
-        if self.xp is not np or n <= 2 * CHUNK:
+        if self.xp is not np or n < MIN_PARALLEL:
             fn(*arrays, self.scratch(k, n)[0])
             return
         bounds = [n * t // THREADS for t in range(THREADS + 1)]
-        scratch = self.scratch(k, CHUNK)
+        chunk = min(CHUNK, -(-n // THREADS))
+        scratch = self.scratch(k, chunk)
 
         def run(t):
             s = scratch[t]
-            for lo in range(bounds[t], bounds[t + 1], CHUNK):
-                hi = min(lo + CHUNK, bounds[t + 1])
+            for lo in range(bounds[t], bounds[t + 1], chunk):
+                hi = min(lo + chunk, bounds[t + 1])
                 fn(*[a[lo:hi] for a in arrays], s[:, :hi - lo])
 
         if THREADS == 1:
