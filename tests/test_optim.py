@@ -483,3 +483,68 @@ def test_muon_hybrid_routes_hidden_matrices_to_muon():
     assert _names(m, adamw.param_groups[0]) == ["lm_head.weight"]  # the untied head decays
     opt.param_groups[0]["lr"] = 0.01
     assert muon.param_groups[0]["lr"] == 0.01
+
+
+def test_a_parameter_cast_to_another_dtype_rebuilds_its_bucket_with_the_state():
+    rng = np.random.default_rng(7)
+    A, t, p0, params = quad_problem(rng, [(3, 2)], np.float32)
+    opt = optim.SGD(params, lr=0.1, momentum=0.9)
+    run_ours(opt, params, A, t, steps=1)
+    after_one = params[0].numpy().astype(np.float64)
+    params[0].data = params[0].data.astype(np.float64)  # rebound to a float64 array
+    got = run_ours(opt, params, A, t, steps=2)[0]
+    assert params[0].dtype == np.float64
+    # reference: the momentum buffer after step one is the first gradient
+    buf = A[0] * (p0[0].astype(np.float32).astype(np.float64) - t[0])
+    p = after_one
+    for _ in range(2):
+        buf = 0.9 * buf + A[0] * (p - t[0])
+        p = p - 0.1 * buf
+    np.testing.assert_allclose(got, p, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw", "muon"])
+def test_steps_on_each_device_match_the_cpu(device, kind):
+    rng = np.random.default_rng(8)
+    values = [rng.standard_normal(s).astype(np.float32) for s in [(5, 3), (4, 6)]]
+    grads = [[rng.standard_normal(v.shape).astype(np.float32) for v in values] for _ in range(3)]
+    make_opt = {"sgd": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+                "adamw": lambda ps: optim.AdamW(ps, lr=0.1, weight_decay=0.1),
+                "muon": lambda ps: optim.Muon(ps, lr=0.1, weight_decay=0.1)}[kind]
+    results = []
+    for dev in ("cpu", device):
+        ps = [nn.Parameter(Tensor(v.copy(), device=dev)) for v in values]
+        opt = make_opt(ps)
+        for gs in grads:
+            for p, g in zip(ps, gs):
+                p.grad = Tensor(g, device=dev)
+            opt.step()
+        assert all(p.device == dev for p in ps)
+        results.append([p.numpy() for p in ps])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_model_moved_after_the_optimizer_was_built_keeps_training_with_its_state():
+    rng = np.random.default_rng(9)
+    batches = [(rng.standard_normal((8, 6)).astype(np.float32),
+                rng.standard_normal((8, 3)).astype(np.float32)) for _ in range(4)]
+
+    def run(move):
+        model = _mlp(0)
+        opt = optim.AdamW(model.parameters(), lr=1e-2)
+        for i, (X, Y) in enumerate(batches):
+            if move and i == 2:
+                model.to("cuda")  # the optimizer notices and re-packs on the GPU, state included
+            dev = next(model.parameters()).device
+            opt.zero_grad()
+            loss = ((model(Tensor(X, device=dev)) - Tensor(Y, device=dev)) ** 2).mean()
+            loss.backward()
+            opt.step()
+        assert all(p.device == ("cuda" if move else "cpu") for p in model.parameters())
+        return model.state_dict()
+
+    a, b = run(False), run(True)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5)
