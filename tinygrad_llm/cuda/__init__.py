@@ -292,6 +292,11 @@ _ADAM_CHUNK = 65536  # elements per block
 _chunk_tables = {}  # tuple of sizes -> (chunk_tensor, chunk_start, sizes) on the device
 
 
+def _ptr(a):
+    """A device array's address (a kernel argument inside a pointer list)."""
+    return a.data.ptr
+
+
 def _chunk_table(sizes):
     """Per-chunk (tensor index, first element), tabulated once per list of parameter sizes."""
     key = tuple(sizes)
@@ -335,7 +340,7 @@ def adamw_step(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weig
         return
 
     def ptrs(arrays):
-        return cp.asarray(np.asarray([a.data.ptr for a in arrays], dtype=np.uint64))
+        return cp.asarray(np.asarray([_ptr(a) for a in arrays], dtype=np.uint64))
 
     grid = (min(n_chunks, sm_count() * 8),)
     _launch("adamw.cu", "adamw_step", dtype, grid, (256,), ptrs(params), ptrs(grads),

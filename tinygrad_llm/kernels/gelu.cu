@@ -1,7 +1,7 @@
 // GELU, elementwise over a contiguous array of n elements, forward and backward.
 //
-//   approximate = 1 (tanh):  y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
-//                            dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+//   approximate = 1 (tanh):  y = x h,  h = 0.5 (1 + tanh u),  u = sqrt(2/pi) (x + 0.044715 x^3)
+//                            dy/dx = h + 2 sqrt(2/pi) x h (1 - h) (1 + 3 * 0.044715 x^2)
 //   approximate = 0 (erf):   y = 0.5 x (1 + erf(x / sqrt 2))
 //                            dy/dx = 0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi)
 //
@@ -19,19 +19,24 @@
 
 using namespace tgl;
 
+// 0.5 (1 + tanh u) = 1 / (1 + exp(-2u)): the same number without the cancellation of 1 + tanh u
+// near tanh u = -1 (x < -4 or so), where float32 would lose every digit; and 1 - tanh^2 u =
+// 4 h (1 - h). exp(-2u) overflowing to inf gives h = 0, the right limit.
+template <typename T> __device__ __forceinline__ T gelu_h(T x) {
+    const T u = T(0.7978845608028654) * (x + T(0.044715) * x * x * x);
+    return T(1) / (T(1) + exp_(T(-2) * u));
+}
+
 template <typename T> __device__ __forceinline__ T gelu_y(T x, int approximate) {
-    if (approximate) {
-        const T u = T(0.7978845608028654) * (x + T(0.044715) * x * x * x);
-        return T(0.5) * x * (T(1) + tanh_(u));
-    }
+    if (approximate) return x * gelu_h(x);
     return T(0.5) * x * (T(1) + erf_(x * T(0.7071067811865476)));
 }
 
 template <typename T> __device__ __forceinline__ T gelu_dydx(T x, int approximate) {
     if (approximate) {
         const T k = T(0.7978845608028654), c = T(0.044715);
-        const T t = tanh_(k * (x + c * x * x * x));
-        return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * k * (T(1) + T(3) * c * x * x);
+        const T h = gelu_h(x);
+        return h + T(2) * k * x * h * (T(1) - h) * (T(1) + T(3) * c * x * x);
     }
     return T(0.5) * (T(1) + erf_(x * T(0.7071067811865476))) +
            x * exp_(T(-0.5) * x * x) * T(0.3989422804014327);

@@ -1,0 +1,136 @@
+// A host-side emulator for the kernels in tinygrad_llm/kernels: each CUDA thread of a block runs
+// as an OS thread, __syncthreads is a block barrier, warp shuffles exchange through a per-warp
+// slot array between two warp barriers, and blocks run one after another (so `__shared__`
+// becomes a function-local static). It runs the real kernel sources, unmodified, so the tests can
+// check the kernels' logic (reductions, packs, tails, index arithmetic) and the glue's launch
+// arguments on a machine without a GPU. Speed is not the point: small sizes only.
+//
+// Exported: emu_<kernel>_<float|double>(cfg, sizes, n_args, args), where cfg = grid xyz,
+// block xyz; args[i] points at the i-th argument's value and sizes[i] is its byte size, checked
+// against the kernel's parameter list (a Python int passed where the kernel takes a 4-byte int
+// fails here, as it would corrupt the launch on a GPU).
+#include <barrier>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <algorithm>
+#include <memory>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#define __CUDACC_RTC__ 1  // common.cuh: skip cuda_runtime.h
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+
+struct dim3 { unsigned x = 1, y = 1, z = 1; };
+thread_local dim3 threadIdx, blockIdx;
+dim3 blockDim, gridDim;
+
+struct float4 { float x, y, z, w; };
+struct double2 { double x, y; };
+inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
+inline double2 make_double2(double a, double b) { return {a, b}; }
+inline float __int_as_float(int v) { float f; std::memcpy(&f, &v, 4); return f; }
+inline double __longlong_as_double(long long v) { double d; std::memcpy(&d, &v, 8); return d; }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
+using std::max;
+using std::min;
+using std::exp; using std::log; using std::sqrt; using std::tanh; using std::erf;
+// expf, logf, sqrtf, tanhf, erff come from <cmath> in the global namespace
+
+// --- the block's barrier and the warps' shuffle slots ---------------------------------------------
+static std::unique_ptr<std::barrier<>> block_barrier;
+struct Warp {
+    std::unique_ptr<std::barrier<>> bar;
+    unsigned char slot[32][8];
+};
+static std::vector<Warp> warps;
+
+inline int flat_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
+
+inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+
+template <typename T> T __shfl_xor_sync(unsigned, T v, int mask) {
+    const int tid = flat_tid(), lane = tid & 31;
+    Warp& w = warps[tid >> 5];
+    std::memcpy(w.slot[lane], &v, sizeof(T));
+    w.bar->arrive_and_wait();
+    T r;
+    std::memcpy(&r, w.slot[lane ^ mask], sizeof(T));
+    w.bar->arrive_and_wait();
+    return r;
+}
+
+// One OS thread per CUDA thread of a block, created once per launch; the same threads then walk
+// the blocks in order, meeting at a barrier between blocks (so the static "shared" memory of one
+// block is never seen by the next).
+template <class F> void launch(const int* cfg, F body) {
+    gridDim = {unsigned(cfg[0]), unsigned(cfg[1]), unsigned(cfg[2])};
+    blockDim = {unsigned(cfg[3]), unsigned(cfg[4]), unsigned(cfg[5])};
+    const int n = blockDim.x * blockDim.y * blockDim.z;
+    if (n % 32) { std::fprintf(stderr, "emulator: block of %d threads is not whole warps\n", n); std::abort(); }
+    block_barrier = std::make_unique<std::barrier<>>(n);
+    std::barrier<> between_blocks(n);
+    warps = std::vector<Warp>(n / 32);
+    for (auto& w : warps) w.bar = std::make_unique<std::barrier<>>(32);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < n; ++t)
+        threads.emplace_back([=, &between_blocks] {
+            threadIdx = {unsigned(t % blockDim.x), unsigned(t / blockDim.x % blockDim.y),
+                         unsigned(t / (blockDim.x * blockDim.y))};
+            for (unsigned bz = 0; bz < gridDim.z; ++bz)
+                for (unsigned by = 0; by < gridDim.y; ++by)
+                    for (unsigned bx = 0; bx < gridDim.x; ++bx) {
+                        blockIdx = {bx, by, bz};
+                        body();
+                        between_blocks.arrive_and_wait();
+                    }
+        });
+    for (auto& th : threads) th.join();
+}
+
+#include "../tinygrad_llm/kernels/softmax.cu"
+#include "../tinygrad_llm/kernels/layernorm.cu"
+#include "../tinygrad_llm/kernels/cross_entropy.cu"
+#include "../tinygrad_llm/kernels/gelu.cu"
+#include "../tinygrad_llm/kernels/adamw.cu"
+
+template <class F> struct Launcher;
+template <class... A> struct Launcher<void (*)(A...)> {
+    template <size_t... I>
+    static void call(void (*k)(A...), void** a, std::index_sequence<I...>) {
+        k(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(a[I])...);
+    }
+    static int run(void (*k)(A...), const int* cfg, const int* sizes, int n_args, void** a) {
+        const int want[] = {int(sizeof(A))...};
+        if (n_args != int(sizeof...(A))) return -1;
+        for (int i = 0; i < n_args; ++i)
+            if (sizes[i] != want[i]) return i + 1;  // argument i has the wrong byte size
+        launch(cfg, [=] { call(k, a, std::index_sequence_for<A...>{}); });
+        return 0;
+    }
+};
+
+#define EXPORT(name, T)                                                                   \
+    extern "C" int emu_##name##_##T(const int* cfg, const int* sizes, int n, void** a) { \
+        auto k = &name<T>;                                                                \
+        return Launcher<decltype(k)>::run(k, cfg, sizes, n, a);                           \
+    }
+#define EXPORT2(name) EXPORT(name, float) EXPORT(name, double)
+
+EXPORT2(softmax_forward)
+EXPORT2(softmax_backward)
+EXPORT2(layernorm_forward)
+EXPORT2(layernorm_backward_dx)
+EXPORT2(layernorm_backward_dwdb)
+EXPORT2(column_sum)
+EXPORT2(cross_entropy_forward)
+EXPORT2(cross_entropy_backward)
+EXPORT2(gelu_forward)
+EXPORT2(gelu_backward)
+EXPORT2(adamw_step)
