@@ -1,0 +1,72 @@
+"""`python -m tinygrad_llm bench`: time a training step (forward, backward, clip, AdamW) of a small GPT.
+
+    python -m tinygrad_llm bench                            # nanoGPT's CPU Shakespeare model
+    python -m tinygrad_llm bench --n-layer 6 --n-embd 384 --n-head 6 --block-size 256 --profile
+
+Prints the median ms/step and tokens/s; benchmarks/train_cpu.py compares against PyTorch.
+"""
+import time
+
+import numpy as np
+
+
+def add_arguments(parser):
+    parser.add_argument("--n-layer", type=int, default=4)
+    parser.add_argument("--n-head", type=int, default=4)
+    parser.add_argument("--n-embd", type=int, default=128)
+    parser.add_argument("--block-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--vocab-size", type=int, default=65)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"))
+    parser.add_argument("--profile", action="store_true", help="print where the time goes (cProfile)")
+
+
+def main(args):
+    from .. import backend
+    from ..models import GPT, GPTConfig
+    from ..tensor import Tensor
+    from ..train import TrainConfig, build_optimizer
+    from .. import optim
+    backend.manual_seed(0)
+    cfg = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                    n_head=args.n_head, n_embd=args.n_embd)
+    model = GPT(cfg).to(args.device)
+    opt = build_optimizer(model, TrainConfig(optimizer=args.optimizer))
+    params = list(model.parameters())
+    rng = np.random.default_rng(0)
+    B, T = args.batch_size, args.block_size
+    x = Tensor(backend.to_device(rng.integers(0, cfg.vocab_size, (B, T)), args.device))
+    y = Tensor(backend.to_device(rng.integers(0, cfg.vocab_size, (B, T)), args.device))
+
+    def step():
+        _, loss = model(x, y)
+        loss.backward()
+        optim.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        return loss.item()  # .item() waits for the GPU, so the time is the step's
+
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    ms = 1000 * float(np.median(times))
+    print(f"GPT {cfg.n_layer}x{cfg.n_embd} (heads {cfg.n_head}, T={T}, B={B}, vocab {cfg.vocab_size}, "
+          f"{model.num_parameters():,} params) on {args.device}: {ms:.1f} ms/step (median of {args.steps}), "
+          f"{B * T / ms * 1000:,.0f} tokens/s")
+    if args.profile:
+        import cProfile
+        import pstats
+        pr = cProfile.Profile()
+        pr.enable()
+        for _ in range(args.steps):
+            step()
+        pr.disable()
+        pstats.Stats(pr).sort_stats("tottime").print_stats(20)
+    return 0
