@@ -43,7 +43,9 @@ def _norm(a):
 def _saved_bytes(ctx):
     """Bytes forward kept for backward: ctx.saved plus any array it parked on ctx itself."""
     seen, total = set(), 0
-    arrays = list(ctx.saved or ()) + list(getattr(ctx, "__dict__", {}).values())
+    arrays = list(ctx.saved or ())
+    for v in getattr(ctx, "__dict__", {}).values():  # e.g. a mask, or the index arrays of x[idx]
+        arrays.extend(v if isinstance(v, (tuple, list)) else (v,))
     for a in arrays:
         nbytes = getattr(a, "nbytes", None)
         if isinstance(nbytes, int) and id(a) not in seen:
