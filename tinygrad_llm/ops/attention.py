@@ -1,8 +1,8 @@
 """Scaled dot-product attention as one op, with grouped-query heads and a hand-derived backward.
 
-Grouped-query attention without copies: the H / H_kv query heads that share one key/value head
-are stacked along the row axis, q (B, H, Tq, D) -> (B, H_kv, g*Tq, D), so every product below is
-one batched GEMM against the un-repeated k and v, and dK, dV come out summed over the group.
+Grouped-query attention without copies: q (B, H, Tq, D) is viewed as (B, H_kv, g, Tq, D), the
+g = H / H_kv query heads that share one key/value head side by side, and k, v get a size-1 group
+axis that matmul broadcasts: nothing is repeated, and dK, dV are summed over the group axis.
 
 The softmax is kept unnormalised: E = exp(S - shift) and r = 1 / rowsum(E). The row sums come out
 of the output GEMM for free (v gets a column of ones: E @ [v, 1] = [E v, rowsum E]), and the
@@ -18,6 +18,12 @@ from ..backend import array_module
 # Save E for backward when it is at most this big; above it, save only the log-sum-exp per row
 # and recompute E from q and k (one GEMM and one exp pass more, memory O(T) instead of O(T^2)).
 SAVE_PROBS_MAX_BYTES = 256 << 20
+
+# Causal attention with T_q >= BLOCK_MIN_T is computed in query blocks of BLOCK_ROWS rows: block
+# [lo, hi) needs only the keys < hi + (T_k - T_q), so the GEMMs skip most of the hidden upper
+# triangle ((n + 1) / 2n of the work for n blocks) at the price of a few more Python calls each.
+BLOCK_ROWS = 64
+BLOCK_MIN_T = 128
 
 _bias_cache = {}  # (xp, Tq, Tk, dtype) -> (Tq, Tk) array of 0 / -inf
 
@@ -36,71 +42,102 @@ def causal_bias(xp, Tq, Tk, dtype):
     return bias
 
 
-def _scores(qs, k, causal, Tq):
-    """S = qs k^T (B, Hk, g*Tq, Tk), with -inf at the causally hidden places."""
+def query_blocks(Tq, Tk, causal):
+    """[(lo, hi, kend)]: query rows [lo, hi) attend to keys [0, kend)."""
+    if not causal or Tq < BLOCK_MIN_T:
+        return [(0, Tq, Tk)]
+    return [(lo, min(lo + BLOCK_ROWS, Tq), min(lo + BLOCK_ROWS, Tq) + Tk - Tq)
+            for lo in range(0, Tq, BLOCK_ROWS)]
+
+
+def _scores(qs, k, causal, lo, hi, kend):
+    """S = qs k^T for query rows [lo, hi) and keys [0, kend): (B, Hk, g, hi-lo, kend), -inf hidden."""
     xp = array_module(qs)
-    S = qs @ k.swapaxes(-1, -2)  # (B, Hk, g*Tq, Tk)
+    S = qs[..., lo:hi, :] @ k[:, :, None, :kend].swapaxes(-1, -2)  # k broadcast over the group
     if causal:
-        B, Hk, R, Tk = S.shape
-        S5 = S.reshape(B, Hk, R // Tq, Tq, Tk)  # (B, Hk, g, Tq, Tk): the mask repeats per head
-        S5 += causal_bias(xp, Tq, Tk, S.dtype)
+        Tq, Tk = qs.shape[3], k.shape[2]
+        S += causal_bias(xp, Tq, Tk, S.dtype)[lo:hi, :kend]
     return S
 
 
 def attention_forward_ref(q, k, v, causal=True, scale=None):
-    """(o, qs, E, r, lse) for q (B, H, Tq, D), k (B, Hk, Tk, D), v (B, Hk, Tk, Dv).
+    """(o, qs, Es, r, lse) for q (B, H, Tq, D), k (B, Hk, Tk, D), v (B, Hk, Tk, Dv).
 
-    o (B, H, Tq, Dv) = softmax(q k^T * scale, causal) v. In the grouped layout (B, Hk, g*Tq, .):
-    qs = q * scale, E = exp(S - shift), r = 1 / rowsum(E), lse = shift + log rowsum(E).
+    o (B, H, Tq, Dv) = softmax(q k^T * scale, causal) v. In the grouped layout (B, Hk, g, Tq, .):
+    qs = q * scale; per query block (see query_blocks) Es holds E = exp(S - shift); r = 1 / rowsum E
+    and lse = shift + log rowsum E, (B, Hk, g, Tq).
     """
     xp = array_module(q)
     B, H, Tq, D = q.shape
     Hk, Tk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    g = H // Hk
     scale = 1.0 / np.sqrt(D) if scale is None else scale
-    qs = q.reshape(B, Hk, (H // Hk) * Tq, D) * q.dtype.type(scale)  # (B, Hk, g*Tq, D)
-    S = _scores(qs, k, causal, Tq)
+    qs = q.reshape(B, Hk, g, Tq, D) * q.dtype.type(scale)  # (B, Hk, g, Tq, D): heads sharing k, v
     v1 = xp.concatenate([v, xp.ones(v.shape[:3] + (1,), dtype=v.dtype)], axis=-1)  # (B, Hk, Tk, Dv+1)
-    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        E = xp.exp(S)
-        ov = E @ v1  # (B, Hk, g*Tq, Dv+1): the last column is rowsum(E)
-    s = ov[..., Dv]
-    shift = 0
-    if not bool(((s >= 1e-30) & (s <= 1e30)).all()):
-        S = _scores(qs, k, causal, Tq)
-        shift = S.max(axis=-1, keepdims=True)
-        xp.subtract(S, shift, out=E)
-        xp.exp(E, out=E)
-        ov = E @ v1
+    o = xp.empty((B, Hk, g, Tq, Dv), dtype=q.dtype)
+    r = xp.empty((B, Hk, g, Tq), dtype=q.dtype)
+    lse = xp.empty_like(r)
+    Es = []
+    for lo, hi, kend in query_blocks(Tq, Tk, causal):
+        S = _scores(qs, k, causal, lo, hi, kend)
+        vb = v1[:, :, None, :kend]  # (B, Hk, 1, kend, Dv+1)
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            E = xp.exp(S, out=S)
+            ov = E @ vb  # (B, Hk, g, hi-lo, Dv+1): the last column is rowsum(E)
         s = ov[..., Dv]
-        shift = shift[..., 0]
-    r = 1.0 / s
-    o = ov[..., :Dv] * r[..., None]
-    lse = xp.log(s) + shift
-    return o.reshape(B, H, Tq, Dv), qs, E, r, lse
+        shift = 0
+        if not bool(((s >= 1e-30) & (s <= 1e30)).all()):
+            S = _scores(qs, k, causal, lo, hi, kend)
+            shift = S.max(axis=-1, keepdims=True)
+            E = xp.exp(xp.subtract(S, shift, out=S), out=S)
+            ov = E @ vb
+            s = ov[..., Dv]
+            shift = shift[..., 0]
+        xp.reciprocal(s, out=r[..., lo:hi])
+        xp.multiply(ov[..., :Dv], r[..., lo:hi, None], out=o[..., lo:hi, :])
+        lse[..., lo:hi] = xp.log(s) + shift
+        Es.append(E)
+    return o.reshape(B, H, Tq, Dv), qs, Es, r, lse
 
 
-def attention_backward_ref(do, o, qs, k, v, E, r, scale, Tq):
-    """(dq, dk, dv) given dO and the saved o, qs, k, v and E, r (P = E * r per row).
+def attention_backward_ref(do, o, qs, k, v, Es, r, scale, causal=True, lse=None):
+    """(dq, dk, dv) given dO and the saved o, qs, k, v, and per query block E with P = E * r.
 
     dP = dO v^T;  dS = P * (dP - rowsum(dO * O));  dq = dS k * scale;  dk = dS^T qs;  dv = P^T dO.
-    With P = E * r, r is folded into dO (a (Tq, Dv) pass) instead of the (Tq, Tk) matrix.
+    With P = E * r, r is folded into dO (a (Tq, Dv) pass) instead of the (Tq, Tk) matrix. Es None:
+    each block's P is rebuilt as exp(S - lse) (and r is 1).
     """
     xp = array_module(do)
-    B, H, _, Dv = do.shape
-    Hk, D = k.shape[1], k.shape[3]
-    R = qs.shape[2]  # g * Tq
-    dog = do.reshape(B, Hk, R, Dv)  # (B, Hk, g*Tq, Dv)
-    og = o.reshape(B, Hk, R, Dv)
-    dsum = xp.einsum("bhrd,bhrd->bhr", dog, og)  # rowsum(dO * O): the softmax Jacobian's y . dy
+    B, Hk, g, Tq, D = qs.shape
+    Tk, Dv = k.shape[2], v.shape[3]
+    do5 = do.reshape(B, Hk, g, Tq, Dv)  # (B, Hk, g, Tq, Dv)
+    dsum = xp.einsum("bhgtd,bhgtd->bhgt", do5, o.reshape(do5.shape))  # rowsum(dO * O)
+    if Es is None:
+        r = xp.ones_like(lse)
     dsum *= r
-    dor = dog * r[..., None]
-    dS = dor @ v.swapaxes(-1, -2)  # (B, Hk, g*Tq, Tk)
-    dS -= dsum[..., None]
-    dS *= E  # hidden places have E = 0, so dS = 0 there
-    dq = (dS @ k) * qs.dtype.type(scale)
-    dk = dS.swapaxes(-1, -2) @ qs
-    dv = E.swapaxes(-1, -2) @ dor
-    return dq.reshape(B, H, Tq, D), dk, dv
+    dor = do5 * r[..., None]
+    dq = xp.empty_like(qs)
+    dk = xp.zeros_like(k)
+    dv = xp.zeros_like(v)
+    for i, (lo, hi, kend) in enumerate(query_blocks(Tq, Tk, causal)):
+        if Es is None:
+            E = _scores(qs, k, causal, lo, hi, kend)
+            E -= lse[..., lo:hi, None]
+            xp.exp(E, out=E)
+        else:
+            E = Es[i]
+        kb, vb = k[:, :, None, :kend], v[:, :, None, :kend]  # (B, Hk, 1, kend, .)
+        dorb = dor[..., lo:hi, :]
+        dS = dorb @ vb.swapaxes(-1, -2)  # (B, Hk, g, hi-lo, kend)
+        dS -= dsum[..., lo:hi, None]
+        dS *= E  # hidden places have E = 0, so dS = 0 there
+        xp.matmul(dS, kb, out=dq[..., lo:hi, :])
+        dkb = dS.swapaxes(-1, -2) @ qs[..., lo:hi, :]  # (B, Hk, g, kend, D)
+        dvb = E.swapaxes(-1, -2) @ dorb
+        dk[:, :, :kend] += dkb[:, :, 0] if g == 1 else dkb.sum(axis=2)  # the group shares k, v
+        dv[:, :, :kend] += dvb[:, :, 0] if g == 1 else dvb.sum(axis=2)
+    dq *= qs.dtype.type(scale)
+    return dq.reshape(B, Hk * g, Tq, D), dk, dv
 
 
 def check_qkv(q, k, v, causal):
@@ -128,8 +165,9 @@ class ScaledDotProductAttention(Function):
         dP = dO V^T,  dS = P * (dP - rowsum(dO * O)),  dQ = dS K * scale,  dK = dS^T Q * scale,
         dV = P^T dO.  rowsum(dO * O) stands in for rowsum(P * dP): O = P V makes them equal.
     Saved: q * scale, k, v, O, r = 1 / rowsum and, while it is at most SAVE_PROBS_MAX_BYTES, the
-    unnormalised E = exp(S - shift): on a CPU recomputing it costs a GEMM and an exp pass per
-    step. Above that only the log-sum-exp per row is kept (O(T) memory) and E is recomputed.
+    unnormalised E = exp(S - shift) per query block (ctx.Es): on a CPU recomputing it costs a GEMM
+    and an exp pass per step. Above that only the log-sum-exp per row is kept (O(T) memory) and
+    E is recomputed from q and k in backward.
     Causal means query i sees keys j <= i + (T_k - T_q), so one new query sees every cached key.
     Derivation: docs/backward.md#scaleddotproductattention
     """
@@ -138,21 +176,16 @@ class ScaledDotProductAttention(Function):
     def forward(ctx, q, k, v, causal=True, scale=None):
         check_qkv(q, k, v, causal)
         scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else float(scale)
-        o, qs, E, r, lse = attention_forward_ref(q, k, v, causal, scale)
-        if E.nbytes > SAVE_PROBS_MAX_BYTES:
-            E, r = None, lse  # backward rebuilds the normalised P from lse
-        ctx.save_for_backward(o, qs, k, v, E, r)
-        ctx.causal, ctx.scale, ctx.Tq = causal, scale, q.shape[2]
+        o, qs, Es, r, lse = attention_forward_ref(q, k, v, causal, scale)
+        if sum(E.nbytes for E in Es) > SAVE_PROBS_MAX_BYTES:
+            Es, r = None, lse  # backward rebuilds P from the log-sum-exp per row
+        ctx.save_for_backward(o, qs, k, v, r)
+        ctx.Es, ctx.causal, ctx.scale = Es, causal, scale
         return o
 
     @staticmethod
     def backward(ctx, do):
-        o, qs, k, v, E, r = ctx.saved
-        xp = array_module(do)
-        if E is None:
-            lse = r
-            E = _scores(qs, k, ctx.causal, ctx.Tq)
-            E -= lse[..., None]
-            xp.exp(E, out=E)  # the normalised P
-            r = xp.ones_like(lse)
-        return attention_backward_ref(do, o, qs, k, v, E, r, ctx.scale, ctx.Tq)
+        o, qs, k, v, r = ctx.saved
+        if ctx.Es is None:
+            return attention_backward_ref(do, o, qs, k, v, None, None, ctx.scale, ctx.causal, lse=r)
+        return attention_backward_ref(do, o, qs, k, v, ctx.Es, r, ctx.scale, ctx.causal)
