@@ -548,3 +548,32 @@ def test_model_moved_after_the_optimizer_was_built_keeps_training_with_its_state
     a, b = run(False), run(True)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("big", [False, True])
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw", "muon"])
+def test_a_step_allocates_no_parameter_sized_arrays(kind, big, monkeypatch):
+    import tracemalloc
+
+    from tinygrad_llm.optim import flat
+    if big:  # the chunked, threaded path
+        monkeypatch.setattr(flat, "CHUNK", 4096)
+        monkeypatch.setattr(flat, "MIN_PARALLEL", 0)
+    rng = np.random.default_rng(10)
+    ps = [nn.Parameter(rng.standard_normal(s).astype(np.float32)) for s in [(600, 400), (300, 800)]]
+    opt = {"sgd": lambda: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+           "adam": lambda: optim.Adam(ps, weight_decay=0.1),
+           "adamw": lambda: optim.AdamW(ps, weight_decay=0.1),
+           "muon": lambda: optim.Muon(ps, weight_decay=0.1)}[kind]()
+    opt.zero_grad()
+    for p in ps:
+        p.grad.data[...] = rng.standard_normal(p.shape)
+    opt.step()
+    opt.step()  # scratch and Newton-Schulz buffers exist from here on
+    tracemalloc.start()
+    opt.step()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # 1.9 MB of parameters; what may be allocated is NumPy's fixed ufunc iteration buffer
+    # (8192 elements, 32 KiB, used when Muon scales a transposed view) and small Python objects
+    assert peak < 64 * 1024, peak

@@ -19,24 +19,33 @@ from .optimizer import Optimizer
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
-def newton_schulz5(G, steps=5, eps=1e-7, coeffs=NS_COEFFS):
-    """The quintic Newton-Schulz orthogonalisation of a 2-D array G (a new array, G's dtype).
+def newton_schulz5(G, steps=5, eps=1e-7, coeffs=NS_COEFFS, work=None):
+    """The quintic Newton-Schulz orthogonalisation of a 2-D array G (G's dtype).
 
     X = G / (||G||_F + eps) has spectral norm <= 1 (the Frobenius norm bounds it). A tall G is
     transposed first, so the Gram matrix A = X X^T is the small (min, min) one.
+    work: a dict of reusable buffers (the optimizer passes one, so a step allocates nothing);
+    with it the result is a view into those buffers, valid until the next call. Without it the
+    result is a fresh array.
     """
     xp = backend.array_module(G)
     if G.ndim != 2:
         raise ValueError(f"newton_schulz5: expected a 2-D matrix, got shape {G.shape}")
     a, b, c = coeffs
     tall = G.shape[0] > G.shape[1]
-    X = G.T if tall else G
-    norm = math.sqrt(float(xp.vdot(X.reshape(-1), X.reshape(-1))))
-    X = X / (norm + eps)  # a fresh C-contiguous (r, c) array, r <= c
-    r = X.shape[0]
-    A = xp.empty((r, r), dtype=X.dtype)
-    B = xp.empty((r, r), dtype=X.dtype)
-    Y = xp.empty_like(X)
+    r, cols = (G.shape[1], G.shape[0]) if tall else G.shape
+    key = (r, cols, G.dtype)
+    if work is None or key not in work:
+        bufs = (xp.empty((r, cols), G.dtype), xp.empty((r, cols), G.dtype),
+                xp.empty((r, r), G.dtype), xp.empty((r, r), G.dtype))
+        if work is not None:
+            work[key] = bufs
+    else:
+        bufs = work[key]
+    X, Y, A, B = bufs
+    flat = G.reshape(-1)
+    norm = math.sqrt(float(xp.vdot(flat, flat)))
+    xp.divide(G.T if tall else G, norm + eps, out=X)  # X: C-contiguous (r, cols), r <= cols
     for _ in range(steps):
         xp.matmul(X, X.T, out=A)  # A = X X^T (r, r)
         xp.matmul(A, A, out=B)
@@ -101,17 +110,23 @@ class Muon(Optimizer):
 
         bucket.map_chunks(momentum, (bucket.grad, bucket.state["momentum_buffer"]), 1)
         buf_all, g_all = bucket.state["momentum_buffer"], bucket.grad
+        work = bucket.__dict__.setdefault("ns_work", {})  # per-shape buffers, reused every step
         for p, lo, hi in bucket.slices():
             rows = p.shape[0]
             buf, g = buf_all[lo:hi].reshape(rows, -1), g_all[lo:hi].reshape(rows, -1)
             if group["nesterov"]:
-                u = buf - g  # g + mu (buf - g): PyTorch's lerp(g, buf, mu)
+                ukey = ("u",) + buf.shape
+                if ukey not in work:
+                    work[ukey] = xp.empty_like(buf)
+                u = work[ukey]
+                xp.subtract(buf, g, out=u)  # g + mu (buf - g): PyTorch's lerp(g, buf, mu)
                 u *= mu
                 u += g
             else:
                 u = buf
-            O = newton_schulz5(u, steps=group["ns_steps"], eps=group["eps"])
+            O = newton_schulz5(u, steps=group["ns_steps"], eps=group["eps"], work=work)
             O *= lr * self.lr_scale(p.shape, group["adjust_lr"])
+            p2 = p.data.reshape(rows, -1)  # a view: p.data is a contiguous slice of the bucket
             if wd:
-                p.data *= 1 - lr * wd
-            p.data -= O.reshape(p.shape)
+                p2 *= 1 - lr * wd
+            p2 -= O
