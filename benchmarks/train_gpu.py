@@ -1,0 +1,167 @@
+"""Tokens/s of a full GPT training step on the GPU, against the same model in PyTorch eager.
+
+    python benchmarks/train_gpu.py                    # both configs
+    python benchmarks/train_gpu.py --config gpt2 --steps 20
+
+One step = forward, cross-entropy, backward, gradient clipping at 1.0, AdamW, zero_grad.
+Configs: "shakespeare" = nanoGPT's GPU Shakespeare recipe (6 layers, 6 heads, 384 wide, T=256,
+B=64, vocab 65); "gpt2" = GPT-2 124M (12 x 12 x 768, T=1024, B=8, vocab 50,304).
+Four runs are interleaved step by step: ours and PyTorch, each with float32 matmuls in TF32 and in
+full float32 (tl.backend.set_tf32 / torch.backends.cuda.matmul.allow_tf32, switched before each
+step). Ratios are ours tokens/s over PyTorch's in the same precision; the target is >= 0.9.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tinygrad_llm as tl  # noqa: E402
+from tinygrad_llm import backend, optim  # noqa: E402
+from tinygrad_llm.models import GPT, GPTConfig  # noqa: E402
+
+CONFIGS = {
+    "shakespeare": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, vocab_size=65),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=8, vocab_size=50304),
+}
+
+
+def ours(cfg):
+    tl.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=cfg["vocab_size"], block_size=cfg["block_size"],
+                          n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"]))
+    model.to("cuda")
+    opt = optim.AdamW(optim.param_groups_for_weight_decay(model, 0.1), lr=3e-4, betas=(0.9, 0.95))
+    params = list(model.parameters())
+
+    def step(x, y):
+        _, loss = model(x, y)
+        loss.backward()
+        optim.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        return loss.item()  # a device sync, as in a real loop that logs the loss
+    return step
+
+
+def torch_model(cfg):
+    import torch
+    import torch.nn as tnn
+    import torch.nn.functional as TF
+    torch.manual_seed(0)
+    C, H, L, V, T = cfg["n_embd"], cfg["n_head"], cfg["n_layer"], cfg["vocab_size"], cfg["block_size"]
+
+    class Block(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = tnn.LayerNorm(C), tnn.LayerNorm(C)
+            self.c_attn, self.c_proj = tnn.Linear(C, 3 * C), tnn.Linear(C, C)
+            self.c_fc, self.mlp_proj = tnn.Linear(C, 4 * C), tnn.Linear(4 * C, C)
+
+        def forward(self, x):
+            B, T_, _ = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T_, H, C // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hs)
+            y = TF.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.c_proj(y.transpose(1, 2).contiguous().view(B, T_, C))  # (B, T, C)
+            return x + self.mlp_proj(TF.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class Model(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = tnn.Embedding(V, C), tnn.Embedding(T, C)
+            self.h = tnn.ModuleList([Block() for _ in range(L)])
+            self.ln_f = tnn.LayerNorm(C)
+            self.lm_head = tnn.Linear(C, V, bias=False)
+            self.lm_head.weight = self.wte.weight  # weight tying, as GPT-2
+
+        def forward(self, idx, targets):
+            pos = torch.arange(idx.shape[1], device=idx.device)
+            x = self.wte(idx) + self.wpe(pos)
+            for b in self.h:
+                x = b(x)
+            logits = self.lm_head(self.ln_f(x))
+            return TF.cross_entropy(logits.view(-1, V), targets.view(-1))
+
+    model = Model().cuda()
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=3e-4, betas=(0.9, 0.95), fused=True)
+
+    def step(x, y):
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+    return step
+
+
+def bench(name, steps, warmup):
+    cfg = CONFIGS[name]
+    cp = backend.cupy()
+    rng = np.random.default_rng(0)
+    B, T, V = cfg["batch_size"], cfg["block_size"], cfg["vocab_size"]
+    host = [(rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))) for _ in range(4)]
+    ours_batches = [(tl.Tensor(cp.asarray(x)), tl.Tensor(cp.asarray(y))) for x, y in host]
+    step_ours = ours(cfg)
+    runners = {"ours tf32": lambda i: (backend.set_tf32(True), step_ours(*ours_batches[i % 4])),
+               "ours fp32": lambda i: (backend.set_tf32(False), step_ours(*ours_batches[i % 4]))}
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            raise ImportError("torch without CUDA")
+    except ImportError as e:
+        print(f"(no PyTorch with CUDA: ours only; {e})")
+    else:
+        step_torch = torch_model(cfg)
+        torch_batches = [(torch.as_tensor(x, device="cuda"), torch.as_tensor(y, device="cuda"))
+                         for x, y in host]
+
+        def run_torch(i, tf32):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+            return step_torch(*torch_batches[i % 4])
+        runners["torch tf32"] = lambda i: run_torch(i, True)
+        runners["torch fp32"] = lambda i: run_torch(i, False)
+    times = {k: [] for k in runners}
+    for i in range(warmup + steps):
+        for k, run in runners.items():  # interleaved: the same clocks and neighbours for all
+            t0 = time.perf_counter()
+            run(i)
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    backend.set_tf32(True)
+    tok = B * T
+    tps = {k: tok / float(np.median(v)) for k, v in times.items()}
+    print(f"{name} (L={cfg['n_layer']} C={cfg['n_embd']} T={T} B={B} V={V})")
+    for k, v in tps.items():
+        print(f"  {k:11s} {1000 * tok / v:8.1f} ms/step {v:12,.0f} tok/s")
+    for prec in ("tf32", "fp32"):
+        if f"torch {prec}" in tps:
+            print(f"  ratio ours/torch {prec}: {tps[f'ours {prec}'] / tps[f'torch {prec}']:.2f} (target >= 0.9)")
+    return tps
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=list(CONFIGS) + ["all"], default="all")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    if not tl.cuda_available():
+        sys.exit("train_gpu: no GPU here (needs CuPy and an NVIDIA GPU); nothing to measure")
+    cp = backend.cupy()
+    name = cp.cuda.runtime.getDeviceProperties(0)["name"]
+    print(f"{name.decode() if isinstance(name, bytes) else name}; medians of {args.steps} interleaved steps")
+    for cname in (CONFIGS if args.config == "all" else [args.config]):
+        bench(cname, args.steps, args.warmup)
+
+
+if __name__ == "__main__":
+    main()
