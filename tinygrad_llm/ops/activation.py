@@ -10,6 +10,7 @@ import numpy as np
 
 from ..autograd import Function
 from ..backend import array_module
+from .blocks import by_blocks
 
 # W. J. Cody, "Rational Chebyshev approximations for the error function", Math. Comp. 23 (1969):
 # erf on |x| <= 0.46875, erfc on (0.46875, 4] and on (4, inf); near double precision on each.
@@ -134,6 +135,12 @@ def sigmoid_ref(x):
     return xp.reciprocal(s, out=s)
 
 
+def silu_forward_ref(x):
+    """(y, s) with s = sigmoid(x) and y = x s."""
+    s = sigmoid_ref(x)
+    return x * s, s
+
+
 def silu_backward_ref(dy, x, s):
     """dx = dy * s (1 + x (1 - s)) for y = x s, s = sigmoid(x)."""
     d = x * s
@@ -159,7 +166,7 @@ class GELU(Function):
             raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
         fwd = gelu_tanh_forward_ref if approximate == "tanh" else gelu_exact_forward_ref
         x1 = x.reshape(-1)  # flat (a view): a 0-d input would turn the in-place passes into scalars
-        y, h = fwd(x1)
+        y, h = by_blocks(fwd, x1)
         ctx.save_for_backward(x1, h)
         ctx.approximate = approximate
         return y.reshape(x.shape)
@@ -168,7 +175,7 @@ class GELU(Function):
     def backward(ctx, dy):
         x, h = ctx.saved
         bwd = gelu_tanh_backward_ref if ctx.approximate == "tanh" else gelu_exact_backward_ref
-        return bwd(dy.reshape(-1), x, h).reshape(dy.shape)
+        return by_blocks(bwd, dy.reshape(-1), x, h).reshape(dy.shape)
 
 
 class SiLU(Function):
@@ -179,14 +186,14 @@ class SiLU(Function):
     @staticmethod
     def forward(ctx, x):
         x1 = x.reshape(-1)  # flat, as in GELU
-        s = sigmoid_ref(x1)
+        y, s = by_blocks(silu_forward_ref, x1)
         ctx.save_for_backward(x1, s)
-        return (x1 * s).reshape(x.shape)
+        return y.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
         x, s = ctx.saved
-        return silu_backward_ref(dy.reshape(-1), x, s).reshape(dy.shape)
+        return by_blocks(silu_backward_ref, dy.reshape(-1), x, s).reshape(dy.shape)
 
 
 def swiglu_forward_ref(gate, up):
@@ -195,6 +202,13 @@ def swiglu_forward_ref(gate, up):
     y = gate * s
     y *= up
     return y, s
+
+
+def swiglu_backward_ref(dy, gate, up, s):
+    """(dgate, dup) = (dy up s (1 + gate (1 - s)), dy gate s)."""
+    dup = gate * s
+    dup *= dy
+    return silu_backward_ref(dy * up, gate, s), dup
 
 
 class SwiGLU(Function):
@@ -210,7 +224,7 @@ class SwiGLU(Function):
             raise ValueError(f"swiglu: gate {gate.shape} and up {up.shape} must have the same shape")
         shape = gate.shape
         gate, up = gate.reshape(-1), up.reshape(-1)  # flat, as in GELU
-        y, s = swiglu_forward_ref(gate, up)
+        y, s = by_blocks(swiglu_forward_ref, gate, up)
         ctx.save_for_backward(gate, up, s)
         return y.reshape(shape)
 
@@ -218,11 +232,5 @@ class SwiGLU(Function):
     def backward(ctx, dy):
         gate, up, s = ctx.saved
         need_g, need_u = ctx.needs_input_grad
-        dy1 = dy.reshape(-1)
-        dup = None
-        if need_u:
-            dup = gate * s
-            dup *= dy1
-            dup = dup.reshape(dy.shape)
-        dgate = silu_backward_ref(dy1 * up, gate, s).reshape(dy.shape) if need_g else None
-        return dgate, dup
+        dgate, dup = by_blocks(swiglu_backward_ref, dy.reshape(-1), gate, up, s)
+        return (dgate.reshape(dy.shape) if need_g else None), (dup.reshape(dy.shape) if need_u else None)

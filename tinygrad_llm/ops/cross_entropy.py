@@ -8,6 +8,7 @@ import numpy as np
 
 from ..autograd import Function
 from ..backend import array_module
+from .blocks import by_blocks
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -108,7 +109,8 @@ class CrossEntropy(Function):
         V = logits.shape[-1]
         x2 = logits.reshape(-1, V)  # (N, V)
         t, valid = targets.reshape(-1), valid.reshape(-1)  # (N,)
-        loss, e, r = cross_entropy_forward_ref(x2, t, valid, label_smoothing)
+        loss, e, r = by_blocks(lambda x, t, v: cross_entropy_forward_ref(x, t, v, label_smoothing),
+                               x2, t, valid)
         ctx.save_for_backward(e, r, t, valid)
         ctx.meta = (logits.shape, targets.shape, reduction, label_smoothing)
         if reduction == "none":
@@ -131,4 +133,5 @@ class CrossEntropy(Function):
         else:
             scale = 1 if reduction == "sum" else (1.0 / ctx.n_valid if ctx.n_valid else 0.0)
             g = xp.full(t.shape, dy * scale, dtype=e.dtype)
-        return cross_entropy_backward_ref(e, r, t, valid, g, eps).reshape(shape)
+        return by_blocks(lambda e, r, t, v, g: cross_entropy_backward_ref(e, r, t, v, g, eps),
+                         e, r, t, valid, g).reshape(shape)

@@ -7,6 +7,7 @@ building the product array.
 """
 from ..autograd import Function
 from ..backend import array_module
+from .blocks import by_blocks
 
 
 def _rows(x):
@@ -106,7 +107,7 @@ class LayerNorm(Function):
         weight = params.pop(0) if has_weight else None
         bias = params.pop(0) if has_bias else None
         _check("layer_norm", x, weight=weight, bias=bias)
-        y, xhat, rstd = layer_norm_forward_ref(_rows(x), weight, bias, eps)
+        y, xhat, rstd = by_blocks(lambda x: layer_norm_forward_ref(x, weight, bias, eps), _rows(x))
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.layout = (x.shape, weight is not None, bias is not None)
         return y.reshape(x.shape)
@@ -117,7 +118,8 @@ class LayerNorm(Function):
         shape, has_w, has_b = ctx.layout
         need = ctx.needs_input_grad
         dy2 = _rows(dy)
-        dx = layer_norm_backward_ref(dy2, xhat, rstd, weight).reshape(shape) if need[0] else None
+        dx = by_blocks(lambda dy, xh, rs: layer_norm_backward_ref(dy, xh, rs, weight), dy2, xhat,
+                       rstd).reshape(shape) if need[0] else None
         dw, db = _param_grads(dy2, xhat, has_w and need[1], has_b and need[-1])
         return (dx,) + ((dw,) if has_w else ()) + ((db,) if has_b else ())
 
@@ -133,7 +135,7 @@ class RMSNorm(Function):
     @staticmethod
     def forward(ctx, x, weight=None, eps=1e-6):
         _check("rms_norm", x, weight=weight)
-        y, xhat, rstd = rms_norm_forward_ref(_rows(x), weight, eps)
+        y, xhat, rstd = by_blocks(lambda x: rms_norm_forward_ref(x, weight, eps), _rows(x))
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.x_shape = x.shape
         return y.reshape(x.shape)
@@ -143,7 +145,8 @@ class RMSNorm(Function):
         xhat, rstd, weight = ctx.saved
         need = ctx.needs_input_grad
         dy2 = _rows(dy)
-        dx = rms_norm_backward_ref(dy2, xhat, rstd, weight).reshape(ctx.x_shape) if need[0] else None
+        dx = by_blocks(lambda dy, xh, rs: rms_norm_backward_ref(dy, xh, rs, weight), dy2, xhat,
+                       rstd).reshape(ctx.x_shape) if need[0] else None
         if weight is None:
             return dx
         return dx, (_param_grads(dy2, xhat, True, False)[0] if need[1] else None)

@@ -7,6 +7,7 @@ fresh array costs page faults on top.
 """
 from ..autograd import Function
 from ..backend import array_module
+from .blocks import by_blocks
 
 
 def _row_dot(a, b):
@@ -64,6 +65,12 @@ def _from_last(y, axis):
     return y if axis == y.ndim - 1 else array_module(y).moveaxis(y, -1, axis)
 
 
+def _rowwise(fn, *arrays):
+    """fn over rows of the last axis, by cache-sized blocks of rows."""
+    shape = arrays[0].shape
+    return by_blocks(fn, *(a.reshape(-1, shape[-1]) for a in arrays)).reshape(shape)  # (N, C)
+
+
 class Softmax(Function):
     """y = exp(x - max x) / sum exp(x - max x) along `axis`.
 
@@ -74,14 +81,14 @@ class Softmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
         x, ctx.axis = _to_last(x, axis, "softmax")
-        y = softmax_forward_ref(x)
+        y = _rowwise(softmax_forward_ref, x)
         ctx.save_for_backward(y)
         return _from_last(y, ctx.axis)
 
     @staticmethod
     def backward(ctx, dy):
         (y,) = ctx.saved
-        return _from_last(softmax_backward_ref(y, _to_last(dy, ctx.axis, "softmax")[0]), ctx.axis)
+        return _from_last(_rowwise(softmax_backward_ref, y, _to_last(dy, ctx.axis, "softmax")[0]), ctx.axis)
 
 
 class LogSoftmax(Function):
@@ -94,7 +101,7 @@ class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
         x, ctx.axis = _to_last(x, axis, "log_softmax")
-        y = log_softmax_forward_ref(x)
+        y = _rowwise(log_softmax_forward_ref, x)
         ctx.save_for_backward(y)
         return _from_last(y, ctx.axis)
 
@@ -102,4 +109,4 @@ class LogSoftmax(Function):
     def backward(ctx, dy):
         (y,) = ctx.saved
         dy = _to_last(dy, ctx.axis, "log_softmax")[0]
-        return _from_last(log_softmax_backward_ref(y, dy), ctx.axis)
+        return _from_last(_rowwise(log_softmax_backward_ref, y, dy), ctx.axis)

@@ -1,0 +1,69 @@
+"""The block runner behind the fused ops: blocks of rows on several threads give the same
+result as one call, and every blocked op still passes its gradcheck when cut into tiny blocks."""
+import numpy as np
+import pytest
+
+import tinygrad_llm as tl
+import tinygrad_llm.functional as F
+from tinygrad_llm import Tensor
+from tinygrad_llm.ops import blocks
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("n, row", [(1, 5), (7, 3), (64, 1), (10, 0)])
+def test_by_blocks_matches_one_call(monkeypatch, threads, n, row):
+    monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 4)
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((n, row) if row else (n,)).astype(np.float32)
+    b = rng.standard_normal(a.shape)
+
+    def fn(x, y):
+        return x * 2, (x + y).sum(axis=-1) if x.ndim > 1 else x + y
+
+    got = blocks.by_blocks(fn, a, b, threads=threads)
+    want = fn(a, b)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_array_equal(g, w)
+
+
+def test_errors_in_a_thread_reach_the_caller(monkeypatch):
+    monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 1)
+
+    def fn(x):
+        if x[0] == 5:
+            raise RuntimeError("block with 5")
+        return x
+
+    with pytest.raises(RuntimeError, match="block with 5"):
+        blocks.by_blocks(fn, np.arange(8.0), threads=2)
+
+
+OPS = {
+    "softmax": (lambda x: F.softmax(x), 1),
+    "log_softmax": (lambda x: F.log_softmax(x, axis=0), 1),
+    "cross_entropy": (lambda x: F.cross_entropy(x, np.array([0, 4, -100, 2, 2, 1])), 1),
+    "cross_entropy_smooth": (lambda x: F.cross_entropy(x, np.array([0, 4, 3, 2, 2, 1]), reduction="none",
+                                                       label_smoothing=0.1), 1),
+    "layer_norm": (lambda x, w, b: F.layer_norm(x, w, b), 3),
+    "rms_norm": (lambda x, w: F.rms_norm(x, w), 2),
+    "gelu": (lambda x: F.gelu(x), 1),
+    "gelu_exact": (lambda x: F.gelu(x, "none"), 1),
+    "silu": (lambda x: F.silu(x), 1),
+    "swiglu": (lambda x, u: F.swiglu(x, u), 2),
+}
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_ops_in_tiny_blocks(monkeypatch, name):
+    monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 7)  # not a multiple of the row length
+    fn, n_in = OPS[name]
+    rng = np.random.default_rng(0)
+    shapes = [(6, 5), (5,), (5,)] if name in ("layer_norm", "rms_norm") else [(6, 5)] * 2
+    arrays = [rng.standard_normal(s) for s in shapes[:n_in]]
+    ts = [Tensor(a, requires_grad=True) for a in arrays]
+    assert tl.gradcheck(fn, ts)
+    monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 1 << 30)
+    whole = fn(*[Tensor(a) for a in arrays]).numpy()
+    monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 7)
+    np.testing.assert_allclose(fn(*[Tensor(a) for a in arrays]).numpy(), whole, rtol=1e-14, atol=1e-14)
