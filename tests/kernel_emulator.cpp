@@ -125,6 +125,17 @@ template <class... A> struct Launcher<void (*)(A...)> {
 
 EXPORT2(softmax_forward)
 EXPORT2(softmax_backward)
+#define EXPORTJ(name, T, J)                                                                     \
+    extern "C" int emu_##name##_##T##_##J(const int* cfg, const int* sizes, int n, void** a) { \
+        auto k = &name<T, J>;                                                                   \
+        return Launcher<decltype(k)>::run(k, cfg, sizes, n, a);                                 \
+    }
+#define EXPORT_WARP(name, T) \
+    EXPORTJ(name, T, 1) EXPORTJ(name, T, 2) EXPORTJ(name, T, 4) EXPORTJ(name, T, 8) EXPORTJ(name, T, 16) EXPORTJ(name, T, 32)
+EXPORT_WARP(softmax_forward_warp, float)
+EXPORT_WARP(softmax_forward_warp, double)
+EXPORT_WARP(softmax_backward_warp, float)
+EXPORT_WARP(softmax_backward_warp, double)
 EXPORT2(layernorm_forward)
 EXPORT2(layernorm_backward_dx)
 EXPORT2(layernorm_backward_dwdb)

@@ -22,8 +22,8 @@ gpu = pytest.mark.gpu
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-11, atol=1e-12)}
 # (rows, C): one row, one column, odd widths, pack-aligned widths, GPT-2's padded vocabulary
-ROW_SHAPES = [(1, 1), (1, 7), (3, 1), (5, 33), (37, 1000), (2, 768), (1, 50304), (3, 50304),
-              (4, 3, 129)]
+ROW_SHAPES = [(1, 1), (1, 7), (3, 1), (5, 33), (37, 1000), (2, 768), (3, 1024), (2, 1025),
+              (1, 50304), (3, 50304), (4, 3, 129)]
 
 
 # --- runs everywhere (CI): the sources compile and define what the glue launches ---------------
@@ -40,9 +40,11 @@ def test_every_kernel_compiles_with_nvcc(tmp_path):
     for f in cuda.KERNEL_FILES:
         ptx = (tmp_path / (Path(f).stem + ".ptx")).read_text()
         for name in cuda.KERNELS[f]:
+            base, j = re.fullmatch(r"(\w+)(?:<\{T\}, (\d+)>)?", name).groups()
             for code in "fd":  # float and double instantiations, as name_expressions asks for
-                assert re.search(rf"\.entry _Z{len(name)}{name}I{code}E", ptx), (
-                    f"{f} defines no {name}<{'float' if code == 'f' else 'double'}> kernel")
+                mangled = rf"_Z{len(base)}{base}I{code}" + (rf"Li{j}E" if j else "") + "E"
+                assert re.search(rf"\.entry {mangled}", ptx), (
+                    f"{f} defines no {cuda._expr(name, 'float' if code == 'f' else 'double')}")
 
 
 def test_kernel_files_are_listed_and_documented():
@@ -87,7 +89,9 @@ class _Emulated:
     """Stands in for a compiled CuPy kernel: runs it in the host emulator with the same args."""
 
     def __init__(self, lib, name, dtype):
-        self.fn = getattr(lib, f"emu_{name}_{'float' if np.dtype(dtype) == np.float32 else 'double'}")
+        ctype = "float" if np.dtype(dtype) == np.float32 else "double"
+        base, j = re.fullmatch(r"(\w+)(?:<\{T\}, (\d+)>)?", name).groups()
+        self.fn = getattr(lib, f"emu_{base}_{ctype}" + (f"_{j}" if j else ""))
         self.name = name
 
     def __call__(self, grid, block, args):

@@ -24,9 +24,12 @@ from .. import backend
 
 KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
 KERNEL_FILES = ("softmax.cu", "layernorm.cu", "cross_entropy.cu", "gelu.cu", "adamw.cu")
-# file -> kernel template names it defines (instantiated for float and double)
+_WARP_J = (1, 2, 4, 8, 16, 32)  # register slots per lane of the one-warp-per-row softmax
+# file -> the kernels it defines, each instantiated for float and double: a plain name is the
+# template <T>; "{T}" marks where the dtype goes in a template with more arguments
 KERNELS = {
-    "softmax.cu": ("softmax_forward", "softmax_backward"),
+    "softmax.cu": ("softmax_forward", "softmax_backward",
+                   *(f"softmax_{d}_warp<{{T}}, {j}>" for d in ("forward", "backward") for j in _WARP_J)),
     "layernorm.cu": ("layernorm_forward", "layernorm_backward_dx", "layernorm_backward_dwdb",
                      "column_sum"),
     "cross_entropy.cu": ("cross_entropy_forward", "cross_entropy_backward"),
@@ -92,13 +95,18 @@ def module(filename, dtype):
         ctype = _CTYPE[dtype]
         mod = cp.RawModule(code=kernel_source(filename),
                            options=("-std=c++17", f"-I{KERNEL_DIR}"),
-                           name_expressions=[f"{k}<{ctype}>" for k in KERNELS[filename]])
+                           name_expressions=[_expr(k, ctype) for k in KERNELS[filename]])
         _modules[key] = mod
     return mod
 
 
+def _expr(name, ctype):
+    """The C++ name of one instantiation: softmax_forward<float>, softmax_forward_warp<float, 8>."""
+    return name.format(T=ctype) if "{T}" in name else f"{name}<{ctype}>"
+
+
 def kernel(filename, name, dtype):
-    return module(filename, dtype).get_function(f"{name}<{_CTYPE[np.dtype(dtype)]}>")
+    return module(filename, dtype).get_function(_expr(name, _CTYPE[np.dtype(dtype)]))
 
 
 def _launch(filename, name, dtype, grid, block, *args):
@@ -139,13 +147,26 @@ def _row_threads(C, dtype):
 
 
 # --- softmax ------------------------------------------------------------------------------------
+_WARP_ROWS = 8  # rows (warps) per block for the one-warp-per-row kernels
+
+
+def _warp_j(C):
+    """Slots per lane for the register-cached warp kernels, or None when the row is too long."""
+    return next((j for j in _WARP_J if 32 * j >= C), None)
+
+
 def softmax_forward(x):
     """Softmax over the last axis (matches ops/softmax.py's softmax_forward_ref)."""
     y = _empty(x.shape, x.dtype)
     n_rows, C = _rows(x, "softmax")
     if n_rows and C:
-        _launch("softmax.cu", "softmax_forward", x.dtype, (n_rows,), (_row_threads(C, x.dtype),),
-                x, y, n_rows, C)
+        j = _warp_j(C)
+        if j is not None:
+            _launch("softmax.cu", f"softmax_forward_warp<{{T}}, {j}>", x.dtype,
+                    (-(-n_rows // _WARP_ROWS),), (32, _WARP_ROWS), x, y, n_rows, C)
+        else:
+            _launch("softmax.cu", "softmax_forward", x.dtype, (n_rows,),
+                    (_row_threads(C, x.dtype),), x, y, n_rows, C)
     return y
 
 
@@ -154,13 +175,18 @@ def softmax_backward(y, dy):
     dx = _empty(y.shape, y.dtype)
     n_rows, C = _rows(y, "softmax backward")
     if n_rows and C:
-        _launch("softmax.cu", "softmax_backward", y.dtype, (n_rows,), (_row_threads(C, y.dtype),),
-                y, dy, dx, n_rows, C)
+        j = _warp_j(C)
+        if j is not None:
+            _launch("softmax.cu", f"softmax_backward_warp<{{T}}, {j}>", y.dtype,
+                    (-(-n_rows // _WARP_ROWS),), (32, _WARP_ROWS), y, dy, dx, n_rows, C)
+        else:
+            _launch("softmax.cu", "softmax_backward", y.dtype, (n_rows,),
+                    (_row_threads(C, y.dtype),), y, dy, dx, n_rows, C)
     return dx
 
 
 # --- layer norm ---------------------------------------------------------------------------------
-_LN_ROWS_PER_BLOCK = 8  # warps per block for the one-warp-per-row kernels
+_LN_ROWS_PER_BLOCK = _WARP_ROWS
 _LN_ROWS_PER_CHUNK = 64  # rows each dw/db partial sums before the column_sum pass
 
 
