@@ -7,7 +7,8 @@ Parameter sets with real shapes:
 Timed: one optimizer step (gradients already in place), AdamW with the decay / no-decay groups,
 Muon on the hidden matrices. Reference: torch.optim.AdamW(foreach=True) and torch.optim.Muon
 (which runs its Newton-Schulz iteration in bfloat16), both on the same values and torch's
-default thread count. Reported: median ms per step for each, and the ratio ours / torch
+default thread count; for Muon also the same update in torch with the iteration in float32, as
+ours is (torch-fp32-NS). Reported: median ms per step for each, and the ratio ours / torch
 (< 1: ours is faster). Runs A and B alternately so load from other processes hits both alike.
 
     python benchmarks/optim_cpu.py                 # all (the gpt2-small Muon row takes minutes)
@@ -71,7 +72,7 @@ def ours(shapes, values, grads, kind):
     return opt
 
 
-def torch_ref(shapes, values, grads, kind):
+def torch_ref(shapes, values, grads, kind, fp32_muon=False):
     import torch
     ps = [torch.nn.Parameter(torch.from_numpy(v.copy())) for v in values]
     for p, g in zip(ps, grads):
@@ -83,7 +84,35 @@ def torch_ref(shapes, values, grads, kind):
                                   {"params": no_decay, "weight_decay": 0.0}], lr=6e-4,
                                  betas=(0.9, 0.95), foreach=True)
     hidden = [ps[i] for i, (n, s) in enumerate(shapes) if len(s) == 2 and not n.startswith("w")]
+    if fp32_muon:
+        return TorchMuonFloat32(hidden, lr=0.02)
     return torch.optim.Muon(hidden, lr=0.02, weight_decay=0.0)
+
+
+class TorchMuonFloat32:
+    """torch.optim.Muon's update written out with its Newton-Schulz iteration in float32 (torch's
+    own runs it in bfloat16): the like-for-like reference for our float32 Muon."""
+
+    def __init__(self, params, lr=0.02, momentum=0.95, a=3.4445, b=-4.7750, c=2.0315):
+        import torch
+        self.torch, self.params, self.lr, self.mu, self.abc = torch, params, lr, momentum, (a, b, c)
+        self.bufs = [torch.zeros_like(p) for p in params]
+
+    def step(self):
+        torch = self.torch
+        a, b, c = self.abc
+        with torch.no_grad():
+            for p, buf in zip(self.params, self.bufs):
+                buf.lerp_(p.grad, 1 - self.mu)
+                u = p.grad.lerp(buf, self.mu)
+                X = u.T if u.size(0) > u.size(1) else u
+                X = X / (X.norm() + 1e-7)
+                for _ in range(5):
+                    A = X @ X.T
+                    B = torch.addmm(A, A, A, beta=b, alpha=c)
+                    X = torch.addmm(X, B, X, beta=a)
+                X = X.T if u.size(0) > u.size(1) else X
+                p.add_(X, alpha=-self.lr * max(1, p.size(0) / p.size(1)) ** 0.5)
 
 
 def timed(fn):
@@ -95,24 +124,28 @@ def timed(fn):
 def compare(name, kind, reps, have_torch):
     shapes = SETS[name]
     values, grads = make_params(shapes)
-    a = ours(shapes, values, grads, kind)
-    b = torch_ref(shapes, values, grads, kind) if have_torch else None
-    a.step()  # warm: state allocated, scratch allocated, pool started
-    if b is not None:
-        b.step()
-    ta, tb = [], []
+    arms = {"ours": ours(shapes, values, grads, kind)}
+    if have_torch:
+        arms["torch"] = torch_ref(shapes, values, grads, kind)
+        if kind == "muon":
+            arms["torch-fp32"] = torch_ref(shapes, values, grads, kind, fp32_muon=True)
+    for opt in arms.values():
+        opt.step()  # warm: state, scratch and the thread pool exist from here on
+    times = {k: [] for k in arms}
     for _ in range(reps):
-        ta.append(timed(a.step))
-        if b is not None:
-            tb.append(timed(b.step))
-    ma = statistics.median(ta) * 1e3
+        for k, opt in arms.items():
+            times[k].append(timed(opt.step))
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     n = sum(int(np.prod(s)) for _, s in shapes)
-    if b is None:
-        print(f"{name:12s} {kind:6s} {n / 1e6:7.2f}M  ours {ma:9.2f} ms   (torch not installed)")
+    line = f"{name:12s} {kind:6s} {n / 1e6:7.2f}M  ours {med['ours']:9.2f} ms"
+    if not have_torch:
+        print(line + "   (torch not installed)")
         return
-    mb = statistics.median(tb) * 1e3
-    print(f"{name:12s} {kind:6s} {n / 1e6:7.2f}M  ours {ma:9.2f} ms  torch {mb:9.2f} ms  "
-          f"ratio ours/torch {ma / mb:5.2f}")
+    line += f"  torch {med['torch']:9.2f} ms  ours/torch {med['ours'] / med['torch']:5.2f}"
+    if "torch-fp32" in med:
+        line += (f"  torch-fp32-NS {med['torch-fp32']:9.2f} ms  ours/torch-fp32-NS "
+                 f"{med['ours'] / med['torch-fp32']:5.2f}")
+    print(line, flush=True)
 
 
 def sweep_chunk(name, reps):
