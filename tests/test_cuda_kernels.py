@@ -216,6 +216,8 @@ def test_softmax_kernel_extreme_rows(kx, dtype):
 def test_layer_norm_kernel(kx, dtype, shape, affine):
     from tinygrad_llm.ops.norm import _param_grads, layer_norm_backward_ref, layer_norm_forward_ref
     _too_big_to_emulate(kx, int(np.prod(shape)))
+    if kx.emulated and affine in ("w", "b") and shape[-1] > 64:
+        pytest.skip("one-sided affine: emulated on the narrow shapes only (time)")
     C = shape[-1]
     x = _rand(kx, shape, dtype, 4, scale=2.0).reshape(-1, C) + 0.5
     w = _rand(kx, (C,), dtype, 5) if "w" in affine else None
