@@ -141,14 +141,13 @@ def silu_forward_ref(x):
     return x * s, s
 
 
-def silu_backward_ref(dy, x, s):
-    """dx = dy * s (1 + x (1 - s)) for y = x s, s = sigmoid(x)."""
-    d = x * s
-    d -= x
-    d -= 1.0  # -(1 + x (1 - s))
-    d *= s
+def silu_backward_ref(dy, y, s):
+    """dx = dy * s (1 + x (1 - s)) = dy * (s + y (1 - s)) for y = x s, s = sigmoid(x)."""
+    xp = array_module(dy)
+    d = y * s
+    xp.subtract(y, d, out=d)  # y (1 - s)
+    d += s
     d *= dy
-    array_module(d).negative(d, out=d)
     return d
 
 
@@ -179,7 +178,8 @@ class GELU(Function):
 
 
 class SiLU(Function):
-    """y = x sigmoid(x).   dx = dy s (1 + x (1 - s)).  Saved: x and s.
+    """y = x sigmoid(x).   dx = dy s (1 + x (1 - s)) = dy (s + y (1 - s)).
+    Saved: y and s (x is not needed: y carries it), so backward is four multiply-adds.
     Derivation: docs/backward.md#silu
     """
 
@@ -187,34 +187,32 @@ class SiLU(Function):
     def forward(ctx, x):
         x1 = x.reshape(-1)  # flat, as in GELU
         y, s = by_blocks(silu_forward_ref, x1)
-        ctx.save_for_backward(x1, s)
+        ctx.save_for_backward(y, s)
         return y.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
-        x, s = ctx.saved
-        return by_blocks(silu_backward_ref, dy.reshape(-1), x, s).reshape(dy.shape)
+        y, s = ctx.saved
+        return by_blocks(silu_backward_ref, dy.reshape(-1), y, s).reshape(dy.shape)
 
 
 def swiglu_forward_ref(gate, up):
-    """(y, s) with s = sigmoid(gate) and y = gate s up."""
+    """(y, a, s) with s = sigmoid(gate), a = silu(gate) = gate s and y = a up."""
     s = sigmoid_ref(gate)
-    y = gate * s
-    y *= up
-    return y, s
+    a = gate * s
+    return a * up, a, s
 
 
-def swiglu_backward_ref(dy, gate, up, s):
-    """(dgate, dup) = (dy up s (1 + gate (1 - s)), dy gate s)."""
-    dup = gate * s
-    dup *= dy
-    return silu_backward_ref(dy * up, gate, s), dup
+def swiglu_backward_ref(dy, a, up, s):
+    """(dgate, dup) = (dy up (s + a (1 - s)), dy a) with a = silu(gate)."""
+    return silu_backward_ref(dy * up, a, s), dy * a
 
 
 class SwiGLU(Function):
     """y = silu(gate) * up, the gated unit of a SwiGLU MLP, as one op.
 
-    Backward: dgate = dy up s (1 + gate (1 - s)),  dup = dy gate s.  Saved: gate, up and s.
+    Backward: dgate = dy up s (1 + gate (1 - s)) = dy up (s + a (1 - s)),  dup = dy a, with
+    a = silu(gate) = gate s.  Saved: a, up and s (gate itself is not needed again).
     Derivation: docs/backward.md#swiglu
     """
 
@@ -224,13 +222,13 @@ class SwiGLU(Function):
             raise ValueError(f"swiglu: gate {gate.shape} and up {up.shape} must have the same shape")
         shape = gate.shape
         gate, up = gate.reshape(-1), up.reshape(-1)  # flat, as in GELU
-        y, s = by_blocks(swiglu_forward_ref, gate, up)
-        ctx.save_for_backward(gate, up, s)
+        y, a, s = by_blocks(swiglu_forward_ref, gate, up)
+        ctx.save_for_backward(a, up, s)
         return y.reshape(shape)
 
     @staticmethod
     def backward(ctx, dy):
-        gate, up, s = ctx.saved
+        a, up, s = ctx.saved
         need_g, need_u = ctx.needs_input_grad
-        dgate, dup = by_blocks(swiglu_backward_ref, dy.reshape(-1), gate, up, s)
+        dgate, dup = by_blocks(swiglu_backward_ref, dy.reshape(-1), a, up, s)
         return (dgate.reshape(dy.shape) if need_g else None), (dup.reshape(dy.shape) if need_u else None)

@@ -9,19 +9,23 @@ reference of an op is what runs on each block. CuPy arrays are passed through wh
     out = by_blocks(fn, x, dy)          # fn(x_block, dy_block) -> array or tuple of arrays
 """
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-BLOCK_ELEMENTS = 1 << 16  # 256 KiB of float32 per array: a block and its temporaries fit in L2
-THREADS = max(1, int(os.environ.get("TINYGRAD_LLM_THREADS", min(os.cpu_count() or 1, 4))))
+BLOCK_ELEMENTS = 1 << 18  # 1 MiB of float32 per array: a block and its temporaries stay in L2/L3
+# One thread unless told otherwise (TINYGRAD_LLM_THREADS=2): on a dedicated machine a second thread
+# nearly doubles elementwise throughput, but on a shared, loaded one the GIL hand-offs between
+# NumPy calls cost more than the second core gives (measured: benchmarks/ops_cpu.py).
+THREADS = max(1, int(os.environ.get("TINYGRAD_LLM_THREADS", "1")))
 _pool = None
 
 
 def _get_pool():
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=THREADS - 1, thread_name_prefix="tinygrad_llm")
+        _pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="tinygrad_llm")
     return _pool
 
 
@@ -45,20 +49,57 @@ def by_blocks(fn, *arrays, threads=None):
     for o, h in zip(outs, head):
         o[:step] = h
 
-    def run(lo_starts):
-        for lo in lo_starts:
-            res = fn(*(a[lo:lo + step] for a in arrays))
-            for o, r in zip(outs, (res,) if single else res):
-                o[lo:lo + step] = r
+    def work(lo):
+        res = fn(*(a[lo:lo + step] for a in arrays))
+        for o, r in zip(outs, (res,) if single else res):
+            o[lo:lo + step] = r
 
     rest = starts[1:]
     k = min(THREADS if threads is None else threads, len(rest))
     if k <= 1:
-        run(rest)
-    else:
-        parts = [rest[i * len(rest) // k:(i + 1) * len(rest) // k] for i in range(k)]
-        futures = [_get_pool().submit(run, p) for p in parts[1:]]
-        run(parts[0])
-        for f in futures:
-            f.result()
+        for lo in rest:
+            work(lo)
+        return outs[0] if single else outs
+    _share(work, rest, k - 1)
     return outs[0] if single else outs
+
+
+def _share(work, items, helpers):
+    """work(item) for every item, on this thread and up to `helpers` pool threads.
+
+    The caller takes items itself and never waits for a helper that has not started: on a busy
+    machine a helper may get no core for milliseconds, and then the caller simply does its share.
+    """
+    it = iter(items)
+    lock = threading.Lock()
+    state = {"closed": False, "active": 0, "error": None}
+    idle = threading.Condition(lock)
+
+    def helper():
+        with lock:
+            if state["closed"]:
+                return
+            state["active"] += 1
+        try:
+            for item in it:
+                work(item)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller below
+            state["error"] = e
+        finally:
+            with lock:
+                state["active"] -= 1
+                idle.notify_all()
+
+    pool = _get_pool()
+    for _ in range(helpers):
+        pool.submit(helper)
+    try:
+        for item in it:  # list iterators hand out each item once, even across threads
+            work(item)
+    finally:
+        with lock:
+            state["closed"] = True
+            while state["active"]:
+                idle.wait()
+    if state["error"] is not None:
+        raise state["error"]
