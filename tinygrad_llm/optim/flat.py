@@ -112,11 +112,12 @@ class FlatBucket:
             if p.grad is None or p.grad.data is not gv:
                 p.grad = Tensor(gv)
 
-    def scratch(self, k, size):
-        """k reusable scratch arrays of `size` elements per worker thread (allocated once)."""
-        key = (k, size, THREADS)
+    def scratch(self, k, size, workers):
+        """k reusable scratch rows of `size` elements for each of `workers` threads (allocated
+        once, then reused every step)."""
+        key = (k, size, workers)
         if key not in self._scratch:
-            self._scratch[key] = [self.xp.empty((k, size), dtype=self.dtype) for _ in range(THREADS)]
+            self._scratch[key] = [self.xp.empty((k, size), dtype=self.dtype) for _ in range(workers)]
         return self._scratch[key]
 
     def map_chunks(self, fn, arrays, k):
@@ -128,11 +129,11 @@ class FlatBucket:
         """
         n = self.n
         if self.xp is not np or n < MIN_PARALLEL:
-            fn(*arrays, self.scratch(k, n)[0])
+            fn(*arrays, self.scratch(k, n, 1)[0])
             return
         bounds = [n * t // THREADS for t in range(THREADS + 1)]
         chunk = min(CHUNK, -(-n // THREADS))
-        scratch = self.scratch(k, chunk)
+        scratch = self.scratch(k, chunk, THREADS)
 
         def run(t):
             s = scratch[t]
