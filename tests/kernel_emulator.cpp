@@ -6,7 +6,7 @@
 // arguments on a machine without a GPU. Speed is not the point: small sizes only.
 //
 // Exported: emu_<kernel>_<float|double>(cfg, sizes, n_args, args), where cfg = grid xyz,
-// block xyz; args[i] points at the i-th argument's value and sizes[i] is its byte size, checked
+// block xyz, dynamic shared bytes; args[i] points at the i-th argument's value and sizes[i] is its byte size, checked
 // against the kernel's parameter list (a Python int passed where the kernel takes a 4-byte int
 // fails here, as it would corrupt the launch on a GPU).
 #include <barrier>
@@ -20,7 +20,8 @@
 #include <utility>
 #include <vector>
 
-#define __CUDACC_RTC__ 1  // common.cuh: skip cuda_runtime.h
+#define __CUDACC_RTC__ 1      // common.cuh: skip cuda_runtime.h
+#define TGL_HOST_EMULATION 1  // common.cuh: dynamic shared memory comes from here
 #define __global__
 #define __device__
 #define __forceinline__ inline
@@ -51,6 +52,9 @@ struct Warp {
 };
 static std::vector<Warp> warps;
 
+static std::vector<unsigned char> dynamic_shared;  // the launch's dynamic shared memory
+template <typename T> T* dynamic_smem() { return reinterpret_cast<T*>(dynamic_shared.data()); }
+
 inline int flat_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
 
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
@@ -72,6 +76,8 @@ template <typename T> T __shfl_xor_sync(unsigned, T v, int mask) {
 template <class F> void launch(const int* cfg, F body) {
     gridDim = {unsigned(cfg[0]), unsigned(cfg[1]), unsigned(cfg[2])};
     blockDim = {unsigned(cfg[3]), unsigned(cfg[4]), unsigned(cfg[5])};
+    // NaN-filled, like poisoned outputs: a kernel reading shared memory it never wrote shows
+    dynamic_shared.assign(cfg[6] + 16, 0xff);
     const int n = blockDim.x * blockDim.y * blockDim.z;
     if (n % 32) { std::fprintf(stderr, "emulator: block of %d threads is not whole warps\n", n); std::abort(); }
     block_barrier = std::make_unique<std::barrier<>>(n);
@@ -136,6 +142,14 @@ EXPORT_WARP(softmax_forward_warp, float)
 EXPORT_WARP(softmax_forward_warp, double)
 EXPORT_WARP(softmax_backward_warp, float)
 EXPORT_WARP(softmax_backward_warp, double)
+#define EXPORT_LN(T) \
+    EXPORTJ(layernorm_backward_warp, T, 1) EXPORTJ(layernorm_backward_warp, T, 2) \
+    EXPORTJ(layernorm_backward_warp, T, 4) EXPORTJ(layernorm_backward_warp, T, 8) \
+    EXPORTJ(layernorm_backward_warp, T, 12) EXPORTJ(layernorm_backward_warp, T, 16)
+EXPORT_LN(float)
+EXPORT_LN(double)
+EXPORTJ(layernorm_backward_warp, float, 24)
+EXPORTJ(layernorm_backward_warp, float, 32)
 EXPORT2(layernorm_forward)
 EXPORT2(layernorm_backward_dx)
 EXPORT2(layernorm_backward_dwdb)

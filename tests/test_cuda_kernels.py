@@ -39,9 +39,10 @@ def test_every_kernel_compiles_with_nvcc(tmp_path):
     assert run.returncode == 0, f"nvcc failed:\n{run.stderr}"
     for f in cuda.KERNEL_FILES:
         ptx = (tmp_path / (Path(f).stem + ".ptx")).read_text()
-        for name in cuda.KERNELS[f]:
+        wanted = [(n, "fd") for n in cuda.KERNELS[f]] + [(n, "f") for n in cuda.FLOAT_ONLY.get(f, ())]
+        for name, codes in wanted:
             base, j = re.fullmatch(r"(\w+)(?:<\{T\}, (\d+)>)?", name).groups()
-            for code in "fd":  # float and double instantiations, as name_expressions asks for
+            for code in codes:  # the float and double instantiations name_expressions asks for
                 mangled = rf"_Z{len(base)}{base}I{code}" + (rf"Li{j}E" if j else "") + "E"
                 assert re.search(rf"\.entry {mangled}", ptx), (
                     f"{f} defines no {cuda._expr(name, 'float' if code == 'f' else 'double')}")
@@ -94,9 +95,9 @@ class _Emulated:
         self.fn = getattr(lib, f"emu_{base}_{ctype}" + (f"_{j}" if j else ""))
         self.name = name
 
-    def __call__(self, grid, block, args):
-        cfg = (ctypes.c_int * 6)(*(tuple(grid) + (1,) * (3 - len(grid))),
-                                 *(tuple(block) + (1,) * (3 - len(block))))
+    def __call__(self, grid, block, args, shared_mem=0):
+        cfg = (ctypes.c_int * 7)(*(tuple(grid) + (1,) * (3 - len(grid))),
+                                 *(tuple(block) + (1,) * (3 - len(block))), shared_mem)
         vals = []
         for a in args:
             if isinstance(a, np.ndarray):
@@ -238,6 +239,20 @@ def test_layer_norm_kernel(kx, dtype, shape, affine):
         if got is not None:
             assert not np.isnan(host(got)).any(), what
             np.testing.assert_allclose(host(got), want, err_msg=f"layer norm {what}", **tol)
+
+
+@pytest.mark.parametrize("C", [48, 768, 1500])  # fused one-pass kernel, and the two-kernel path
+def test_layer_norm_kernel_param_grads_only(kx, C):
+    from tinygrad_llm.ops.norm import _param_grads
+    dy = _rand(kx, (6, C), np.float64, 14)
+    xhat = _rand(kx, (6, C), np.float64, 15)
+    rstd = kx.xp.abs(_rand(kx, (6,), np.float64, 16)) + 0.5
+    w = _rand(kx, (C,), np.float64, 17)
+    dx, dw, db = cuda.layer_norm_backward(dy, xhat, rstd, w, need_dx=False)
+    dw_r, db_r = _param_grads(kx.host(dy), kx.host(xhat), True, True)
+    assert dx is None
+    _close(dw, dw_r, np.float64, "dw")
+    _close(db, db_r, np.float64, "db")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -31,11 +31,13 @@ KERNELS = {
     "softmax.cu": ("softmax_forward", "softmax_backward",
                    *(f"softmax_{d}_warp<{{T}}, {j}>" for d in ("forward", "backward") for j in _WARP_J)),
     "layernorm.cu": ("layernorm_forward", "layernorm_backward_dx", "layernorm_backward_dwdb",
-                     "column_sum"),
+                     "column_sum", *(f"layernorm_backward_warp<{{T}}, {j}>" for j in (1, 2, 4, 8, 12, 16))),
     "cross_entropy.cu": ("cross_entropy_forward", "cross_entropy_backward"),
     "gelu.cu": ("gelu_forward", "gelu_backward"),
     "adamw.cu": ("adamw_step",),
 }
+# instantiated for float only (the double versions would spill registers)
+FLOAT_ONLY = {"layernorm.cu": tuple(f"layernorm_backward_warp<{{T}}, {j}>" for j in (24, 32))}
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _PACK = {np.dtype(np.float32): 4, np.dtype(np.float64): 2}  # elements per 16-byte load
 
@@ -93,9 +95,10 @@ def module(filename, dtype):
     if mod is None:
         cp = backend.cupy()
         ctype = _CTYPE[dtype]
+        names = KERNELS[filename] + FLOAT_ONLY.get(filename, ()) * (ctype == "float")
         mod = cp.RawModule(code=kernel_source(filename),
                            options=("-std=c++17", f"-I{KERNEL_DIR}"),
-                           name_expressions=[_expr(k, ctype) for k in KERNELS[filename]])
+                           name_expressions=[_expr(k, ctype) for k in names])
         _modules[key] = mod
     return mod
 
@@ -109,12 +112,12 @@ def kernel(filename, name, dtype):
     return module(filename, dtype).get_function(_expr(name, _CTYPE[np.dtype(dtype)]))
 
 
-def _launch(filename, name, dtype, grid, block, *args):
+def _launch(filename, name, dtype, grid, block, *args, shared_mem=0):
     """Launch a kernel; Python ints become np.int32, Python floats the kernel's dtype."""
     scalar = np.dtype(dtype).type
     packed = tuple(np.int32(a) if isinstance(a, (bool, int)) else
                    scalar(a) if isinstance(a, float) else a for a in args)
-    kernel(filename, name, dtype)(tuple(grid), tuple(block), packed)
+    kernel(filename, name, dtype)(tuple(grid), tuple(block), packed, shared_mem=shared_mem)
 
 
 _sm_count = {}
@@ -203,40 +206,50 @@ def layer_norm_forward(x, weight=None, bias=None, eps=1e-5):
     return y, xhat, rstd
 
 
+_LN_WARP_J = {np.dtype(np.float32): (1, 2, 4, 8, 12, 16, 24, 32), np.dtype(np.float64): (1, 2, 4, 8, 12, 16)}
+
+
 def layer_norm_backward(dy, xhat, rstd, weight=None, need_dx=True, need_dw=True, need_db=True):
     """(dx, dw, db) of layer norm from the saved xhat and rstd (dw, db: sums over the rows).
 
     dy, xhat: (N, C); weight None means no affine scale (dw is then None); each output is None
-    when not needed.
+    when not needed. Rows up to 1024 wide (512 in float64) take the fused one-pass kernel.
     """
     n_rows, C = _rows(xhat, "layer_norm backward")
     dt = xhat.dtype
-    dx = dw = db = None
-    if need_dx:
-        dx = _empty(xhat.shape, xhat.dtype)
-        if n_rows and C:
+    need_dw = need_dw and weight is not None
+    dx = _empty(xhat.shape, dt) if need_dx else None
+    dw = _empty((C,), dt) if need_dw else None
+    db = _empty((C,), dt) if need_db else None
+    if not C or not (need_dx or need_dw or need_db):
+        return dx, dw, db
+    w_arg = _NULL if weight is None else weight
+    j = next((j for j in _LN_WARP_J[np.dtype(dt)] if 32 * j >= C), None)
+    if j is not None:
+        n_blocks = max(1, min(-(-n_rows // 4), sm_count() * 8))
+        dw_part = _empty((n_blocks, C), dt) if need_dw else None
+        db_part = _empty((n_blocks, C), dt) if need_db else None
+        _launch("layernorm.cu", f"layernorm_backward_warp<{{T}}, {j}>", dt, (n_blocks,), (32, 4),
+                dy, xhat, w_arg, rstd, _NULL if dx is None else dx,
+                _NULL if dw_part is None else dw_part, _NULL if db_part is None else db_part,
+                n_rows, C, shared_mem=2 * C * dt.itemsize)
+    else:
+        if need_dx and n_rows:
             grid = (-(-n_rows // _LN_ROWS_PER_BLOCK),)
             _launch("layernorm.cu", "layernorm_backward_dx", dt, grid, (32, _LN_ROWS_PER_BLOCK),
-                    dy, xhat, _NULL if weight is None else weight, _NULL, rstd, dx, n_rows, C)
-    need_dw = need_dw and weight is not None
-    if need_dw or need_db:
+                    dy, xhat, w_arg, _NULL, rstd, dx, n_rows, C)
         per_chunk = max(_LN_ROWS_PER_CHUNK, -(-n_rows // 65535))  # gridDim.y is at most 65535
-        n_chunks = max(1, -(-n_rows // per_chunk))
-        dw_part = _empty((n_chunks, C), dt) if need_dw else None
-        db_part = _empty((n_chunks, C), dt) if need_db else None
-        dw = _empty((C,), dt) if need_dw else None
-        db = _empty((C,), dt) if need_db else None
-        if C:
-            threads = 256
-            cols = -(-C // threads)
+        n_blocks = max(1, -(-n_rows // per_chunk))
+        dw_part = _empty((n_blocks, C), dt) if need_dw else None
+        db_part = _empty((n_blocks, C), dt) if need_db else None
+        if need_dw or need_db:
             # zero rows: the partial sums are written as 0, so dw and db come out 0, not garbage
-            _launch("layernorm.cu", "layernorm_backward_dwdb", dt, (cols, n_chunks), (threads,),
+            _launch("layernorm.cu", "layernorm_backward_dwdb", dt, (-(-C // 256), n_blocks), (256,),
                     dy, xhat, _NULL, rstd, _NULL if dw_part is None else dw_part,
                     _NULL if db_part is None else db_part, n_rows, C, per_chunk)
-            for part, out in ((dw_part, dw), (db_part, db)):
-                if part is not None:
-                    _launch("layernorm.cu", "column_sum", dt, (cols,), (threads,), part, out,
-                            n_chunks, C)
+    for part, out in ((dw_part, dw), (db_part, db)):
+        if part is not None:
+            _launch("layernorm.cu", "column_sum", dt, (-(-C // 256),), (256,), part, out, n_blocks, C)
     return dx, dw, db
 
 

@@ -62,6 +62,15 @@ __device__ __forceinline__ bool aligned16(const void* p) {
     return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0;
 }
 
+// Dynamic shared memory (sized at launch), as a T array. The host emulator in tests/ supplies
+// its own.
+#ifndef TGL_HOST_EMULATION
+template <typename T> __device__ __forceinline__ T* dynamic_smem() {
+    extern __shared__ __align__(16) unsigned char tgl_smem[];
+    return reinterpret_cast<T*>(tgl_smem);
+}
+#endif
+
 // --- reductions ---------------------------------------------------------------------------------
 template <typename T> __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll

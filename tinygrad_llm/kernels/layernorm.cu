@@ -19,6 +19,16 @@
 // over its chunk, writing one partial per (chunk, column); column_sum adds the partials in a
 // fixed order, so the result is deterministic (no atomics) in float32 and float64 alike.
 //
+// Rows up to 1024 wide (GPT-2's 768 among them) take one fused backward instead:
+//   layernorm_backward_warp<T, J>(dy, xhat, w, rstd, dx, dw_part, db_part, n_rows, C)
+//   (dx, dw_part, db_part may each be null; dynamic shared memory: 2 C values of T)
+// one warp per row, 4 warps per block, blocks striding over the rows; lane l holds columns
+// l, l + 32, ..., l + 32 (J - 1) of dy and xhat in registers, so each is read from memory once,
+// and keeps its columns' running dw and db sums in registers across all the rows it visits. At
+// the end the block's warps add their sums into shared memory one warp after the other (a fixed
+// order: deterministic), and the block writes one partial row; column_sum folds the partials.
+// Traffic: dy, xhat read once, dx written once (plus a partial row per block).
+//
 // Must match: layer_norm_forward_ref, layer_norm_backward_ref and _param_grads (dw, db) in
 // tinygrad_llm/ops/norm.py.
 #include "common.cuh"
@@ -109,6 +119,68 @@ __global__ void layernorm_backward_dwdb(const T* __restrict__ dy, const T* __res
     if (db_part) db_part[o] = db;
 }
 
+template <typename T, int J>
+__global__ void layernorm_backward_warp(const T* __restrict__ dy, const T* __restrict__ xhat,
+                                        const T* __restrict__ w, const T* __restrict__ rstd,
+                                        T* __restrict__ dx, T* __restrict__ dw_part,
+                                        T* __restrict__ db_part, int n_rows, int C) {
+    T* sh = dynamic_smem<T>();  // 2 C values: the block's dw and db sums
+    const int lane = threadIdx.x, warp = threadIdx.y;
+    T wv[J], dw[J], db[J];  // this lane's columns of w, and their running dw, db sums
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+        const int c = lane + 32 * j;
+        wv[j] = c < C ? (w ? w[c] : T(1)) : T(0);
+        dw[j] = T(0);
+        db[j] = T(0);
+    }
+    const T inv_c = T(1) / T(C);
+    // every warp stays to the end (no early return): the block meets at __syncthreads below
+    for (int row = blockIdx.x * blockDim.y + warp; row < n_rows; row += gridDim.x * blockDim.y) {
+        const long long off = (long long)row * C;
+        T g[J], xh[J];
+        T sum_g = T(0), sum_gx = T(0);
+#pragma unroll
+        for (int j = 0; j < J; ++j) {
+            const int c = lane + 32 * j;
+            const T d = c < C ? dy[off + c] : T(0);
+            xh[j] = c < C ? xhat[off + c] : T(0);
+            g[j] = d * wv[j];
+            sum_g += g[j];
+            sum_gx += g[j] * xh[j];
+            dw[j] += d * xh[j];
+            db[j] += d;
+        }
+        const T mean_g = warp_sum(sum_g) * inv_c;
+        const T mean_gx = warp_sum(sum_gx) * inv_c;
+        const T rs = rstd[row];
+#pragma unroll
+        for (int j = 0; j < J; ++j) {
+            const int c = lane + 32 * j;
+            if (dx && c < C) dx[off + c] = rs * (g[j] - mean_g - xh[j] * mean_gx);
+        }
+    }
+    if (!dw_part && !db_part) return;  // uniform: both pointers are kernel arguments
+    for (int k = 0; k < (int)blockDim.y; ++k) {
+        if (warp == k) {
+#pragma unroll
+            for (int j = 0; j < J; ++j) {
+                const int c = lane + 32 * j;
+                if (c < C) {
+                    sh[c] = (k ? sh[c] : T(0)) + dw[j];
+                    sh[C + c] = (k ? sh[C + c] : T(0)) + db[j];
+                }
+            }
+        }
+        __syncthreads();
+    }
+    const int tid = warp * 32 + lane, n_threads = blockDim.y * 32;
+    for (int c = tid; c < C; c += n_threads) {
+        if (dw_part) dw_part[(long long)blockIdx.x * C + c] = sh[c];
+        if (db_part) db_part[(long long)blockIdx.x * C + c] = sh[C + c];
+    }
+}
+
 template <typename T>
 __global__ void column_sum(const T* __restrict__ part, T* __restrict__ out, int n_chunks, int C) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -135,3 +207,13 @@ template __global__ void layernorm_backward_dwdb<double>(const double*, const do
                                                          double*, int, int, int);
 template __global__ void column_sum<float>(const float*, float*, int, int);
 template __global__ void column_sum<double>(const double*, double*, int, int);
+#define TGL_LN_WARP(T, J)                                                                     \
+    template __global__ void layernorm_backward_warp<T, J>(const T*, const T*, const T*,      \
+                                                           const T*, T*, T*, T*, int, int);
+TGL_LN_WARP(float, 1) TGL_LN_WARP(float, 2) TGL_LN_WARP(float, 4) TGL_LN_WARP(float, 8)
+TGL_LN_WARP(float, 12) TGL_LN_WARP(float, 16) TGL_LN_WARP(float, 24) TGL_LN_WARP(float, 32)
+// double stops at 16 slots (C <= 512): past that its registers spill; wider float64 rows (only
+// gradient checks use float64) take the two-kernel path
+TGL_LN_WARP(double, 1) TGL_LN_WARP(double, 2) TGL_LN_WARP(double, 4) TGL_LN_WARP(double, 8)
+TGL_LN_WARP(double, 12) TGL_LN_WARP(double, 16)
+#undef TGL_LN_WARP
