@@ -12,6 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("TINYGRAD_LLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+# Tests compare float32 results with NumPy at float32 tolerances: full float32 matmuls on the GPU
+# (TF32, the training default, rounds matmul inputs to 10 mantissa bits).
+tl.backend.set_tf32(False)
 
 
 def pytest_collection_modifyitems(config, items):
