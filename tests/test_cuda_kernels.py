@@ -427,13 +427,14 @@ def test_module_and_optimizer_state_live_on_the_gpu():
 def test_tf32_switch(cp):
     a = cp.asarray(np.random.default_rng(28).standard_normal((256, 256)).astype(np.float32))
     exact = (a.astype(cp.float64) @ a.astype(cp.float64)).get()
+    before = backend.tf32_enabled()
     try:
         backend.set_tf32(False)
         err_fp32 = np.abs((a @ a).get() - exact).max()
         backend.set_tf32(True)
         err_tf32 = np.abs((a @ a).get() - exact).max()
     finally:
-        backend.set_tf32(True)
+        backend.set_tf32(before)
     assert err_fp32 < 1e-3  # float32 products: ~1e-5 relative on values of size ~16
     if int(cp.cuda.Device().compute_capability) >= 80:
         assert err_tf32 > 10 * err_fp32  # 10-bit mantissa products are visibly coarser
