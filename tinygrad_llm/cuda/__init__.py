@@ -132,6 +132,15 @@ def sm_count():
     return _sm_count[dev]
 
 
+def _like(dy, x):
+    """dy as a C-contiguous array of x's dtype and shape (an incoming gradient may be a strided
+    or broadcast view; the kernels read raw memory)."""
+    dy = backend.cupy().ascontiguousarray(dy, dtype=x.dtype)
+    if dy.shape != x.shape:
+        raise ValueError(f"gradient of shape {dy.shape} does not match the saved array's {x.shape}")
+    return dy
+
+
 def _rows(x, what):
     """(n_rows, C) of a contiguous array reduced over its last axis."""
     if x.ndim == 0:
@@ -175,6 +184,7 @@ def softmax_forward(x):
 
 def softmax_backward(y, dy):
     """dx = y * (dy - sum(y * dy)) over the last axis."""
+    dy = _like(dy, y)
     dx = _empty(y.shape, y.dtype)
     n_rows, C = _rows(y, "softmax backward")
     if n_rows and C:
@@ -217,6 +227,7 @@ def layer_norm_backward(dy, xhat, rstd, weight=None, need_dx=True, need_dw=True,
     """
     n_rows, C = _rows(xhat, "layer_norm backward")
     dt = xhat.dtype
+    dy = _like(dy, xhat)
     need_dw = need_dw and weight is not None
     dx = _empty(xhat.shape, dt) if need_dx else None
     dw = _empty((C,), dt) if need_dw else None
@@ -318,6 +329,7 @@ def gelu_forward(x, approximate="tanh"):
 
 
 def gelu_backward(x, dy, approximate="tanh"):
+    dy = _like(dy, x)
     dx = _empty(x.shape, x.dtype)
     if x.size:
         grid, block = _elementwise_grid(x.size, x.dtype)
