@@ -14,7 +14,11 @@ import platform
 import sys
 import time
 
-import numpy as np
+# PyTorch's OpenMP threads spin for a while after each op by default, stealing the cores from
+# whatever runs next (here: our variant): make them sleep instead. Set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import tinygrad_llm.functional as F  # noqa: E402
@@ -134,8 +138,10 @@ def measure(variants, repeat):
     for run in variants.values():  # warm up: first calls pay imports, caches, page faults
         run()
     times = {k: [] for k in variants}
-    for _ in range(repeat):
-        for k, run in variants.items():
+    names = list(variants)
+    for i in range(repeat):
+        for k in names[i % len(names):] + names[:i % len(names)]:  # rotate: no variant always follows another
+            run = variants[k]
             start = time.perf_counter()
             run()
             times[k].append(time.perf_counter() - start)
@@ -169,6 +175,9 @@ def main():
     print(f"# ops_cpu: fused forward+backward vs primitives and PyTorch, medians of {args.repeat}")
     print(f"# numpy {np.__version__} (BLAS: {blas_name()}), python {platform.python_version()}, "
           f"{os.cpu_count()} cores, torch {tc.__version__ + f' ({tc.get_num_threads()} threads)' if tc else 'absent'}")
+    print(f"# OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')} "
+          f"TINYGRAD_LLM_THREADS={os.environ.get('TINYGRAD_LLM_THREADS', 'unset')} "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}; load average {os.getloadavg()[0]:.1f}")
     print(f"{'op':<14} {'shape':<32} {'fused ms':>9} {'prim ms':>9} {'prim/fused':>10} {'torch ms':>9} "
           f"{'torch/fused':>11}")
     rng = np.random.default_rng(0)

@@ -7,6 +7,7 @@ fresh array costs page faults on top.
 """
 from ..autograd import Function
 from ..backend import array_module
+from .cross_entropy import exp_rows
 from .blocks import by_blocks
 
 
@@ -17,12 +18,13 @@ def _row_dot(a, b):
 
 
 def softmax_forward_ref(x):
-    """y = exp(x - max x) / sum exp(x - max x) over the last axis (stable for any finite x)."""
-    xp = array_module(x)
-    y = x - x.max(axis=-1, keepdims=True)  # the row max is 0 now: exp cannot overflow
-    xp.exp(y, out=y)
-    s = y.sum(axis=-1, keepdims=True)
-    y *= xp.reciprocal(s, out=s)  # one divide per row, then multiplies
+    """y = exp(x - shift) / sum exp(x - shift) over the last axis (stable for any finite x).
+
+    The shift cancels in the ratio, so it is 0 when no row overflows or vanishes (see exp_rows)
+    and the row max otherwise.
+    """
+    y, r, _ = exp_rows(x)
+    y *= r  # one divide per row, then multiplies
     return y
 
 
@@ -34,13 +36,15 @@ def softmax_backward_ref(y, dy):
 
 
 def log_softmax_forward_ref(x):
-    """y = x - max x - log sum exp(x - max x) over the last axis."""
+    """y = x - shift - log sum exp(x - shift) over the last axis (shift as in exp_rows)."""
     xp = array_module(x)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    e = xp.exp(shifted)
-    s = e.sum(axis=-1, keepdims=True)
-    shifted -= xp.log(s, out=s)
-    return shifted
+    _, r, shift = exp_rows(x)
+    xp.log(r, out=r)  # -log rowsum
+    # (x - shift) first: both are ~|x|, their difference is exact where x - (shift + log s) rounds
+    y = x + r if isinstance(shift, int) else x - shift
+    if not isinstance(shift, int):
+        y += r
+    return y
 
 
 def log_softmax_backward_ref(y, dy):
