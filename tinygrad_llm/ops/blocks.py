@@ -103,3 +103,59 @@ def _share(work, items, helpers):
                 idle.wait()
     if state["error"] is not None:
         raise state["error"]
+
+
+# --- BLAS threads -------------------------------------------------------------------------------
+# A batched matmul is one BLAS call per matrix. With OpenBLAS on 2+ threads every call wakes and
+# joins its helper threads; for attention's (T, D) x (D, T) products at GPT sizes that hand-off
+# costs more than the product (measured on a 2-core VM: 48 x (256x64 @ 64x256) takes 15 ms on one
+# thread, 226 ms on two). Ops built from many small GEMMs run them single-threaded.
+_blas_set = _blas_get = None
+_blas_probed = False
+
+
+def _probe_blas():
+    global _blas_set, _blas_get, _blas_probed
+    _blas_probed = True
+    try:
+        import ctypes
+        import glob
+        libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*"))
+        for path in libs:
+            lib = ctypes.CDLL(path)
+            for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
+                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                if setter is not None and getter is not None:
+                    getter.restype = ctypes.c_int
+                    _blas_set, _blas_get = setter, getter
+                    return
+    except OSError:  # no loadable OpenBLAS next to NumPy: leave its threads alone
+        pass
+
+
+class single_threaded_blas:
+    """Context manager: NumPy's OpenBLAS on one thread inside, its old count restored after.
+
+    A no-op where NumPy is not linked to a bundled OpenBLAS (the count cannot be found), and
+    while another thread is inside (the setting is process-wide).
+    """
+
+    _depth = 0
+
+    def __enter__(self):
+        if not _blas_probed:
+            _probe_blas()
+        self.prev = None
+        if _blas_get is not None and single_threaded_blas._depth == 0:
+            n = _blas_get()
+            if n > 1:
+                self.prev = n
+                _blas_set(1)
+        single_threaded_blas._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        single_threaded_blas._depth -= 1
+        if self.prev is not None:
+            _blas_set(self.prev)
