@@ -1,9 +1,10 @@
 """Layer norm and RMS norm over the last axis, each one op that saves only xhat and rstd.
 
 Per row of C features: layer norm y = (x - mean) * rstd * w + b with rstd = 1 / sqrt(var + eps);
-RMS norm y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps). The row reductions that touch a
-weight vector (sum_c dy_c w_c) are GEMVs; the sums of products use einsum, which reduces without
-building the product array.
+RMS norm y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps). The row reductions of products
+(sum_c dy_c w_c, sum_c g_c xhat_c) use einsum, which reduces without building the product array
+and, unlike `dy @ w`, never enters BLAS: a threaded OpenBLAS GEMV of (2048, 384) took 8 ms on a
+busy 2-core machine where einsum takes 0.1 ms.
 """
 from ..autograd import Function
 from ..backend import array_module
@@ -40,7 +41,8 @@ def layer_norm_backward_ref(dy, xhat, rstd, weight=None):
     C = dy.shape[-1]
     inv_c = dy.dtype.type(1.0 / C)
     g = dy * weight if weight is not None else dy.copy()
-    mean_g = (dy @ weight if weight is not None else dy.sum(axis=1)) * inv_c  # GEMV, not a pass over g
+    # from dy and w directly: no pass over g
+    mean_g = (xp.einsum("nc,c->n", dy, weight) if weight is not None else dy.sum(axis=1)) * inv_c
     mean_gx = xp.einsum("nc,nc->n", g, xhat) * inv_c
     g -= mean_g[:, None]
     tmp = xhat * mean_gx[:, None]
