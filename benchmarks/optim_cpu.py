@@ -14,6 +14,7 @@ ours is (torch-fp32-NS). Reported: median ms per step for each, and the ratio ou
     python benchmarks/optim_cpu.py                 # all (the gpt2-small Muon row takes minutes)
     python benchmarks/optim_cpu.py --sets shakespeare --opts adamw --reps 20
     python benchmarks/optim_cpu.py --sweep-chunk   # chunk size sweep of the flat AdamW step
+    python benchmarks/optim_cpu.py --opts adamw --torch-threads 1
 """
 import argparse
 import os
@@ -177,10 +178,15 @@ def main():
     ap.add_argument("--opts", nargs="+", default=["adamw", "muon"], choices=["adamw", "muon"])
     ap.add_argument("--reps", type=int, default=0, help="timed steps per side (0: 30 small, 7 big)")
     ap.add_argument("--sweep-chunk", action="store_true")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="torch.set_num_threads (0: torch's default); on a loaded machine 1 avoids "
+                         "OpenMP spin-waiting, which can cost torch 10x on small steps")
     args = ap.parse_args()
     try:
         import torch
         have_torch = True
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
         threads = torch.get_num_threads()
     except ImportError:
         have_torch, threads = False, 0
