@@ -264,7 +264,8 @@ def test_optimizer_state_dict_layout_and_wrong_shape_error():
     assert sd["state"][0]["exp_avg"].shape == (2, 3) and sd["state"][0]["step"] == 1
     np.testing.assert_allclose(sd["state"][1]["exp_avg"], 0.1)
     sd["state"][0]["exp_avg_sq"] = np.zeros((3, 2), np.float32)
-    with pytest.raises(ValueError, match=r"param 0 exp_avg_sq: saved shape \(3, 2\) vs parameter shape \(2, 3\)"):
+    want = r"param 0 exp_avg_sq: saved shape \(3, 2\) vs parameter shape \(2, 3\)"
+    with pytest.raises(ValueError, match=want):
         optim.AdamW([p, q]).load_state_dict(sd)
 
 
