@@ -10,6 +10,9 @@
 // against the kernel's parameter list (a Python int passed where the kernel takes a 4-byte int
 // fails here, as it would corrupt the launch on a GPU).
 #include <barrier>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -70,9 +73,49 @@ template <typename T> T __shfl_xor_sync(unsigned, T v, int mask) {
     return r;
 }
 
-// One OS thread per CUDA thread of a block, created once per launch; the same threads then walk
-// the blocks in order, meeting at a barrier between blocks (so the static "shared" memory of one
-// block is never seen by the next).
+// One OS thread per CUDA thread of a block, kept in a pool across launches (creating hundreds of
+// threads per launch cost more than the kernels); the threads walk the blocks in order, meeting at
+// a barrier between blocks (so the static "shared" memory of one block is never seen by the next).
+struct Pool {
+    std::mutex mu;
+    std::condition_variable wake, done;
+    std::vector<std::thread> threads;
+    std::function<void(int)> job;  // run by workers 0..n-1 of the current launch
+    int n = 0, remaining = 0;
+    unsigned long generation = 0;
+
+    void run(int n_threads, std::function<void(int)> fn) {
+        std::unique_lock<std::mutex> lock(mu);
+        while ((int)threads.size() < n_threads) {
+            const int idx = threads.size();
+            threads.emplace_back([this, idx] { worker(idx); });
+            threads.back().detach();
+        }
+        job = std::move(fn);
+        n = remaining = n_threads;
+        ++generation;
+        wake.notify_all();
+        done.wait(lock, [this] { return remaining == 0; });
+    }
+
+    void worker(int idx) {
+        unsigned long seen = 0;
+        for (;;) {
+            std::function<void(int)> fn;
+            {
+                std::unique_lock<std::mutex> lock(mu);
+                wake.wait(lock, [&] { return generation != seen && idx < n; });
+                seen = generation;
+                fn = job;
+            }
+            fn(idx);
+            std::lock_guard<std::mutex> lock(mu);
+            if (--remaining == 0) done.notify_all();
+        }
+    }
+};
+static Pool& pool = *new Pool;  // never destroyed: its detached threads wait in it until exit
+
 template <class F> void launch(const int* cfg, F body) {
     gridDim = {unsigned(cfg[0]), unsigned(cfg[1]), unsigned(cfg[2])};
     blockDim = {unsigned(cfg[3]), unsigned(cfg[4]), unsigned(cfg[5])};
@@ -84,20 +127,17 @@ template <class F> void launch(const int* cfg, F body) {
     std::barrier<> between_blocks(n);
     warps = std::vector<Warp>(n / 32);
     for (auto& w : warps) w.bar = std::make_unique<std::barrier<>>(32);
-    std::vector<std::thread> threads;
-    for (int t = 0; t < n; ++t)
-        threads.emplace_back([=, &between_blocks] {
-            threadIdx = {unsigned(t % blockDim.x), unsigned(t / blockDim.x % blockDim.y),
-                         unsigned(t / (blockDim.x * blockDim.y))};
-            for (unsigned bz = 0; bz < gridDim.z; ++bz)
-                for (unsigned by = 0; by < gridDim.y; ++by)
-                    for (unsigned bx = 0; bx < gridDim.x; ++bx) {
-                        blockIdx = {bx, by, bz};
-                        body();
-                        between_blocks.arrive_and_wait();
-                    }
-        });
-    for (auto& th : threads) th.join();
+    pool.run(n, [&](int t) {
+        threadIdx = {unsigned(t % blockDim.x), unsigned(t / blockDim.x % blockDim.y),
+                     unsigned(t / (blockDim.x * blockDim.y))};
+        for (unsigned bz = 0; bz < gridDim.z; ++bz)
+            for (unsigned by = 0; by < gridDim.y; ++by)
+                for (unsigned bx = 0; bx < gridDim.x; ++bx) {
+                    blockIdx = {bx, by, bz};
+                    body();
+                    between_blocks.arrive_and_wait();
+                }
+    });
 }
 
 #include "../tinygrad_llm/kernels/softmax.cu"
