@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from .. import cuda
 from ..autograd import Function
 from ..backend import array_module
 from .blocks import by_blocks
@@ -165,7 +166,10 @@ class GELU(Function):
             raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
         fwd = gelu_tanh_forward_ref if approximate == "tanh" else gelu_exact_forward_ref
         x1 = x.reshape(-1)  # flat (a view): a 0-d input would turn the in-place passes into scalars
-        y, h = by_blocks(fwd, x1)
+        if cuda.serves(x1):  # the kernel's backward recomputes h from x: nothing else is saved
+            y, h = cuda.gelu_forward(x1, approximate), None
+        else:
+            y, h = by_blocks(fwd, x1)
         ctx.save_for_backward(x1, h)
         ctx.approximate = approximate
         return y.reshape(x.shape)
@@ -173,6 +177,8 @@ class GELU(Function):
     @staticmethod
     def backward(ctx, dy):
         x, h = ctx.saved
+        if h is None:
+            return cuda.gelu_backward(x, dy.reshape(-1), ctx.approximate).reshape(dy.shape)
         bwd = gelu_tanh_backward_ref if ctx.approximate == "tanh" else gelu_exact_backward_ref
         return by_blocks(bwd, dy.reshape(-1), x, h).reshape(dy.shape)
 

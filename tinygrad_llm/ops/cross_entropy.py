@@ -6,6 +6,7 @@ column: the one-hot matrix is never built.
 """
 import numpy as np
 
+from .. import cuda
 from ..autograd import Function
 from ..backend import array_module
 from .blocks import by_blocks
@@ -109,9 +110,15 @@ class CrossEntropy(Function):
         V = logits.shape[-1]
         x2 = logits.reshape(-1, V)  # (N, V)
         t, valid = targets.reshape(-1), valid.reshape(-1)  # (N,)
-        loss, e, r = by_blocks(lambda x, t, v: cross_entropy_forward_ref(x, t, v, label_smoothing),
-                               x2, t, valid)
-        ctx.save_for_backward(e, r, t, valid)
+        ctx.fused = cuda.serves(x2) and not label_smoothing
+        if ctx.fused:  # the kernel keeps lse per row, not e: backward re-reads the logits once
+            loss, lse = cuda.cross_entropy_forward(x2, t, ignore_index)
+            ctx.save_for_backward(x2, lse, t, valid)
+            ctx.ignore_index = ignore_index
+        else:
+            loss, e, r = by_blocks(lambda x, t, v: cross_entropy_forward_ref(x, t, v, label_smoothing),
+                                   x2, t, valid)
+            ctx.save_for_backward(e, r, t, valid)
         ctx.meta = (logits.shape, targets.shape, reduction, label_smoothing)
         if reduction == "none":
             return loss.reshape(targets.shape)
@@ -130,8 +137,12 @@ class CrossEntropy(Function):
         xp = array_module(e)
         if reduction == "none":
             g = dy.reshape(-1)
+            if ctx.fused:  # e, r are the logits and lse here
+                return cuda.cross_entropy_backward(e, t, r, g, ctx.ignore_index).reshape(shape)
         else:
             scale = 1 if reduction == "sum" else (1.0 / ctx.n_valid if ctx.n_valid else 0.0)
+            if ctx.fused:  # one scale for every row: the kernel broadcasts it
+                return cuda.cross_entropy_backward(e, t, r, dy * scale, ctx.ignore_index).reshape(shape)
             g = xp.full(t.shape, dy * scale, dtype=e.dtype)
         return by_blocks(lambda e, r, t, v, g: cross_entropy_backward_ref(e, r, t, v, g, eps),
                          e, r, t, valid, g).reshape(shape)

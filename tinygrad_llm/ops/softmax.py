@@ -5,6 +5,7 @@ ops move another axis there first. They write into as few fresh arrays as possib
 after the first runs in place (`out=`), because each NumPy pass is a full sweep of memory and a
 fresh array costs page faults on top.
 """
+from .. import cuda
 from ..autograd import Function
 from ..backend import array_module
 from .cross_entropy import exp_rows
@@ -85,14 +86,17 @@ class Softmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
         x, ctx.axis = _to_last(x, axis, "softmax")
-        y = _rowwise(softmax_forward_ref, x)
+        y = cuda.softmax_forward(x) if cuda.serves(x) else _rowwise(softmax_forward_ref, x)
         ctx.save_for_backward(y)
         return _from_last(y, ctx.axis)
 
     @staticmethod
     def backward(ctx, dy):
         (y,) = ctx.saved
-        return _from_last(_rowwise(softmax_backward_ref, y, _to_last(dy, ctx.axis, "softmax")[0]), ctx.axis)
+        dy = _to_last(dy, ctx.axis, "softmax")[0]
+        if cuda.serves(y):
+            return _from_last(cuda.softmax_backward(y, dy), ctx.axis)
+        return _from_last(_rowwise(softmax_backward_ref, y, dy), ctx.axis)
 
 
 class LogSoftmax(Function):
