@@ -1,6 +1,7 @@
 """Adam (L2 weight decay folded into the gradient) and AdamW (decoupled weight decay)."""
 import math
 
+from .. import cuda
 from .optimizer import Optimizer
 
 
@@ -39,6 +40,11 @@ class Adam(Optimizer):
         decay = 1 - lr * wd if (wd and self.decoupled) else None
         l2 = wd if (wd and not self.decoupled) else None
         xp = bucket.xp
+        m, v = bucket.state["exp_avg"], bucket.state["exp_avg_sq"]
+        if cuda.serves(bucket.data, bucket.grad, m, v):  # the whole bucket in one fused launch
+            cuda.adamw_step([bucket.data], [bucket.grad], [m], [v], lr, b1, b2, eps, wd, t,
+                            decoupled=self.decoupled)
+            return
 
         def chunk(p, g, m, v, s):
             if decay is not None:
