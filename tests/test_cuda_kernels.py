@@ -10,12 +10,14 @@ import ctypes
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import tinygrad_llm as tl
+import tinygrad_llm.functional as F
 from tinygrad_llm import Tensor, backend, cuda
 
 gpu = pytest.mark.gpu
@@ -119,6 +121,7 @@ class Runner:
 
     def __init__(self, xp, emulated):
         self.xp, self.emulated = xp, emulated
+        self.launched = []  # kernel names, in launch order
 
     def asarray(self, a):
         return self.xp.asarray(a)
@@ -139,17 +142,32 @@ def kx(request, monkeypatch):
         return a
     if request.param == "gpu":
         kx_xp = backend.cupy()
+        make = cuda.kernel
     else:
         lib = request.getfixturevalue("emulator_lib")
         kx_xp = np
+        # every NumPy array now counts as a "cuda" array: Tensors, ops and the glue all take
+        # their GPU branches, and the kernels run in the emulator
         monkeypatch.setattr(backend, "_cupy", np)
         monkeypatch.setattr(backend, "cupy", lambda: np)
-        monkeypatch.setattr(cuda, "kernel", lambda f, name, dtype: _Emulated(lib, name, dtype))
+        original = backend.to_numpy
+        for mod in [m for name, m in sys.modules.items() if name.startswith("tinygrad_llm")]:
+            if getattr(mod, "to_numpy", None) is original:  # also `from .backend import`
+                monkeypatch.setattr(mod, "to_numpy", np.asarray)
         monkeypatch.setattr(cuda, "sm_count", lambda: 2)
         monkeypatch.setattr(cuda, "_ptr", lambda a: a.ctypes.data)
         monkeypatch.setattr(cuda, "_chunk_tables", {})
+
+        def make(f, name, dtype):
+            return _Emulated(lib, name, dtype)
+    runner = Runner(kx_xp, request.param == "emulated")
+
+    def recording_kernel(f, name, dtype):
+        runner.launched.append(name.split("<")[0])
+        return make(f, name, dtype)
+    monkeypatch.setattr(cuda, "kernel", recording_kernel)
     monkeypatch.setattr(cuda, "_empty", nan_empty)
-    return Runner(kx_xp, request.param == "emulated")
+    return runner
 
 
 def _rand(kx, shape, dtype, seed, misalign=False, scale=1.0):
@@ -335,56 +353,82 @@ def test_adamw_kernel_matches_the_optimizer(kx, dtype, decoupled):
         np.testing.assert_allclose(kx.host(d), p.data, **tol)
 
 
-# --- GPU: the ops on device="cuda", kernels on ----------------------------------------------------
-def _cuda64(shape, seed, requires_grad=True):
+# --- the ops on the GPU path, kernels on (emulated everywhere, real on a GPU) ---------------------
+def _gc(kx):
+    """gradcheck tolerances; under the emulator (a few ms per launch) inputs past 8 elements are
+    checked along 8 random directions instead of element by element."""
+    return dict(atol=1e-6, rtol=1e-4, **({"max_full": 8} if kx.emulated else {}))
+
+
+def _dev64(kx, shape, seed):
     x = np.random.default_rng(seed).standard_normal(shape)
-    return Tensor(x, requires_grad=requires_grad, device="cuda")
+    return Tensor(kx.asarray(x), requires_grad=True)
 
 
-@gpu
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 3, 33)])
-def test_gradcheck_softmax_on_cuda(shape):
-    from tinygrad_llm.ops.softmax import Softmax
-    x = _cuda64(shape, 20)
-    assert tl.gradcheck(lambda a: Softmax.apply(a, axis=-1), [x], atol=1e-6, rtol=1e-4)
+def test_gradcheck_softmax_through_the_kernel(kx, shape):
+    x = _dev64(kx, shape, 20)
+    assert tl.gradcheck(lambda a: F.softmax(a, axis=-1), [x], **_gc(kx))
+    assert {"softmax_forward_warp", "softmax_backward_warp"} <= set(kx.launched)
 
 
-@gpu
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 3, 33)])
-def test_gradcheck_layer_norm_on_cuda(shape):
-    from tinygrad_llm.ops.norm import LayerNorm
+def test_gradcheck_layer_norm_through_the_kernel(kx, shape):
     C = shape[-1]
-    x, w, b = _cuda64(shape, 21), _cuda64((C,), 22), _cuda64((C,), 23)
-    assert tl.gradcheck(lambda a, ww, bb: LayerNorm.apply(a, ww, bb, eps=1e-5), [x, w, b],
-                        atol=1e-6, rtol=1e-4)
+    x, w, b = _dev64(kx, shape, 21), _dev64(kx, (C,), 22), _dev64(kx, (C,), 23)
+    assert tl.gradcheck(lambda a, ww, bb: F.layer_norm(a, ww, bb, eps=1e-5), [x, w, b], **_gc(kx))
+    assert {"layernorm_forward", "layernorm_backward_warp", "column_sum"} <= set(kx.launched)
 
 
-@gpu
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_gradcheck_cross_entropy_on_cuda(reduction):
-    from tinygrad_llm.ops.cross_entropy import CrossEntropy
-    logits = _cuda64((6, 11), 24)
-    t = Tensor(np.array([0, 10, -100, 3, 3, 7]), device="cuda")
-    assert tl.gradcheck(lambda a: CrossEntropy.apply(a, t, ignore_index=-100, reduction=reduction),
-                        [logits], atol=1e-6, rtol=1e-4)
+def test_gradcheck_cross_entropy_through_the_kernel(kx, reduction):
+    logits = _dev64(kx, (6, 11), 24)
+    t = Tensor(kx.asarray(np.array([0, 10, -100, 3, 3, 7])))
+    assert tl.gradcheck(lambda a: F.cross_entropy(a, t, ignore_index=-100, reduction=reduction),
+                        [logits], **_gc(kx))
+    assert {"cross_entropy_forward", "cross_entropy_backward"} <= set(kx.launched)
 
 
-@gpu
 @pytest.mark.parametrize("approximate", ["tanh", "none"])
-def test_gradcheck_gelu_on_cuda(approximate):
-    from tinygrad_llm.ops.activation import GELU
-    x = _cuda64((3, 17), 25)
-    assert tl.gradcheck(lambda a: GELU.apply(a, approximate=approximate), [x], atol=1e-6, rtol=1e-4)
+def test_gradcheck_gelu_through_the_kernel(kx, approximate):
+    x = _dev64(kx, (3, 17), 25)
+    assert tl.gradcheck(lambda a: F.gelu(a, approximate=approximate), [x], **_gc(kx))
+    assert {"gelu_forward", "gelu_backward"} <= set(kx.launched)
+
+
+def test_adamw_optimizer_step_through_the_kernel(kx):
+    """optim.AdamW on GPU parameters takes the fused kernel and matches the CPU optimizer."""
+    from tinygrad_llm import nn, optim
+    rng = np.random.default_rng(29)
+    shapes = [(5, 3), (7,)]
+    init = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(3)]
+    dev = [nn.Parameter(Tensor(kx.asarray(a.copy()))) for a in init]
+    opt_dev = optim.AdamW(dev, lr=1e-2, weight_decay=0.1)
+    for g in grads:
+        for p, gi in zip(dev, g):
+            p.grad = Tensor(kx.asarray(gi.copy()))
+        opt_dev.step()
+    assert "adamw_step" in kx.launched
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(backend, "_cupy", None)
+        cpu = [nn.Parameter(Tensor(a.copy())) for a in init]
+        opt_cpu = optim.AdamW(cpu, lr=1e-2, weight_decay=0.1)
+        for g in grads:
+            for p, gi in zip(cpu, g):
+                p.grad = Tensor(gi.copy())
+            opt_cpu.step()
+    for p, q in zip(dev, cpu):
+        np.testing.assert_allclose(kx.host(p.data), q.data, rtol=1e-12, atol=1e-14)
 
 
 @gpu
 def test_kernels_switch_off_gives_the_same_answer():
-    from tinygrad_llm.ops.softmax import Softmax
     x = Tensor(np.random.default_rng(26).standard_normal((5, 300)).astype(np.float32), device="cuda")
-    on = Softmax.apply(x, axis=-1).numpy()
+    on = F.softmax(x, axis=-1).numpy()
     cuda.set_enabled(False)
     try:
-        off = Softmax.apply(x, axis=-1).numpy()
+        off = F.softmax(x, axis=-1).numpy()
     finally:
         cuda.set_enabled(True)
     np.testing.assert_allclose(on, off, rtol=1e-5, atol=1e-7)
