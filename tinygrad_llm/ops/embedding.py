@@ -1,4 +1,6 @@
 """Embedding lookup as one op; its backward is a scatter-add of rows over repeated ids."""
+import numpy as np
+
 from ..autograd import Function
 from ..backend import array_module
 
@@ -25,6 +27,11 @@ def embedding_backward_ref(ids, dy, V):
     N = ids.shape[0]
     dw = xp.zeros((V, C), dtype=dy.dtype)
     if N == 0:
+        return dw
+    if xp is not np:
+        # on the GPU one atomic scatter-add kernel (CuPy's add.at) does it; the rank rounds below
+        # need maximum.accumulate, which CuPy does not implement (only add/multiply accumulate)
+        xp.add.at(dw, ids, dy)
         return dw
     order = xp.argsort(ids, kind="stable")
     s = ids[order]
