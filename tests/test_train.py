@@ -136,3 +136,16 @@ def test_schedules():
 def test_resume_without_checkpoint_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Trainer(cfg(tmp_path), data=make_data(), log=lambda m: None).run(resume=True)
+
+
+def test_time_budget_stops_the_run_and_anneals(tmp_path):
+    t = Trainer(cfg(tmp_path, max_iters=10 ** 6, max_seconds=0.6, warmup_iters=1, log_every=1, eval_every=0),
+                data=make_data(), log=lambda m: None)
+    s = t.run()
+    assert s["status"] == "done" and 1 < s["step"] < 10 ** 6 and s["val_bpb"] is not None
+    recs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert recs[-1]["lr"] < 0.2 * t.cfg.lr  # the schedule reached (nearly) its minimum by the end
+    assert recs[len(recs) // 4]["lr"] > 0.5 * t.cfg.lr
+    c = TrainConfig(max_iters=100, warmup_iters=10, min_lr_ratio=0.1, max_seconds=10)
+    assert lr_factor(20, c, time_frac=1.0) == pytest.approx(0.1)
+    assert lr_factor(20, c, time_frac=0.0) == lr_factor(20, c)

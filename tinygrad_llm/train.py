@@ -40,6 +40,8 @@ class TrainConfig:
     batch_size: int = 12
     grad_accum: int = 1          # micro-batches per optimizer step (their gradients add up)
     max_iters: int = 2000
+    max_seconds: float = 0.0     # >0: also stop after this much wall time in the loop; the schedule
+                                 # then runs on whichever of steps or time is further along
     optimizer: str = "adamw"     # or "muon": Muon on the blocks' matrices, AdamW on the rest
     lr: float = 1e-3             # peak learning rate (AdamW's; the AdamW part under "muon")
     muon_lr: float = 0.02        # Muon's peak learning rate
@@ -82,12 +84,17 @@ class TrainConfig:
             raise ValueError("TrainConfig: max_iters and warmup_iters must be >= 0")
 
 
-def lr_factor(step, cfg):
-    """The schedule as a multiple of the peak lr at `step` (0-based)."""
+def lr_factor(step, cfg, time_frac=0.0):
+    """The schedule as a multiple of the peak lr at `step` (0-based).
+
+    time_frac (the part of cfg.max_seconds used) moves the decay along as if max_iters were
+    spread over the time budget, so a run cut short by time still ends at the minimum lr.
+    """
     if step < cfg.warmup_iters:
         return (step + 1) / cfg.warmup_iters
     if cfg.schedule == "constant":
         return 1.0
+    step = max(step, time_frac * cfg.max_iters)
     lo = cfg.min_lr_ratio
     if cfg.schedule == "wsd":
         decay_start = cfg.max_iters - int(cfg.decay_frac * cfg.max_iters)
@@ -145,6 +152,8 @@ class Trainer:
         self.decode_bytes = decode_bytes
         self.step = 0
         self.elapsed = 0.0  # training seconds, carried across resumes
+        self.wall = 0.0  # wall seconds in the loop (evaluations included), carried across resumes
+        self._run_start = time.perf_counter()
         self.last_val = None
         # the evaluation batches are the same at every evaluation, drawn from their own generator
         T = self.model_config.block_size
@@ -159,7 +168,9 @@ class Trainer:
 
     def save(self):
         rng = {"global": backend.get_rng_state(), "data": self.data.state()}
-        extra = {"train_config": asdict(self.cfg), "elapsed_s": self.elapsed, "last_val": self.last_val}
+        wall = self.wall + time.perf_counter() - self._run_start
+        extra = {"train_config": asdict(self.cfg), "elapsed_s": self.elapsed, "wall_s": wall,
+                 "last_val": self.last_val}
         save_checkpoint(self.ckpt_path, self.model.state_dict(), self.optimizer.state_dict(),
                         step=self.step, config=self.model_config.to_dict(), rng=rng, extra=extra)
 
@@ -174,6 +185,7 @@ class Trainer:
         self.data.set_state(ck["rng"]["data"])
         self.step = ck["step"]
         self.elapsed = ck["extra"].get("elapsed_s", 0.0)
+        self.wall = ck["extra"].get("wall_s", 0.0)
         self.last_val = ck["extra"].get("last_val")
 
     # ------------------------------------------------------------------------------- evaluation
@@ -222,7 +234,7 @@ class Trainer:
     def train_step(self):
         """One optimizer step; returns the mean loss of its micro-batches."""
         cfg, T = self.cfg, self.model_config.block_size
-        factor = lr_factor(self.step, cfg)
+        factor = lr_factor(self.step, cfg, self._time_frac())
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
         total = 0.0
@@ -243,6 +255,11 @@ class Trainer:
         self.optimizer.zero_grad()
         return total / cfg.grad_accum, health
 
+    def _time_frac(self):
+        if not self.cfg.max_seconds:
+            return 0.0
+        return (self.wall + time.perf_counter() - self._run_start) / self.cfg.max_seconds
+
     def run(self, resume=False):
         """Train to max_iters; returns a summary dict (status, step, val_loss, val_bpb, ...)."""
         cfg = self.cfg
@@ -261,6 +278,7 @@ class Trainer:
                  f"{self.model_config.n_embd} wide, vocab {self.model_config.vocab_size}, T={T}; "
                  f"{tokens_per_step:,} tokens/step, {cfg.max_iters} steps, {cfg.optimizer}")
         status, window, window_t = "done", [], time.perf_counter()
+        self._run_start = window_t
         with open(metrics_path, "a") as metrics:
             def emit(record):
                 metrics.write(json.dumps(record) + "\n")
@@ -273,7 +291,7 @@ class Trainer:
                     self.elapsed += dt
                     self.step += 1
                     window.append(dt)
-                    last = self.step == cfg.max_iters
+                    last = self.step == cfg.max_iters or self._time_frac() >= 1.0
                     do_eval = (cfg.eval_every and self.step % cfg.eval_every == 0) or last
                     val_loss = val_bpb = None
                     if do_eval:
@@ -297,6 +315,8 @@ class Trainer:
                         window = []
                     if do_eval or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
                         self.save()
+                    if last:
+                        break
             except KeyboardInterrupt:
                 self.save()
                 self.log(f"interrupted: checkpoint saved at step {self.step} to {self.ckpt_path} "
