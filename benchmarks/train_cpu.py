@@ -100,18 +100,19 @@ def torch_model(cfg):
     return step
 
 
-def bench(name, steps, warmup, profile):
+def bench(name, steps, warmup, profile, only=None):
     cfg = CONFIGS[name]
     rng = np.random.default_rng(0)
     B, T, V = cfg["batch_size"], cfg["block_size"], cfg["vocab_size"]
     batches = [(rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))) for _ in range(4)]
-    runners = {"ours": ours(cfg)}
-    try:
-        import torch
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())))
-        runners["torch"] = torch_model(cfg)
-    except ImportError:
-        print("(torch not installed: ours only)")
+    runners = {} if only == "torch" else {"ours": ours(cfg)}
+    if only != "ours":
+        try:
+            import torch
+            torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())))
+            runners["torch"] = torch_model(cfg)
+        except ImportError:
+            print("(torch not installed: ours only)")
     times = {k: [] for k in runners}
     for i in range(warmup + steps):
         for k, run in runners.items():  # interleaved: the same background load hits both
@@ -130,6 +131,8 @@ def bench(name, steps, warmup, profile):
         pr.disable()
         pstats.Stats(pr).sort_stats("tottime").print_stats(25)
     ms = {k: 1000 * float(np.median(v)) for k, v in times.items()}
+    if only is not None:
+        return ms
     tok = B * T
     line = f"{name:7s} (L={cfg['n_layer']} C={cfg['n_embd']} T={T} B={B}) | ours {ms['ours']:7.1f} ms/step " \
            f"{tok / ms['ours'] * 1000:9,.0f} tok/s"
@@ -139,13 +142,48 @@ def bench(name, steps, warmup, profile):
     return ms
 
 
+def separate(name, steps, warmup, rounds):
+    """Each side in its own process, alternating A B A B: no thread pool competes with the other's.
+
+    This is the fair comparison with both libraries on all cores (in one process PyTorch's OpenMP
+    workers and OpenBLAS's threads spin-wait against each other). Reports the median over rounds.
+    """
+    import json
+    import subprocess
+    meds = {"ours": [], "torch": []}
+    for _ in range(rounds):
+        for side in ("ours", "torch"):
+            out = subprocess.run([sys.executable, __file__, "--config", name, "--steps", str(steps),
+                                  "--warmup", str(warmup), "--only", side],
+                                 capture_output=True, text=True, check=True).stdout
+            meds[side].append(json.loads(out.strip().splitlines()[-1])[side])
+    ms = {k: float(np.median(v)) for k, v in meds.items()}
+    cfg = CONFIGS[name]
+    tok = cfg["batch_size"] * cfg["block_size"]
+    print(f"{name:7s} separate processes, {rounds} alternating rounds | ours {ms['ours']:7.1f} ms/step "
+          f"{tok / ms['ours'] * 1000:9,.0f} tok/s | torch {ms['torch']:7.1f} ms/step "
+          f"{tok / ms['torch'] * 1000:9,.0f} tok/s | speed ratio torch/ours {ms['torch'] / ms['ours']:.2f}",
+          flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--config", choices=list(CONFIGS) + ["all"], default="all")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--profile", action="store_true", help="cProfile our step after timing")
+    p.add_argument("--separate", type=int, default=0, metavar="ROUNDS",
+                   help="run each side in its own process, alternating, for ROUNDS rounds")
+    p.add_argument("--only", choices=["ours", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.only:
+        import json
+        print(json.dumps(bench(args.config, args.steps, args.warmup, False, only=args.only)))
+        return
+    if args.separate:
+        for name in (CONFIGS if args.config == "all" else [args.config]):
+            separate(name, args.steps, args.warmup, args.separate)
+        return
     print(f"numpy {np.__version__}, {os.cpu_count()} cpus; medians of {args.steps} interleaved steps")
     for name in (CONFIGS if args.config == "all" else [args.config]):
         bench(name, args.steps, args.warmup, args.profile)

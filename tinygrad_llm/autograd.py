@@ -76,15 +76,13 @@ class Context:
 
 
 class Function:
-    """Base class of every op: subclasses define forward(ctx, ...) and backward(ctx, dy)."""
+    """Base class of every op. A subclass defines two static methods on raw arrays:
 
-    @staticmethod
-    def forward(ctx, *arrays, **params):
-        raise NotImplementedError  # pragma: no cover - every op overrides it
+        forward(ctx, *arrays, **params) -> array
+        backward(ctx, dy) -> one gradient per array input (None where no gradient is needed)
 
-    @staticmethod
-    def backward(ctx, dy):
-        raise NotImplementedError  # pragma: no cover - every op overrides it
+    and is used through `apply(*tensors, **params)`.
+    """
 
     @classmethod
     def apply(cls, *tensors, **params):

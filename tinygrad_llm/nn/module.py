@@ -259,11 +259,12 @@ class Module:
         return LoadResult(missing, unexpected)
 
     # --- calling and printing ---------------------------------------------------------------------
-    def forward(self, *args, **kwargs):
-        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
-
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        forward = getattr(self, "forward", None)
+        if forward is None:
+            raise TypeError(f"{type(self).__name__} does not define forward(); a Module subclass "
+                            "computes its output in forward()")
+        return forward(*args, **kwargs)
 
     def extra_repr(self):
         return ""

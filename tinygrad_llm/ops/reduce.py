@@ -162,7 +162,8 @@ class LogSumExp(Function):
             m = xp.where(xp.isfinite(m), m, x.dtype.type(0))  # rows of all -inf stay -inf, not nan
         # y = m + l. Backward uses exp((x - m) - l), not exp(x - y): rounding y = m + l in
         # float32 would cost the softmax several digits when m is large
-        l = xp.log(xp.exp(x - m).sum(axis=axes, keepdims=True))
+        with np.errstate(divide="ignore"):  # log 0 = -inf is the right answer for an empty sum
+            l = xp.log(xp.exp(x - m).sum(axis=axes, keepdims=True))
         y = m + l
         ctx.save_for_backward(x, m, l)
         ctx.axes, ctx.keepdims = axes, keepdims

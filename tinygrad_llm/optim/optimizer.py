@@ -79,9 +79,6 @@ class Optimizer:
                     b.step += 1
                     self._update(group, b)
 
-    def _update(self, group, bucket):
-        raise NotImplementedError  # pragma: no cover - every optimizer overrides it
-
     def zero_grad(self, set_to_none=False):
         """Zero the gradients. By default each parameter's .grad becomes a zeroed view into the
         group's flat gradient, so the next backward accumulates into it and step() copies
