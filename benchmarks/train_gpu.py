@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tinygrad_llm as tl  # noqa: E402
 from tinygrad_llm import backend, optim  # noqa: E402
-from tinygrad_llm.models import GPT, GPTConfig  # noqa: E402
+from reference_gpt import build_ours, build_torch, torch_adamw  # noqa: E402
 
 CONFIGS = {
     "shakespeare": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, vocab_size=65),
@@ -30,9 +30,7 @@ CONFIGS = {
 
 
 def ours(cfg):
-    tl.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=cfg["vocab_size"], block_size=cfg["block_size"],
-                          n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"]))
+    model = build_ours(cfg)
     model.to("cuda")
     opt = optim.AdamW(optim.param_groups_for_weight_decay(model, 0.1), lr=3e-4, betas=(0.9, 0.95))
     params = list(model.parameters())
@@ -49,48 +47,8 @@ def ours(cfg):
 
 def torch_model(cfg):
     import torch
-    import torch.nn as tnn
-    import torch.nn.functional as TF
-    torch.manual_seed(0)
-    C, H, L, V, T = cfg["n_embd"], cfg["n_head"], cfg["n_layer"], cfg["vocab_size"], cfg["block_size"]
-
-    class Block(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1, self.ln_2 = tnn.LayerNorm(C), tnn.LayerNorm(C)
-            self.c_attn, self.c_proj = tnn.Linear(C, 3 * C), tnn.Linear(C, C)
-            self.c_fc, self.mlp_proj = tnn.Linear(C, 4 * C), tnn.Linear(4 * C, C)
-
-        def forward(self, x):
-            B, T_, _ = x.shape
-            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
-            q, k, v = (t.view(B, T_, H, C // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hs)
-            y = TF.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + self.c_proj(y.transpose(1, 2).contiguous().view(B, T_, C))  # (B, T, C)
-            return x + self.mlp_proj(TF.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
-
-    class Model(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = tnn.Embedding(V, C), tnn.Embedding(T, C)
-            self.h = tnn.ModuleList([Block() for _ in range(L)])
-            self.ln_f = tnn.LayerNorm(C)
-            self.lm_head = tnn.Linear(C, V, bias=False)
-            self.lm_head.weight = self.wte.weight  # weight tying, as GPT-2
-
-        def forward(self, idx, targets):
-            pos = torch.arange(idx.shape[1], device=idx.device)
-            x = self.wte(idx) + self.wpe(pos)
-            for b in self.h:
-                x = b(x)
-            logits = self.lm_head(self.ln_f(x))
-            return TF.cross_entropy(logits.view(-1, V), targets.view(-1))
-
-    model = Model().cuda()
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                            lr=3e-4, betas=(0.9, 0.95), fused=True)
+    model = build_torch(cfg).cuda()
+    opt = torch_adamw(model, lr=3e-4, betas=(0.9, 0.95), fused=True)
 
     def step(x, y):
         loss = model(x, y)
