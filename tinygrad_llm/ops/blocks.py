@@ -107,9 +107,10 @@ def _share(work, items, helpers):
 
 # --- BLAS threads -------------------------------------------------------------------------------
 # A batched matmul is one BLAS call per matrix. With OpenBLAS on 2+ threads every call wakes and
-# joins its helper threads; for attention's (T, D) x (D, T) products at GPT sizes that hand-off
-# costs more than the product (measured on a 2-core VM: 48 x (256x64 @ 64x256) takes 15 ms on one
-# thread, 226 ms on two). Ops built from many small GEMMs run them single-threaded.
+# joins its helper threads. On a heavily loaded machine that hand-off cost more than the product
+# (48 x (256x64 @ 64x256): 15 ms on one thread, 226 ms on two at load 150); on a quiet 2-core
+# machine two threads win (attention at T=256: 36 ms vs 42 ms on one), so no op uses this now.
+# It stays for runs on shared machines.
 _blas_set = _blas_get = None
 _blas_probed = False
 
