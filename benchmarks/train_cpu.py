@@ -1,13 +1,18 @@
 """ms/step and tokens/s of a GPT training step (forward, backward, clip, AdamW) on the CPU,
 against the same model written in PyTorch inside this script (eager, float32, same threads).
 
-    python benchmarks/train_cpu.py                 # both configs, ratios vs PyTorch
+    python benchmarks/train_cpu.py --separate 3            # the fair figure: see below
+    python benchmarks/train_cpu.py                         # both in one process, interleaved
     python benchmarks/train_cpu.py --config small --steps 30 --profile
 
 Configs: "small" = nanoGPT's CPU Shakespeare recipe (4 layers, 4 heads, 128 wide, T=64, B=12,
 vocab 65); "medium" = its GPU recipe's model (6 layers, 6 heads, 384 wide, T=256, B=12 here).
-The two runs are interleaved step by step and medians are compared, so load from other
-processes hits both alike; speed ratio = torch ms / ours ms (> 1: we are faster).
+Speed ratio = torch ms / ours ms (> 1: we are faster), from medians.
+
+Two ways to compare. Interleaved in one process, step by step, background load hits both alike,
+but with both libraries on all cores PyTorch's OpenMP workers and OpenBLAS's threads spin-wait
+against each other and skew the ratio (in our favour, on two cores). --separate N runs each side
+in its own process, alternating N times: on a quiet machine that is the number to quote.
 """
 import argparse
 import os
