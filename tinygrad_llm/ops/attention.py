@@ -22,8 +22,10 @@ SAVE_PROBS_MAX_BYTES = 256 << 20
 # Causal attention with T_q >= BLOCK_MIN_T is computed in query blocks of BLOCK_ROWS rows: block
 # [lo, hi) needs only the keys < hi + (T_k - T_q), so the GEMMs skip most of the hidden upper
 # triangle ((n + 1) / 2n of the work for n blocks) at the price of a few more Python calls each.
-BLOCK_ROWS = 64
-BLOCK_MIN_T = 128
+# 128 rows, not 64: at T=256 (B=12, 6 heads of 64) forward + backward per layer took 32.6 ms in
+# two blocks vs 35.4 ms in four and 37.9 ms unblocked (bigger GEMMs beat the skipped work).
+BLOCK_ROWS = 128
+BLOCK_MIN_T = 256
 
 _bias_cache = {}  # (xp, Tq, Tk, dtype) -> (Tq, Tk) array of 0 / -inf
 
