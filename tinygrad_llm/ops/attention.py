@@ -119,9 +119,10 @@ def attention_backward_ref(do, o, qs, k, v, Es, r, scale, causal=True, lse=None)
     dsum *= r
     dor = do5 * r[..., None]
     dq = xp.empty_like(qs)
-    dk = xp.zeros_like(k)
-    dv = xp.zeros_like(v)
-    for i, (lo, hi, kend) in enumerate(query_blocks(Tq, Tk, causal)):
+    dk = dv = None
+    # last block first: it sees every key (kend = T_k), so its dK, dV start the sums and no
+    # zeroed (B, Hk, Tk, .) arrays are needed
+    for i, (lo, hi, kend) in reversed(list(enumerate(query_blocks(Tq, Tk, causal)))):
         if Es is None:
             E = _scores(qs, k, causal, lo, hi, kend)
             E -= lse[..., lo:hi, None]
@@ -136,8 +137,13 @@ def attention_backward_ref(do, o, qs, k, v, Es, r, scale, causal=True, lse=None)
         xp.matmul(dS, kb, out=dq[..., lo:hi, :])
         dkb = dS.swapaxes(-1, -2) @ qs[..., lo:hi, :]  # (B, Hk, g, kend, D)
         dvb = E.swapaxes(-1, -2) @ dorb
-        dk[:, :, :kend] += dkb[:, :, 0] if g == 1 else dkb.sum(axis=2)  # the group shares k, v
-        dv[:, :, :kend] += dvb[:, :, 0] if g == 1 else dvb.sum(axis=2)
+        dkb = dkb[:, :, 0] if g == 1 else dkb.sum(axis=2)  # the group shares k, v
+        dvb = dvb[:, :, 0] if g == 1 else dvb.sum(axis=2)
+        if dk is None:
+            dk, dv = dkb, dvb  # kend = T_k here
+        else:
+            dk[:, :, :kend] += dkb
+            dv[:, :, :kend] += dvb
     dq *= qs.dtype.type(scale)
     return dq.reshape(B, Hk * g, Tq, D), dk, dv
 
