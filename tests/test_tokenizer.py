@@ -30,10 +30,13 @@ def tok(request):
 # text that hits the awkward cases: emoji (4-byte UTF-8), CJK, combining marks, NUL, whitespace runs
 AWKWARD = st.sampled_from(["🙂", "👨‍👩‍👧", "東京", "é", "e\u0301", "\u0000", " ", "\t", "\n", "\r\n",
                            "  ", "'s", "'LL", "123", "a", "aaaa", "\u200b", "\ufeff", "\U0010ffff"])
+# Unicode text: every code point but the surrogates, which are not characters (a str can hold one,
+# but it has no UTF-8 bytes; test_lone_surrogates pins what the tokenizer does with them).
+CHARS = st.characters(exclude_categories=("Cs",))
 TEXTS = st.one_of(
-    st.text(max_size=80),
-    st.lists(st.one_of(AWKWARD, st.text(max_size=5)), max_size=25).map("".join),
-    st.builds(lambda c, n: c * n, st.characters(), st.integers(0, 200)),  # one repeated character
+    st.text(CHARS, max_size=80),
+    st.lists(st.one_of(AWKWARD, st.text(CHARS, max_size=5)), max_size=25).map("".join),
+    st.builds(lambda c, n: c * n, CHARS, st.integers(0, 200)),  # one repeated character
 )
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -42,6 +45,17 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 @given(s=TEXTS)
 def test_roundtrip_text(tok, s):
     assert tok.decode(tok.encode(s, allowed_special="none")) == s
+
+
+def test_lone_surrogates(tok):
+    # U+DC80..U+DCFF are how Python's surrogateescape spells undecodable bytes (text read from a
+    # file with invalid UTF-8): they encode as those bytes, so decode_bytes gives the bytes back
+    ids = tok.encode("a\udc80b", allowed_special="none")
+    assert tok.decode_bytes(ids) == b"a\x80b"
+    assert tok.decode(ids) == "a\ufffdb"
+    # any other lone surrogate is not text at all: refused, naming the code point
+    with pytest.raises(TokenizerError, match="U\\+D800"):
+        tok.encode("x\ud800", allowed_special="none")
 
 
 @FAST
