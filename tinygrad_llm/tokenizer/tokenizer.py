@@ -30,7 +30,7 @@ import regex
 
 from .errors import TokenizerError
 from .patterns import pattern_name, resolve_pattern
-from .trainer import train_merges
+from .trainer import merge_word, train_merges
 
 _CACHE_LIMIT = 1 << 20  # distinct chunks kept; past that the cache starts over (memory bound)
 
@@ -212,16 +212,7 @@ class BPETokenizer:
             idx = merges.get(best)
             if idx is None:
                 break
-            a, b = best
-            out, i, n = [], 0, len(ids)
-            while i < n:
-                if i < n - 1 and ids[i] == a and ids[i + 1] == b:
-                    out.append(idx)
-                    i += 2
-                else:
-                    out.append(ids[i])
-                    i += 1
-            ids = out
+            ids = merge_word(ids, best[0], best[1], idx)
         return ids
 
     # ----------------------------------------------------------------------------------- decoding
