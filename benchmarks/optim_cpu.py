@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tinygrad_llm import Tensor, nn, optim  # noqa: E402
+from tinygrad_llm import nn, optim  # noqa: E402
 from tinygrad_llm.optim import flat  # noqa: E402
 
 

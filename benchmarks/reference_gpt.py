@@ -10,6 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tinygrad_llm as tl  # noqa: E402
+from tinygrad_llm import optim  # noqa: E402
 from tinygrad_llm.models import GPT, GPTConfig  # noqa: E402
 
 
@@ -62,10 +63,36 @@ def build_torch(cfg):
     return Model()
 
 
-def torch_adamw(model, lr, betas, **kwargs):
-    """AdamW with weight decay 0.1 on matrices only, as optim.param_groups_for_weight_decay does."""
+def ours_step(model, lr, betas):
+    """One training step of ours: forward, backward, clip at 1.0, AdamW (decay 0.1 on matrices)."""
+    opt = optim.AdamW(optim.param_groups_for_weight_decay(model, 0.1), lr=lr, betas=betas)
+    params = list(model.parameters())
+
+    def step(x, y):
+        _, loss = model(x, y)
+        loss.backward()
+        optim.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        return loss.item()  # a device sync on the GPU, as in a real loop that logs the loss
+    return step
+
+
+def torch_step(model, lr, betas, to_tensor=None, **adamw_kwargs):
+    """The same step in PyTorch; to_tensor converts each batch array first (None: use as is)."""
     import torch
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                             lr=lr, betas=betas, **kwargs)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=lr, betas=betas, **adamw_kwargs)
+
+    def step(x, y):
+        if to_tensor is not None:
+            x, y = to_tensor(x), to_tensor(y)
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+    return step

@@ -24,8 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tinygrad_llm import optim  # noqa: E402
-from reference_gpt import build_ours, build_torch, torch_adamw  # noqa: E402
+from reference_gpt import build_ours, build_torch, ours_step, torch_step  # noqa: E402
 
 CONFIGS = {
     "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65),
@@ -34,33 +33,13 @@ CONFIGS = {
 
 
 def ours(cfg):
-    model = build_ours(cfg)
-    opt = optim.AdamW(optim.param_groups_for_weight_decay(model, 0.1), lr=1e-3, betas=(0.9, 0.99))
-    params = list(model.parameters())
-
-    def step(x, y):
-        _, loss = model(x, y)
-        loss.backward()
-        optim.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad()
-        return loss.item()
-    return step
+    return ours_step(build_ours(cfg), lr=1e-3, betas=(0.9, 0.99))
 
 
 def torch_model(cfg):
     import torch
-    model = build_torch(cfg)
-    opt = torch_adamw(model, lr=1e-3, betas=(0.9, 0.99), foreach=True)
-
-    def step(x, y):
-        loss = model(torch.from_numpy(x), torch.from_numpy(y))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
-    return step
+    return torch_step(build_torch(cfg), lr=1e-3, betas=(0.9, 0.99), to_tensor=torch.from_numpy,
+                      foreach=True)
 
 
 def bench(name, steps, warmup, profile, only=None):

@@ -20,8 +20,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tinygrad_llm as tl  # noqa: E402
-from tinygrad_llm import backend, optim  # noqa: E402
-from reference_gpt import build_ours, build_torch, torch_adamw  # noqa: E402
+from tinygrad_llm import backend  # noqa: E402
+from reference_gpt import build_ours, build_torch, ours_step, torch_step  # noqa: E402
 
 CONFIGS = {
     "shakespeare": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, vocab_size=65),
@@ -32,32 +32,11 @@ CONFIGS = {
 def ours(cfg):
     model = build_ours(cfg)
     model.to("cuda")
-    opt = optim.AdamW(optim.param_groups_for_weight_decay(model, 0.1), lr=3e-4, betas=(0.9, 0.95))
-    params = list(model.parameters())
-
-    def step(x, y):
-        _, loss = model(x, y)
-        loss.backward()
-        optim.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad()
-        return loss.item()  # a device sync, as in a real loop that logs the loss
-    return step
+    return ours_step(model, lr=3e-4, betas=(0.9, 0.95))
 
 
 def torch_model(cfg):
-    import torch
-    model = build_torch(cfg).cuda()
-    opt = torch_adamw(model, lr=3e-4, betas=(0.9, 0.95), fused=True)
-
-    def step(x, y):
-        loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
-    return step
+    return torch_step(build_torch(cfg).cuda(), lr=3e-4, betas=(0.9, 0.95), fused=True)
 
 
 def bench(name, steps, warmup):
