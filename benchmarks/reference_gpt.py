@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tinygrad_llm as tl  # noqa: E402
-from tinygrad_llm import optim  # noqa: E402
+from tinygrad_llm import optim, parallel  # noqa: E402
 from tinygrad_llm.models import GPT, GPTConfig  # noqa: E402
 
 
@@ -63,19 +63,20 @@ def build_torch(cfg):
     return Model()
 
 
-def ours_step(model, lr, betas):
-    """One training step of ours: forward, backward, clip at 1.0, AdamW (decay 0.1 on matrices)."""
+def ours_step(model, lr, betas, shards=None):
+    """One training step of ours, as train.py runs it: forward and backward (the batch in one row
+    shard per core, parallel.py), clip at 1.0, AdamW (decay 0.1 on matrices)."""
     opt = optim.AdamW(optim.param_groups_for_weight_decay(model, 0.1), lr=lr, betas=betas)
     params = list(model.parameters())
 
     def step(x, y):
-        _, loss = model(x, y)
-        loss.backward()
+        loss = parallel.loss_backward(lambda xs, ys: model(xs, ys)[1], x, y, shards=shards)
         optim.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad()
-        return loss.item()  # a device sync on the GPU, as in a real loop that logs the loss
+        return loss  # a float: on the GPU a device sync, as in a real loop that logs the loss
     return step
+
 
 
 def torch_step(model, lr, betas, to_tensor=None, **adamw_kwargs):

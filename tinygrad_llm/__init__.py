@@ -16,7 +16,8 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # nn, optim and functional load on first use, so `import tinygrad_llm` stays light and the
     # tokenizer can be used without the engine
-    if name in ("nn", "optim", "functional", "models", "tokenizer", "study"):
+    if name in ("nn", "optim", "functional", "models", "tokenizer", "study", "parallel",
+                "blas"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     if name in ("trace_backward", "draw_graph"):

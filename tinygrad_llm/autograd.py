@@ -150,8 +150,13 @@ def _topological_order(root):
     return order
 
 
-def backward(root, dy, retain_graph=False):
-    """Backpropagate dy from root (a node or a leaf Tensor) into the leaves' .grad."""
+def backward(root, dy, retain_graph=False, leaf_sink=None):
+    """Backpropagate dy from root (a node or a leaf Tensor) into the leaves' .grad.
+
+    leaf_sink: a list that collects (leaf, gradient, owned) instead of touching .grad, for a
+    walk that runs beside others on the same leaves (parallel.py): the caller hands them to
+    accumulate_leaf later, in an order of its choosing, so the sums come out the same every run.
+    """
     grads = {id(root): dy}  # id(node) -> the gradient summed so far
     owned = set()  # ids whose gradient buffer the walk allocated itself: safe to add into in place
     for node in _topological_order(root):
@@ -160,7 +165,10 @@ def backward(root, dy, retain_graph=False):
         if g is None:
             continue  # no path carried a gradient here (all its consumers returned None)
         if type(node) is not Context:
-            _accumulate_leaf(node, g, key in owned)
+            if leaf_sink is None:
+                accumulate_leaf(node, g, key in owned)
+            else:
+                leaf_sink.append((node, g, key in owned))
             owned.discard(key)
             continue
         owned.discard(key)
@@ -201,7 +209,8 @@ def backward(root, dy, retain_graph=False):
             node.__dict__.clear()
 
 
-def _accumulate_leaf(leaf, g, owned):
+def accumulate_leaf(leaf, g, owned):
+    """Add g into leaf.grad (owned: g is the walk's own buffer, free to keep without a copy)."""
     if g.dtype != leaf.data.dtype:
         g, owned = g.astype(leaf.data.dtype), True
     if leaf.grad is None:

@@ -8,6 +8,7 @@ absent.
 The default device is "cpu", or what the environment variable TINYGRAD_LLM_DEVICE says.
 """
 import os
+import threading
 
 import numpy as np
 
@@ -181,8 +182,20 @@ def manual_seed(seed):
 _pending_cuda_seed = [0]
 
 
+_thread_rng = threading.local()  # .cpu: a generator this thread draws from instead (parallel.py)
+
+
 def rng(device="cpu"):
-    """The generator that draws on `device` (numpy.random.Generator or its CuPy twin)."""
+    """The generator that draws on `device` (numpy.random.Generator or its CuPy twin).
+
+    A thread that runs one shard of a sharded step has a CPU generator of its own (seeded from
+    the main one before the shards start): shards then draw the same numbers whatever order the
+    threads happen to run in.
+    """
+    if device == "cpu":
+        own = getattr(_thread_rng, "cpu", None)
+        if own is not None:
+            return own
     if device not in _rng:
         _rng[device] = cupy().random.default_rng(_pending_cuda_seed[0])
     return _rng[device]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend
+from . import backend, parallel
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import TokenData, bits_per_byte
 from .models import GPT, GPTConfig
@@ -63,6 +63,8 @@ class TrainConfig:
     device: str = "cpu"
     val_fraction: float = 0.1
     health_every: int = 0        # >0: study.health.gradient_health every N steps, in metrics["health"]
+    shards: int = 0              # CPU: each micro-batch's rows in this many shards on their own
+                                 # threads (parallel.py); 0: one per core
 
     @classmethod
     def from_dict(cls, d):
@@ -82,6 +84,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
         if self.max_iters < 0 or self.warmup_iters < 0:
             raise ValueError("TrainConfig: max_iters and warmup_iters must be >= 0")
+        if self.shards < 0:
+            raise ValueError(f"TrainConfig: shards must be >= 0 (0: one per core), got {self.shards}")
 
 
 def lr_factor(step, cfg, time_frac=0.0):
@@ -240,12 +244,12 @@ class Trainer:
         total = 0.0
         for _ in range(cfg.grad_accum):
             x, y = self.data.get_batch("train", cfg.batch_size, T)
-            _, loss = self.model(self._dev(x), self._dev(y))
-            lv = loss.item()
+            # a non-finite loss is caught below, before the optimizer can apply its gradients
+            lv = parallel.loss_backward(lambda xs, ys: self.model(xs, ys)[1], self._dev(x), self._dev(y),
+                                        shards=cfg.shards or None, scale=1.0 / cfg.grad_accum)
             if not math.isfinite(lv):
                 raise TrainingDiverged(f"loss is {lv} at step {self.step}: training diverged (try a "
                                        f"lower lr than {cfg.lr}); the last good checkpoint is kept")
-            (loss * (1.0 / cfg.grad_accum) if cfg.grad_accum > 1 else loss).backward()
             total += lv
         health = self._health() if cfg.health_every and self.step % cfg.health_every == 0 else None
         if cfg.grad_clip > 0:

@@ -1,0 +1,150 @@
+"""Data parallelism over CPU threads: a batch cut into row shards whose forward and backward
+passes run at the same time, one shard per core.
+
+Why: in a GPT training step on a few cores, GEMMs take two thirds of the time and run on every
+core through OpenBLAS, but the other third (GELU, layer norm, softmax, the residual adds) is
+NumPy's elementwise work, one core's, while OpenBLAS's idle workers spin on the others. With the
+batch cut into one shard per core, each shard's whole forward and backward on a thread of its
+own and BLAS held to one thread per call, every core works all the time: GEMMs and elementwise
+passes both run in parallel, NumPy releases the GIL inside each call, and the threads meet once
+per step. (GPT step, 2 cores: 6 layers x 384 wide, T=256, B=12: forward + backward 1270 ms vs
+1430-1700 ms; nanoGPT's CPU model: 34.8 vs 39.1 ms. benchmarks/train_cpu.py has the full step.)
+
+What stays exact. The batch loss is the mean over its n counted targets (those that are not
+ignore_index), so shard i's loss, a mean over its own n_i, is backpropagated with weight n_i / n:
+the gradients add up to one whole-batch backward's, up to the order of the float additions. That
+order is fixed, so runs repeat bit for bit: the calling thread's shard accumulates into .grad as
+it goes, the other shards into lists that are added afterwards, shard by shard. Dropout: each
+worker shard draws from a generator of its own, seeded from the main one before the shards start.
+
+When it falls back to one plain backward: one shard asked for (or a batch of one row), arrays not
+NumPy's (CuPy runs its own kernels), a BLAS whose threads we cannot set (blas.available()), the
+backward tracer or a study.scope open (they record one graph), or a shard with no counted target.
+"""
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import autograd, backend, blas
+from .tensor import Tensor
+
+# Shards beyond this give each thread so few rows that Python's per-op overhead, paid by every
+# shard and serialised by the GIL, outweighs the cores; measured up to 2 shards on 2 cores.
+MAX_SHARDS = 8
+_pool = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_shards(batch_rows):
+    """Shards for a batch of this many rows: $TINYGRAD_LLM_SHARDS if set, else one per usable
+    core, at most MAX_SHARDS and at most one per row."""
+    env = os.environ.get("TINYGRAD_LLM_SHARDS")
+    n = int(env) if env else min(usable_cores(), MAX_SHARDS)
+    return max(1, min(n, batch_rows))
+
+
+def _worker_init():
+    blas.set_threads(1)  # OpenMP builds of OpenBLAS keep the count per thread: set it here too
+
+
+def _get_pool(workers):
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < workers:
+            if _pool is not None:
+                _pool.shutdown(wait=True)
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinygrad_llm-shard",
+                                       initializer=_worker_init)
+            _pool_size = workers
+        return _pool
+
+
+def _raw(a):
+    return a.data if isinstance(a, Tensor) else a
+
+
+def _loss_value(loss):
+    if not isinstance(loss, Tensor) or loss.data.size != 1:
+        raise ValueError(f"loss_backward: loss_fn must return a one-element Tensor, got "
+                         f"{type(loss).__name__} {getattr(loss, 'shape', '')}")
+    return loss.item()
+
+
+def _backward(loss, weight, leaf_sink=None):
+    if not loss.requires_grad:
+        raise autograd.GraphError("loss_backward: the loss does not require grad (no parameter "
+                                  "had requires_grad=True, or it was computed under no_grad)")
+    seed = loss.data.dtype.type(weight) * backend.array_module(loss.data).ones_like(loss.data)
+    autograd.backward(loss._ctx or loss, seed, leaf_sink=leaf_sink)
+
+
+def loss_backward(loss_fn, inputs, targets, shards=None, scale=1.0, ignore_index=-100):
+    """Backpropagate scale * loss_fn(inputs, targets) with the batch cut into row shards that run
+    at the same time, one thread each; returns the batch's loss (a float, before scale).
+
+    loss_fn(inputs_rows, targets_rows) -> one-element Tensor: the mean of a per-target loss over
+    the targets that are not ignore_index (as cross_entropy's reduction="mean"). inputs and
+    targets share their first (batch) axis. shards: None for default_shards(batch rows).
+    Gradients land in the leaves' .grad as one backward of the whole batch would put them.
+    """
+    x, y = _raw(inputs), _raw(targets)
+    rows = y.shape[0] if getattr(y, "ndim", 0) else 0
+    n = default_shards(rows) if shards is None else max(1, min(int(shards), rows))
+    bounds = [rows * i // n for i in range(n + 1)]
+    counts = ([int(np.count_nonzero(y[lo:hi] != ignore_index)) for lo, hi in zip(bounds, bounds[1:])]
+              if n > 1 and isinstance(y, np.ndarray) else [])
+    if (n <= 1 or not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray)
+            or autograd._observers or autograd._scope_hook is not None or not blas.available()
+            or not all(counts) or getattr(x, "shape", (0,))[0] != rows):
+        loss = loss_fn(inputs, targets)
+        value = _loss_value(loss)
+        _backward(loss, scale)
+        return value
+
+    total = sum(counts)
+    seeds = backend.rng("cpu").integers(0, 2 ** 63, size=n - 1)  # drawn here: a fixed order
+    sinks = [[] for _ in range(n - 1)]
+
+    def shard(i, sink):
+        lo, hi = bounds[i], bounds[i + 1]
+        loss = loss_fn(x[lo:hi], y[lo:hi])
+        value = _loss_value(loss)
+        _backward(loss, scale * counts[i] / total, sink)
+        return value
+
+    def worker(i):
+        backend._thread_rng.cpu = np.random.Generator(np.random.PCG64(int(seeds[i - 1])))
+        try:
+            return shard(i, sinks[i - 1])
+        finally:
+            backend._thread_rng.cpu = None
+
+    with blas.threads(1):
+        pool = _get_pool(n - 1)
+        futures = [pool.submit(worker, i) for i in range(1, n)]
+        values, first_error = [None] * n, None
+        try:
+            values[0] = shard(0, None)  # this thread: straight into .grad
+        except BaseException as e:  # noqa: BLE001 - re-raised once the workers are done
+            first_error = e
+        for i, f in enumerate(futures, start=1):  # wait for all: they share the BLAS setting
+            try:
+                values[i] = f.result()
+            except BaseException as e:  # noqa: BLE001
+                first_error = first_error or e
+    if first_error is not None:
+        raise first_error
+    for sink in sinks:  # shard by shard, each in its walk's order: the same sums every run
+        for leaf, g, owned in sink:
+            autograd.accumulate_leaf(leaf, g, owned)
+    return float(sum(v * c for v, c in zip(values, counts)) / total)
