@@ -142,3 +142,57 @@ def test_shape_errors_name_the_shapes():
     with pytest.raises(ValueError, match=r"T_q 5 > T_k 3"):
         F.scaled_dot_product_attention(z(1, 2, 5, 4), z(1, 2, 3, 4), z(1, 2, 3, 4))
     F.scaled_dot_product_attention(z(1, 2, 5, 4), z(1, 2, 3, 4), z(1, 2, 3, 4), causal=False)
+
+
+@st.composite
+def packed_problems(draw):
+    B, Hk, g = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    T, D = draw(st.integers(1, 5)), draw(st.integers(1, 4))
+    rng = np.random.default_rng(draw(seeds))
+    qkv = rng.standard_normal((B, T, (Hk * g + 2 * Hk) * D))
+    return qkv, Hk * g, Hk, draw(st.booleans()), draw(st.sampled_from([None, 0.7]))
+
+
+def _unpacked(qkv, nh, nkv, causal, scale):
+    """The same attention the long way: split the heads, attend, merge the heads."""
+    B, T, W = qkv.shape
+    h = qkv.reshape(B, T, nh + 2 * nkv, -1).transpose(0, 2, 1, 3)
+    y = F.scaled_dot_product_attention(h[:, :nh], h[:, nh:nh + nkv], h[:, nh + nkv:], causal=causal,
+                                       scale=scale)
+    return y.transpose(0, 2, 1, 3).reshape(B, T, -1)
+
+
+@pytest.mark.parametrize("mode", ["default", "blocks", "blocks_recompute"])
+@SETTINGS
+@given(p=packed_problems())
+def test_qkv_attention_equals_split_attend_merge(device, mode, p, monkeypatch):
+    if mode != "default":  # causal query blocks (and P rebuilt from the log-sum-exp) at tiny T
+        monkeypatch.setattr(attention, "BLOCK_ROWS", 2)
+        monkeypatch.setattr(attention, "BLOCK_MIN_T", 2)
+    if mode == "blocks_recompute":
+        monkeypatch.setattr(attention, "SAVE_PROBS_MAX_BYTES", 0)
+    qkv, nh, nkv, causal, scale = p
+    B, T, W = qkv.shape
+    D = W // (nh + 2 * nkv)
+    h = qkv.reshape(B, T, nh + 2 * nkv, D).transpose(0, 2, 1, 3)
+    want = np_attention(h[:, :nh], h[:, nh:nh + nkv], h[:, nh + nkv:], causal, scale)
+    want = want.transpose(0, 2, 1, 3).reshape(B, T, nh * D)
+    got = F.qkv_attention(Tensor(qkv, device=device), nh, nkv, causal=causal, scale=scale)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
+    t = Tensor(qkv, device=device, requires_grad=True)
+    assert tl.gradcheck(lambda a: F.qkv_attention(a, nh, nkv, causal=causal, scale=scale), [t],
+                        atol=1e-7, rtol=1e-5)
+    # the same gradient as the long way, to rounding (float32: the GPT's dtype)
+    a32 = Tensor(qkv.astype(np.float32), device=device, requires_grad=True)
+    b32 = Tensor(qkv.astype(np.float32), device=device, requires_grad=True)
+    dy = np.random.default_rng(0).standard_normal((B, T, nh * D)).astype(np.float32)
+    F.qkv_attention(a32, nh, nkv, causal=causal, scale=scale).backward(Tensor(dy, device=device))
+    _unpacked(b32, nh, nkv, causal, scale).backward(Tensor(dy, device=device))
+    np.testing.assert_allclose(a32.grad.numpy(), b32.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_qkv_attention_errors_name_the_shape():
+    with pytest.raises(ValueError, match=r"\(2, 3, 10\).*n_head \+ 2 n_kv_head = 2 \+ 2 x 1"):
+        F.qkv_attention(Tensor(np.zeros((2, 3, 10))), 2, 1)  # 4 heads do not divide 10
+    with pytest.raises(ValueError, match=r"must be \(B, T"):
+        F.qkv_attention(Tensor(np.zeros((3, 12))), 2, 1)

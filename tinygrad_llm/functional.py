@@ -14,7 +14,7 @@ def linear(x, weight, bias=None):
 # --- fused neural-network ops (ops/softmax.py, cross_entropy.py, norm.py, activation.py, ...) ---
 from .backend import array_module as _array_module  # noqa: E402
 from .ops.activation import GELU, SiLU, SwiGLU  # noqa: E402
-from .ops.attention import ScaledDotProductAttention  # noqa: E402
+from .ops.attention import QKVAttention, ScaledDotProductAttention  # noqa: E402
 from .ops.cross_entropy import CrossEntropy  # noqa: E402
 from .ops.dropout import Dropout  # noqa: E402
 from .ops.embedding import Embedding  # noqa: E402
@@ -98,3 +98,14 @@ def scaled_dot_product_attention(q, k, v, causal=True, scale=None):
     Causal: query i sees keys j <= i + (T_k - T_q).
     """
     return ScaledDotProductAttention.apply(q, k, v, causal=causal, scale=scale)
+
+
+def qkv_attention(qkv, n_head, n_kv_head=None, causal=True, scale=None):
+    """Attention of the heads packed in qkv (B, T, (n_head + 2 n_kv_head) D): q heads first, then
+    k, then v, as a c_attn projection lays them out; returns (B, T, n_head D), heads side by side.
+
+    Equal to splitting the heads out, scaled_dot_product_attention, and merging them back, without
+    the copies those transposes and the split's gradient cost.
+    """
+    n_kv_head = n_head if n_kv_head is None else n_kv_head
+    return QKVAttention.apply(qkv, n_head=n_head, n_kv_head=n_kv_head, causal=causal, scale=scale)

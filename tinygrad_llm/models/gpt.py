@@ -114,6 +114,10 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.hs
         qkv = self.c_attn(x)  # (B, T, (nh + 2 nkv) hs)
+        if rope is None and cache is None:  # training, learned positions: heads split by strides
+            y = F.qkv_attention(qkv, nh, nkv)  # (B, T, C)
+            y = self.c_proj(y)
+            return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
         qkv = qkv.reshape(B, T, nh + 2 * nkv, hs).transpose(0, 2, 1, 3)  # (B, nh + 2 nkv, T, hs)
         q, k, v = qkv[:, :nh], qkv[:, nh:nh + nkv], qkv[:, nh + nkv:]  # (B, nh|nkv, T, hs)
         if rope is not None:

@@ -62,21 +62,33 @@ def _scores(qs, k, causal, lo, hi, kend):
     return S
 
 
-def attention_forward_ref(q, k, v, causal=True, scale=None):
+def _split_heads(a, Hk, g):
+    """(B, Hk * g, T, D) -> (B, Hk, g, T, D) as a view whatever a's strides. Setting .shape (NumPy
+    and CuPy alike) raises rather than copy: results are written into this view, and writes into
+    a silent copy would be lost."""
+    view = a.view()
+    view.shape = a.shape[:1] + (Hk, g) + a.shape[2:]
+    return view
+
+
+def attention_forward_ref(q, k, v, causal=True, scale=None, out=None):
     """(o, qs, Es, r, lse) for q (B, H, Tq, D), k (B, Hk, Tk, D), v (B, Hk, Tk, Dv).
 
-    o (B, H, Tq, Dv) = softmax(q k^T * scale, causal) v. In the grouped layout (B, Hk, g, Tq, .):
-    qs = q * scale; per query block (see query_blocks) Es holds E = exp(S - shift); r = 1 / rowsum E
-    and lse = shift + log rowsum E, (B, Hk, g, Tq).
+    o (B, H, Tq, Dv) = softmax(q k^T * scale, causal) v, written into out when given (any strides,
+    such as a (B, Tq, H, Dv) buffer seen through a transpose). In the grouped layout
+    (B, Hk, g, Tq, .): qs = q * scale; per query block (see query_blocks) Es holds
+    E = exp(S - shift); r = 1 / rowsum E and lse = shift + log rowsum E, (B, Hk, g, Tq).
     """
     xp = array_module(q)
     B, H, Tq, D = q.shape
     Hk, Tk, Dv = k.shape[1], k.shape[2], v.shape[3]
     g = H // Hk
     scale = 1.0 / np.sqrt(D) if scale is None else scale
-    qs = q.reshape(B, Hk, g, Tq, D) * q.dtype.type(scale)  # (B, Hk, g, Tq, D): heads sharing k, v
+    qs = _split_heads(q, Hk, g) * q.dtype.type(scale)  # (B, Hk, g, Tq, D): heads sharing k, v
     v1 = xp.concatenate([v, xp.ones(v.shape[:3] + (1,), dtype=v.dtype)], axis=-1)  # (B, Hk, Tk, Dv+1)
-    o = xp.empty((B, Hk, g, Tq, Dv), dtype=q.dtype)
+    if out is None:
+        out = xp.empty((B, H, Tq, Dv), dtype=q.dtype)
+    o = _split_heads(out, Hk, g)
     r = xp.empty((B, Hk, g, Tq), dtype=q.dtype)
     lse = xp.empty_like(r)
     Es = []
@@ -99,27 +111,31 @@ def attention_forward_ref(q, k, v, causal=True, scale=None):
         xp.multiply(ov[..., :Dv], r[..., lo:hi, None], out=o[..., lo:hi, :])
         lse[..., lo:hi] = xp.log(s) + shift
         Es.append(E)
-    return o.reshape(B, H, Tq, Dv), qs, Es, r, lse
+    return out, qs, Es, r, lse
 
 
-def attention_backward_ref(do, o, qs, k, v, Es, r, scale, causal=True, lse=None):
+def attention_backward_ref(do, o, qs, k, v, Es, r, scale, causal=True, lse=None, out=None):
     """(dq, dk, dv) given dO and the saved o, qs, k, v, and per query block E with P = E * r.
 
     dP = dO v^T;  dS = P * (dP - rowsum(dO * O));  dq = dS k * scale;  dk = dS^T qs;  dv = P^T dO.
     With P = E * r, r is folded into dO (a (Tq, Dv) pass) instead of the (Tq, Tk) matrix. Es None:
-    each block's P is rebuilt as exp(S - lse) (and r is 1).
+    each block's P is rebuilt as exp(S - lse) (and r is 1). do and o may have any strides; out:
+    (dq, dk, dv) buffers of the inputs' shapes to write into (any strides), else new arrays.
     """
     xp = array_module(do)
     B, Hk, g, Tq, D = qs.shape
     Tk, Dv = k.shape[2], v.shape[3]
-    do5 = do.reshape(B, Hk, g, Tq, Dv)  # (B, Hk, g, Tq, Dv)
-    dsum = xp.einsum("bhgtd,bhgtd->bhgt", do5, o.reshape(do5.shape))  # rowsum(dO * O)
+    do5 = _split_heads(do, Hk, g)  # (B, Hk, g, Tq, Dv)
+    dsum = xp.einsum("bhgtd,bhgtd->bhgt", do5, _split_heads(o, Hk, g))  # rowsum(dO * O)
     if Es is None:
         r = xp.ones_like(lse)
     dsum *= r
     dor = do5 * r[..., None]
-    dq = xp.empty_like(qs)
-    dk = dv = None
+    if out is None:
+        dq, dk, dv = xp.empty_like(qs), None, None  # dk, dv: the first block's results themselves
+    else:
+        dq, dk, dv = _split_heads(out[0], Hk, g), out[1], out[2]
+    first = True
     # last block first: it sees every key (kend = T_k), so its dK, dV start the sums and no
     # zeroed (B, Hk, Tk, .) arrays are needed
     for i, (lo, hi, kend) in reversed(list(enumerate(query_blocks(Tq, Tk, causal)))):
@@ -135,17 +151,26 @@ def attention_backward_ref(do, o, qs, k, v, Es, r, scale, causal=True, lse=None)
         dS -= dsum[..., lo:hi, None]
         dS *= E  # hidden places have E = 0, so dS = 0 there
         xp.matmul(dS, kb, out=dq[..., lo:hi, :])
+        if first and g == 1 and dk is not None:  # kend = T_k: the GEMMs write the output itself
+            xp.matmul(dS.swapaxes(-1, -2), qs[..., lo:hi, :], out=dk[:, :, None])
+            xp.matmul(E.swapaxes(-1, -2), dorb, out=dv[:, :, None])
+            first = False
+            continue
         dkb = dS.swapaxes(-1, -2) @ qs[..., lo:hi, :]  # (B, Hk, g, kend, D)
         dvb = E.swapaxes(-1, -2) @ dorb
         dkb = dkb[:, :, 0] if g == 1 else dkb.sum(axis=2)  # the group shares k, v
         dvb = dvb[:, :, 0] if g == 1 else dvb.sum(axis=2)
-        if dk is None:
-            dk, dv = dkb, dvb  # kend = T_k here
+        if first:  # kend = T_k here
+            if dk is None:
+                dk, dv = dkb, dvb
+            else:
+                dk[...], dv[...] = dkb, dvb
+            first = False
         else:
             dk[:, :, :kend] += dkb
             dv[:, :, :kend] += dvb
     dq *= qs.dtype.type(scale)
-    return dq.reshape(B, Hk * g, Tq, D), dk, dv
+    return (dq.reshape(B, Hk * g, Tq, D) if out is None else out[0]), dk, dv
 
 
 def check_qkv(q, k, v, causal):
@@ -199,3 +224,54 @@ class ScaledDotProductAttention(Function):
         if ctx.Es is None:
             return attention_backward_ref(do, o, qs, k, v, None, None, ctx.scale, ctx.causal, lse=r)
         return attention_backward_ref(do, o, qs, k, v, ctx.Es, r, ctx.scale, ctx.causal)
+
+
+def packed_heads(qkv, n_head, n_kv_head):
+    """q (B, H, T, D), k and v (B, Hk, T, D) as strided views of qkv (B, T, (H + 2 Hk) D)."""
+    B, T, W = qkv.shape
+    if n_head < 1 or n_kv_head < 1 or W % (n_head + 2 * n_kv_head):
+        raise ValueError(f"qkv_attention: the last axis of qkv {tuple(qkv.shape)} must hold "
+                         f"n_head + 2 n_kv_head = {n_head} + 2 x {n_kv_head} heads of equal size")
+    heads = qkv.reshape(B, T, n_head + 2 * n_kv_head, -1).transpose(0, 2, 1, 3)  # a view
+    return heads[:, :n_head], heads[:, n_head:n_head + n_kv_head], heads[:, n_head + n_kv_head:]
+
+
+class QKVAttention(Function):
+    """Attention straight from a packed projection: qkv (B, T, (H + 2 Hk) D) -> y (B, T, H D).
+
+    The same map as splitting qkv into q, k, v heads, ScaledDotProductAttention, and merging the
+    heads back, with the same backward (see ScaledDotProductAttention); only the layout differs.
+    The heads are read from qkv through strides and the output is written head by head into its
+    (B, T, H, D) place, so neither direction copies a transposed tensor; backward writes dq, dk
+    and dv into one gradient of qkv's shape, where the split would build three zero-filled
+    gradients of that shape and add them up.  Derivation: docs/backward.md#qkvattention
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, n_head, n_kv_head, causal=True, scale=None):
+        if qkv.ndim != 3:
+            raise ValueError(f"qkv_attention: qkv must be (B, T, (n_head + 2 n_kv_head) head_size), "
+                             f"got shape {tuple(qkv.shape)}")
+        q, k, v = packed_heads(qkv, n_head, n_kv_head)
+        check_qkv(q, k, v, causal)
+        B, H, T, D = q.shape
+        scale = 1.0 / np.sqrt(D) if scale is None else float(scale)
+        y = array_module(qkv).empty((B, T, H, D), dtype=qkv.dtype)
+        o, qs, Es, r, lse = attention_forward_ref(q, k, v, causal, scale, out=y.transpose(0, 2, 1, 3))
+        if sum(E.nbytes for E in Es) > SAVE_PROBS_MAX_BYTES:
+            Es, r = None, lse
+        ctx.save_for_backward(o, qs, k, v, r)
+        ctx.Es, ctx.causal, ctx.scale, ctx.heads = Es, causal, scale, (n_head, n_kv_head)
+        return y.reshape(B, T, H * D)
+
+    @staticmethod
+    def backward(ctx, dy):
+        o, qs, k, v, r = ctx.saved
+        B, T, HD = dy.shape
+        n_head, n_kv_head = ctx.heads
+        dqkv = array_module(dy).empty((B, T, (n_head + 2 * n_kv_head) * (HD // n_head)), dtype=dy.dtype)
+        do = dy.reshape(B, T, n_head, -1).transpose(0, 2, 1, 3)  # (B, H, T, D), a view
+        Es, lse = (None, r) if ctx.Es is None else (ctx.Es, None)
+        attention_backward_ref(do, o, qs, k, v, Es, None if Es is None else r, ctx.scale, ctx.causal,
+                               lse=lse, out=packed_heads(dqkv, n_head, n_kv_head))
+        return dqkv
