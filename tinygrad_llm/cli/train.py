@@ -29,9 +29,10 @@ PRESETS = {
     # nanoGPT's CPU model (4 x 128, T=64, B=12, no dropout) with a 1024-token BPE (2.6 bytes per
     # token: each step sees 2.6x the text of a char-level step) and AdamW at 3x nanoGPT's lr. Muon
     # learns more per step but its Newton-Schulz GEMMs cost ~30% per step at this tiny batch, so in
-    # a fixed 78 s it lost to AdamW (see the results file); --optimizer muon selects it.
+    # a fixed 78 s it lost to AdamW (see the results file); --optimizer muon selects it. With the
+    # sharded step (parallel.py) about 1900 steps fit in the 78 s, so max_iters rarely binds.
     "cpu": dict(tokenizer="bpe", vocab_size=1024, n_layer=4, n_head=4, n_embd=128, block_size=64,
-                batch_size=12, max_iters=1500, max_seconds=78.0, lr=3e-3, warmup_iters=100, dropout=0.0,
+                batch_size=12, max_iters=2000, max_seconds=78.0, lr=3e-3, warmup_iters=100, dropout=0.0,
                 optimizer="adamw", eval_every=250, eval_iters=20, log_every=100),
     # nanoGPT's GPU Shakespeare recipe (config/train_shakespeare_char.py), char-level like it
     "cuda": dict(tokenizer="char", vocab_size=None, n_layer=6, n_head=6, n_embd=384, block_size=256,
@@ -41,7 +42,7 @@ PRESETS = {
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "n_kv_head", "pos", "norm", "mlp", "bias")
 TRAIN_KEYS = ("batch_size", "grad_accum", "max_iters", "max_seconds", "optimizer", "lr", "muon_lr", "warmup_iters",
               "schedule", "min_lr_ratio", "weight_decay", "beta2", "eval_every", "eval_iters",
-              "log_every", "checkpoint_every", "seed", "device", "health_every")
+              "log_every", "checkpoint_every", "seed", "device", "health_every", "shards")
 
 
 def add_arguments(parser):
@@ -59,7 +60,7 @@ def add_arguments(parser):
                      ("max_seconds", float), ("dropout", float), ("lr", float), ("muon_lr", float), ("warmup_iters", int),
                      ("min_lr_ratio", float), ("weight_decay", float), ("beta2", float),
                      ("eval_every", int), ("eval_iters", int), ("log_every", int),
-                     ("checkpoint_every", int), ("health_every", int)]:
+                     ("checkpoint_every", int), ("health_every", int), ("shards", int)]:
         parser.add_argument("--" + key.replace("_", "-"), type=typ, dest=key)
     parser.add_argument("--optimizer", choices=("adamw", "muon"))
     parser.add_argument("--schedule", choices=("cosine", "wsd", "constant"))
