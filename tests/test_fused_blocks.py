@@ -27,6 +27,24 @@ def test_by_blocks_matches_one_call(monkeypatch, threads, n, row):
         np.testing.assert_array_equal(g, w)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [1, 7, 64])
+def test_in_place_blocks_write_each_result_row_once(monkeypatch, threads, n):
+    monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 6)
+    a = np.random.default_rng(n).standard_normal((n, 3))
+    seen = []
+
+    def fn(x, out=None):
+        seen.append(out is None)
+        y, s = out if out is not None else (None, None)
+        return np.multiply(x, 2, out=y), np.sum(x, axis=1, out=s)
+
+    y, s = blocks.by_blocks(fn, a, threads=threads, inplace=True)
+    np.testing.assert_array_equal(y, a * 2)
+    np.testing.assert_array_equal(s, a.sum(axis=1))
+    assert seen[0] and not any(seen[1:])  # only the first block allocates its own results
+
+
 def test_errors_in_a_thread_reach_the_caller(monkeypatch):
     monkeypatch.setattr(blocks, "BLOCK_ELEMENTS", 1)
 

@@ -78,22 +78,23 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-def gelu_tanh_forward_ref(x):
-    """(y, h) with h = 0.5 (1 + tanh(K (x + 0.044715 x^3))) and y = x h."""
+def gelu_tanh_forward_ref(x, out=None):
+    """(y, h) with h = 0.5 (1 + tanh(K (x + 0.044715 x^3))) and y = x h (into out=(y, h) if given)."""
     xp = array_module(x)
-    h = x * x
+    y, h = out if out is not None else (None, None)
+    h = xp.multiply(x, x, out=h)
     h *= _K * _C3
     h += _K
     h *= x
     xp.tanh(h, out=h)
     h += 1.0
     h *= 0.5
-    return x * h, h
+    return xp.multiply(x, h, out=y), h
 
 
-def gelu_tanh_backward_ref(dy, x, h):
+def gelu_tanh_backward_ref(dy, x, h, out=None):
     """dx = dy * (h + 2 K x h (1 - h)(1 + 3 * 0.044715 x^2)), using 1 - tanh^2 = 4 h (1 - h)."""
-    d = x * x
+    d = array_module(x).multiply(x, x, out=out)
     d *= 2.0 * _K * 3.0 * _C3
     d += 2.0 * _K
     d *= x
@@ -104,18 +105,23 @@ def gelu_tanh_backward_ref(dy, x, h):
     return d
 
 
-def gelu_exact_forward_ref(x):
-    """(y, h) with h = Phi(x) = 0.5 (1 + erf(x / sqrt 2)) and y = x h."""
+def gelu_exact_forward_ref(x, out=None):
+    """(y, h) with h = Phi(x) = 0.5 (1 + erf(x / sqrt 2)) and y = x h (into out=(y, h) if given)."""
+    xp = array_module(x)
+    y, h_out = out if out is not None else (None, None)
     h = erf(x * _INV_SQRT2)
     h += 1.0
     h *= 0.5
-    return x * h, h
+    if h_out is not None:
+        h_out[...] = h
+        h = h_out
+    return xp.multiply(x, h, out=y), h
 
 
-def gelu_exact_backward_ref(dy, x, h):
+def gelu_exact_backward_ref(dy, x, h, out=None):
     """dx = dy * (Phi(x) + x phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)."""
     xp = array_module(x)
-    d = x * x
+    d = xp.multiply(x, x, out=out)
     d *= -0.5
     xp.exp(d, out=d)
     d *= _INV_SQRT2PI
@@ -169,7 +175,7 @@ class GELU(Function):
         if cuda.serves(x1):  # the kernel's backward recomputes h from x: nothing else is saved
             y, h = cuda.gelu_forward(x1, approximate), None
         else:
-            y, h = by_blocks(fwd, x1)
+            y, h = by_blocks(fwd, x1, inplace=True)
         ctx.save_for_backward(x1, h)
         ctx.approximate = approximate
         return y.reshape(x.shape)
@@ -180,7 +186,7 @@ class GELU(Function):
         if h is None:
             return cuda.gelu_backward(x, dy.reshape(-1), ctx.approximate).reshape(dy.shape)
         bwd = gelu_tanh_backward_ref if ctx.approximate == "tanh" else gelu_exact_backward_ref
-        return by_blocks(bwd, dy.reshape(-1), x, h).reshape(dy.shape)
+        return by_blocks(bwd, dy.reshape(-1), x, h, inplace=True).reshape(dy.shape)
 
 
 class SiLU(Function):

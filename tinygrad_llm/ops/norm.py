@@ -16,33 +16,33 @@ def _rows(x):
     return x.reshape(-1, x.shape[-1])  # (N, C)
 
 
-def layer_norm_forward_ref(x, weight=None, bias=None, eps=1e-5):
-    """(y, xhat, rstd) for x (N, C): xhat = (x - mean) * rstd, y = xhat * w + b."""
+def layer_norm_forward_ref(x, weight=None, bias=None, eps=1e-5, out=None):
+    """(y, xhat, rstd) for x (N, C): xhat = (x - mean) * rstd, y = xhat * w + b (into out, if
+    given: a tuple of the three)."""
     xp = array_module(x)
+    y, xhat, rstd = out if out is not None else (None, None, None)
     C = x.shape[-1]
     inv_c = x.dtype.type(1.0 / C)
     # row sums by einsum: 2.5-3.5x faster than x.sum(axis=1) on rows of 128-384 floats
-    xhat = x - (xp.einsum("nc->n", x) * inv_c)[:, None]  # centred first: var never goes negative
-    var = xp.einsum("nc,nc->n", xhat, xhat) * inv_c
+    xhat = xp.subtract(x, (xp.einsum("nc->n", x) * inv_c)[:, None], out=xhat)  # centred first:
+    var = _row_dots(xp, xhat, xhat, rstd)                                     # var stays >= 0
+    var *= inv_c
     var += eps
     rstd = xp.sqrt(var, out=var)
     xp.reciprocal(rstd, out=rstd)
     xhat *= rstd[:, None]
-    if weight is None:
-        y = xhat.copy() if bias is None else xhat + bias
-    else:
-        y = xhat * weight
-        if bias is not None:
-            y += bias
+    y = _times_weight(xp, xhat, weight, y)
+    if bias is not None:
+        y += bias
     return y, xhat, rstd
 
 
-def layer_norm_backward_ref(dy, xhat, rstd, weight=None):
+def layer_norm_backward_ref(dy, xhat, rstd, weight=None, out=None):
     """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * w (three terms, per row)."""
     xp = array_module(dy)
     C = dy.shape[-1]
     inv_c = dy.dtype.type(1.0 / C)
-    g = dy * weight if weight is not None else dy.copy()
+    g = _times_weight(xp, dy, weight, out)
     # from dy and w directly: no pass over g
     mean_g = (xp.einsum("nc,c->n", dy, weight) if weight is not None else xp.einsum("nc->n", dy)) * inv_c
     mean_gx = xp.einsum("nc,nc->n", g, xhat) * inv_c
@@ -53,23 +53,42 @@ def layer_norm_backward_ref(dy, xhat, rstd, weight=None):
     return g
 
 
-def rms_norm_forward_ref(x, weight=None, eps=1e-6):
-    """(y, xhat, rstd) for x (N, C): xhat = x * rstd, y = xhat * w."""
+def rms_norm_forward_ref(x, weight=None, eps=1e-6, out=None):
+    """(y, xhat, rstd) for x (N, C): xhat = x * rstd, y = xhat * w (into out, if given)."""
     xp = array_module(x)
+    y, xhat, rstd = out if out is not None else (None, None, None)
     C = x.shape[-1]
-    ms = xp.einsum("nc,nc->n", x, x) * x.dtype.type(1.0 / C)
+    ms = _row_dots(xp, x, x, rstd)
+    ms *= x.dtype.type(1.0 / C)
     ms += eps
     rstd = xp.sqrt(ms, out=ms)
     xp.reciprocal(rstd, out=rstd)
-    xhat = x * rstd[:, None]
-    y = xhat * weight if weight is not None else xhat.copy()
+    xhat = xp.multiply(x, rstd[:, None], out=xhat)
+    y = _times_weight(xp, xhat, weight, y)
     return y, xhat, rstd
 
 
-def rms_norm_backward_ref(dy, xhat, rstd, weight=None):
+def _row_dots(xp, a, b, out):
+    """sum_c a_nc b_nc per row, into out when given (CuPy's einsum takes no out=)."""
+    if out is None:
+        return xp.einsum("nc,nc->n", a, b)
+    return xp.einsum("nc,nc->n", a, b, out=out)
+
+
+def _times_weight(xp, a, weight, out):
+    """a * weight (a copy of a without one), into out when given."""
+    if weight is not None:
+        return xp.multiply(a, weight, out=out)
+    if out is None:
+        return a.copy()
+    out[...] = a
+    return out
+
+
+def rms_norm_backward_ref(dy, xhat, rstd, weight=None, out=None):
     """dx = rstd * (g - xhat * mean(g * xhat)) with g = dy * w."""
     xp = array_module(dy)
-    g = dy * weight if weight is not None else dy.copy()
+    g = _times_weight(xp, dy, weight, out)
     mean_gx = xp.einsum("nc,nc->n", g, xhat) * dy.dtype.type(1.0 / dy.shape[-1])
     tmp = xhat * mean_gx[:, None]
     g -= tmp
@@ -116,7 +135,8 @@ class LayerNorm(Function):
         if cuda.serves(x2, weight, bias):
             y, xhat, rstd = cuda.layer_norm_forward(x2, weight, bias, eps)
         else:
-            y, xhat, rstd = by_blocks(lambda x: layer_norm_forward_ref(x, weight, bias, eps), x2)
+            y, xhat, rstd = by_blocks(lambda x, out=None: layer_norm_forward_ref(x, weight, bias, eps, out),
+                                        x2, inplace=True)
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.layout = (x.shape, weight is not None, bias is not None)
         return y.reshape(x.shape)
@@ -132,8 +152,8 @@ class LayerNorm(Function):
                                                   has_w and need[1], has_b and need[-1])
             dx = dx.reshape(shape) if dx is not None else None
             return (dx,) + ((dw,) if has_w else ()) + ((db,) if has_b else ())
-        dx = by_blocks(lambda dy, xh, rs: layer_norm_backward_ref(dy, xh, rs, weight), dy2, xhat,
-                       rstd).reshape(shape) if need[0] else None
+        dx = by_blocks(lambda dy, xh, rs, out=None: layer_norm_backward_ref(dy, xh, rs, weight, out),
+                       dy2, xhat, rstd, inplace=True).reshape(shape) if need[0] else None
         dw, db = _param_grads(dy2, xhat, has_w and need[1], has_b and need[-1])
         return (dx,) + ((dw,) if has_w else ()) + ((db,) if has_b else ())
 
@@ -149,7 +169,8 @@ class RMSNorm(Function):
     @staticmethod
     def forward(ctx, x, weight=None, eps=1e-6):
         _check("rms_norm", x, weight=weight)
-        y, xhat, rstd = by_blocks(lambda x: rms_norm_forward_ref(x, weight, eps), _rows(x))
+        y, xhat, rstd = by_blocks(lambda x, out=None: rms_norm_forward_ref(x, weight, eps, out), _rows(x),
+                                  inplace=True)
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.x_shape = x.shape
         return y.reshape(x.shape)
@@ -159,8 +180,8 @@ class RMSNorm(Function):
         xhat, rstd, weight = ctx.saved
         need = ctx.needs_input_grad
         dy2 = _rows(dy)
-        dx = by_blocks(lambda dy, xh, rs: rms_norm_backward_ref(dy, xh, rs, weight), dy2, xhat,
-                       rstd).reshape(ctx.x_shape) if need[0] else None
+        dx = by_blocks(lambda dy, xh, rs, out=None: rms_norm_backward_ref(dy, xh, rs, weight, out),
+                       dy2, xhat, rstd, inplace=True).reshape(ctx.x_shape) if need[0] else None
         if weight is None:
             return dx
         return dx, (_param_grads(dy2, xhat, True, False)[0] if need[1] else None)
