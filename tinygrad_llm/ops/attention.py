@@ -58,7 +58,8 @@ def _scores(qs, k, causal, lo, hi, kend):
     S = qs[..., lo:hi, :] @ k[:, :, None, :kend].swapaxes(-1, -2)  # k broadcast over the group
     if causal:
         Tq, Tk = qs.shape[3], k.shape[2]
-        S += causal_bias(xp, Tq, Tk, S.dtype)[lo:hi, :kend]
+        c0 = lo + Tk - Tq  # every row of the block sees keys < c0: the mask only touches the rest
+        S[..., c0:] += causal_bias(xp, Tq, Tk, S.dtype)[lo:hi, c0:kend]
     return S
 
 
