@@ -127,7 +127,8 @@ def test_slug_follows_github():
 
 # docs/architecture.md: the rooms, lowest first; a module may import from its own room or below
 ROOMS = [
-    {"backend", "autograd", "tensor", "ops", "functional", "gradcheck", "cuda", "kernels"},
+    {"backend", "autograd", "tensor", "ops", "functional", "gradcheck", "cuda", "kernels", "parallel",
+     "blas"},
     {"nn", "optim", "study"},
     {"tokenizer", "models", "data", "train", "checkpoint", "safetensors"},
     {"cli", "__main__", "__init__"},

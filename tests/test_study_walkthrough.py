@@ -28,7 +28,7 @@ def test_walkthrough_runs_and_checks_every_parameter(tmp_path, capsys):
     model, _, _ = walk.build()
     for name, _ in model.named_parameters():
         assert f"ok  {name}" in out
-    for op in ("CrossEntropy", "LayerNorm", "ScaledDotProductAttention", "Linear", "Embedding"):
+    for op in ("CrossEntropy", "LayerNorm", "QKVAttention", "Linear", "Embedding"):
         assert op in out
     assert "dx = dy @ W" in out  # the formula lines come from the op docstrings
     assert (tmp_path / "graph.dot").read_text().startswith("digraph")

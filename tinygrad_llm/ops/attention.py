@@ -241,8 +241,10 @@ class QKVAttention(Function):
     """Attention straight from a packed projection: qkv (B, T, (H + 2 Hk) D) -> y (B, T, H D).
 
     The same map as splitting qkv into q, k, v heads, ScaledDotProductAttention, and merging the
-    heads back, with the same backward (see ScaledDotProductAttention); only the layout differs.
-    The heads are read from qkv through strides and the output is written head by head into its
+    heads back, and the same backward, per head (P the attention matrix):
+        dP = dO V^T,  dS = P * (dP - rowsum(dO * O)),  dQ = dS K * scale,  dK = dS^T Q * scale,
+        dV = P^T dO,  and dqkv holds dQ, dK, dV in the places qkv holds Q, K, V.
+    Only the layout differs. The heads are read from qkv through strides and the output is written head by head into its
     (B, T, H, D) place, so neither direction copies a transposed tensor; backward writes dq, dk
     and dv into one gradient of qkv's shape, where the split would build three zero-filled
     gradients of that shape and add them up.  Derivation: docs/backward.md#qkvattention
