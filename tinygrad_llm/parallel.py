@@ -9,6 +9,9 @@ own and BLAS held to one thread per call, every core works all the time: GEMMs a
 passes both run in parallel, NumPy releases the GIL inside each call, and the threads meet once
 per step. (GPT step, 2 cores: 6 layers x 384 wide, T=256, B=12: forward + backward 1270 ms vs
 1430-1700 ms; nanoGPT's CPU model: 34.8 vs 39.1 ms. benchmarks/train_cpu.py has the full step.)
+The price is the GIL: the shards take turns for it between NumPy calls, and a thread that waits
+leaves its core idle until woken. On the small model two shards at once take ~34.5 ms where one
+alone takes 31 ms; more shards than cores only add waiting.
 
 What stays exact. The batch loss is the mean over its n counted targets (those that are not
 ignore_index), so shard i's loss, a mean over its own n_i, is backpropagated with weight n_i / n:
