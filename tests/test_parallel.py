@@ -133,3 +133,30 @@ def test_blas_threads_set_and_restored():
     assert blas.get_threads() == before
     with pytest.raises(ValueError, match="at least one thread"):
         blas.set_threads(0)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_a_forked_child_runs_sharded_steps_on_threads_of_its_own():
+    import os
+    model = tiny_gpt()
+    x, y = batch(4)
+    want, _ = run(model, x, y, shards=2)  # the parent's pool now exists
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's pool threads do not exist here
+        try:
+            got, _ = run(model, x, y, shards=2)
+            os.write(w, repr(got).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    import time
+    deadline = time.monotonic() + 30
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):  # a child waiting on dead threads never ends
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child's sharded step hung")
+        time.sleep(0.05)
+    got = float(os.read(r, 100).decode())
+    assert got == want

@@ -38,6 +38,7 @@ from .tensor import Tensor
 MAX_SHARDS = 8
 _pool = None
 _pool_size = 0
+_pool_pid = None  # a forked child inherits the pool object but not its threads: it makes its own
 _pool_lock = threading.Lock()
 
 
@@ -61,14 +62,14 @@ def _worker_init():
 
 
 def _get_pool(workers):
-    global _pool, _pool_size
+    global _pool, _pool_size, _pool_pid
     with _pool_lock:
-        if _pool is None or _pool_size < workers:
-            if _pool is not None:
+        if _pool is None or _pool_size < workers or _pool_pid != os.getpid():
+            if _pool is not None and _pool_pid == os.getpid():
                 _pool.shutdown(wait=True)
             _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinygrad_llm-shard",
                                        initializer=_worker_init)
-            _pool_size = workers
+            _pool_size, _pool_pid = workers, os.getpid()
         return _pool
 
 
