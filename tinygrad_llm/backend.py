@@ -161,6 +161,29 @@ def to_numpy(x):
     return x.get() if device_of(x) == "cuda" else x
 
 
+# --- thread pools -------------------------------------------------------------------------------
+_pools = {}  # name -> (pid, workers, ThreadPoolExecutor)
+_pools_lock = threading.Lock()
+
+
+def thread_pool(name, workers, initializer=None):
+    """A ThreadPoolExecutor kept per name, with at least `workers` threads, made on first use.
+
+    Fork-safe: a child of fork inherits the executor object but not its threads (a task submitted
+    there would wait forever), so a pool made by another process is replaced, not reused.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    with _pools_lock:
+        pid, size, pool = _pools.get(name, (None, 0, None))
+        if pool is None or size < workers or pid != os.getpid():
+            if pool is not None and pid == os.getpid():
+                pool.shutdown(wait=True)
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"tinygrad_llm-{name}",
+                                      initializer=initializer)
+            _pools[name] = (os.getpid(), workers, pool)
+        return pool
+
+
 # --- random numbers -----------------------------------------------------------------------------
 # One seeded generator per device. Initialisation, data order and dropout draw from these, so
 # `manual_seed` makes a run repeatable and `get_rng_state`/`set_rng_state` let a checkpoint resume

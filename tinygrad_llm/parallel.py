@@ -25,8 +25,6 @@ NumPy's (CuPy runs its own kernels), a BLAS whose threads we cannot set (blas.av
 backward tracer or a study.scope open (they record one graph), or a shard with no counted target.
 """
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -36,10 +34,6 @@ from .tensor import Tensor
 # Shards beyond this give each thread so few rows that Python's per-op overhead, paid by every
 # shard and serialised by the GIL, outweighs the cores; measured up to 2 shards on 2 cores.
 MAX_SHARDS = 8
-_pool = None
-_pool_size = 0
-_pool_pid = None  # a forked child inherits the pool object but not its threads: it makes its own
-_pool_lock = threading.Lock()
 
 
 def usable_cores():
@@ -62,15 +56,7 @@ def _worker_init():
 
 
 def _get_pool(workers):
-    global _pool, _pool_size, _pool_pid
-    with _pool_lock:
-        if _pool is None or _pool_size < workers or _pool_pid != os.getpid():
-            if _pool is not None and _pool_pid == os.getpid():
-                _pool.shutdown(wait=True)
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinygrad_llm-shard",
-                                       initializer=_worker_init)
-            _pool_size, _pool_pid = workers, os.getpid()
-        return _pool
+    return backend.thread_pool("shard", workers, initializer=_worker_init)
 
 
 def _raw(a):

@@ -14,9 +14,10 @@ block, which tells the result shapes) and writes there, so no block is copied in
 """
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from .. import backend
 
 # 2 MiB of float32 per array: a block and its temporaries stay in L2/L3. Not smaller: an fn
 # without out= has its results copied into the stacked output, one pass more, which arrays that
@@ -28,14 +29,10 @@ BLOCK_ELEMENTS = 1 << 19
 # nearly doubles elementwise throughput, but on a shared, loaded one the GIL hand-offs between
 # NumPy calls cost more than the second core gives (measured: benchmarks/ops_cpu.py).
 THREADS = max(1, int(os.environ.get("TINYGRAD_LLM_THREADS", "1")))
-_pool = None
 
 
 def _get_pool():
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="tinygrad_llm")
-    return _pool
+    return backend.thread_pool("blocks", max(2, os.cpu_count() or 1))
 
 
 def by_blocks(fn, *arrays, threads=None, inplace=False):

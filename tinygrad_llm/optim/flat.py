@@ -17,7 +17,6 @@ into the buffer; a `.grad` that is some other array (after `model.zero_grad()`, 
 at step time, and a parameter with no gradient takes part with a zero gradient.
 """
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -33,14 +32,10 @@ CHUNK = 1 << 18
 # Buckets smaller than this run inline, whole-array: their state fits in L2 anyway.
 MIN_PARALLEL = 1 << 18
 THREADS = max(1, min(int(os.environ.get("TINYGRAD_LLM_OPTIM_THREADS", "2")), os.cpu_count() or 1))
-_pool = None
 
 
 def _get_pool():
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="optim")
-    return _pool
+    return backend.thread_pool("optim", THREADS)
 
 
 class FlatBucket:
