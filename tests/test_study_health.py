@@ -87,6 +87,31 @@ def test_scope_outputs_are_recorded_with_their_statistics():
     assert rec.stats["h.1"]["absmax"] == pytest.approx(float(np.abs(z.numpy()).max()))
 
 
+def test_scopes_in_two_threads_tag_their_own_nodes_and_record_one_thread():
+    # the sharded training step runs a forward per thread at once, each entering the block scopes
+    import importlib
+    import threading
+    scope_module = importlib.import_module("tinygrad_llm.study.scope")  # the module, not the class
+    both_inside = threading.Barrier(2)
+    made = {}
+
+    def forward(name):
+        with scope(name):
+            both_inside.wait()  # the other thread's scope is open too
+            y = Tensor(np.full(4, 1.0 if name == "h.0" else 5.0), requires_grad=True) * 2.0
+            both_inside.wait()
+            made[name] = (y._ctx.scope, scope_module.current())
+
+    with record_activations() as rec:  # turned on by this thread: it takes this thread's outputs
+        other = threading.Thread(target=forward, args=("h.1",))
+        other.start()
+        forward("h.0")
+        other.join()
+    assert made == {"h.0": ("h.0", "h.0"), "h.1": ("h.1", "h.1")}
+    assert set(rec.stats) == {"h.0"} and rec.stats["h.0"]["mean"] == 2.0
+    assert tl.autograd._scope_hook is None  # every scope closed: the engine's hook is off again
+
+
 def test_gradient_health_reports_the_forward_after_its_previous_call():
     nn = pytest.importorskip("tinygrad_llm.nn")
 

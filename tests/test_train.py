@@ -94,14 +94,19 @@ def test_full_final_eval_counts_exact_bytes(tmp_path):
     assert s["val_bpb"] == pytest.approx(s["val_loss"] / (3 * math.log(2)))
 
 
-def test_health_hook_merges_into_metrics(tmp_path):
+@pytest.mark.parametrize("shards", [1, 2])
+def test_health_hook_merges_into_metrics(tmp_path, shards):
+    # with 2 shards the forward runs on two threads at once, each entering the block scopes
     pytest.importorskip("tinygrad_llm.study.health")
-    t = Trainer(cfg(tmp_path, max_iters=3, health_every=2, log_every=100, eval_every=0), data=make_data(),
-                log=lambda m: None)
+    t = Trainer(cfg(tmp_path, max_iters=6, health_every=1, log_every=1, eval_every=0, shards=shards),
+                data=make_data(), log=lambda m: None)
     t.run()
     recs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    with_health = [r for r in recs if "health" in r]
-    assert with_health and "error" not in with_health[0]["health"]
+    with_health = [r["health"] for r in recs if "health" in r]
+    assert len(with_health) >= 5 and not any("error" in h for h in with_health)
+    for h in with_health[1:]:  # from the second on, each reports the forward after the last call
+        assert set(h["activations"]) == {"h.0", "h.0.attn", "h.0.mlp", "h.0.ln_1", "h.0.ln_2"}
+        assert all(math.isfinite(a["std"]) and a["std"] > 0 for a in h["activations"].values())
 
 
 def test_grad_accum_matches_one_big_batch(tmp_path):

@@ -7,30 +7,50 @@ Every op created while a scope is open gets `ctx.scope = "h.3"` (nested scopes j
 like module names: "h.3.attn"). draw_graph clusters nodes by it and collapses blocks that repeat;
 record_activations() keeps the mean/std of each scope's last output (the block's output).
 Outside any scope the engine pays one `is None` test per op and nothing else.
+
+Threads (the sharded training step runs one forward per shard at once): each thread has its own
+stack of open scopes and tags its own nodes. Statistics are recorded from the thread that turned
+recording on (or armed the next forward) only, so a sharded step reports its first shard's.
 """
 import math
 import re
+import threading
 
 from .. import autograd
 from ..backend import to_numpy
 
-_stack = []        # names of the open scopes, outermost first
-_last = {}         # full scope name -> the last Tensor made inside it (the block's output)
+_local = threading.local()  # .stack: names of this thread's open scopes, outermost first;
+                            # .last: full scope name -> the last Tensor made inside it
+_lock = threading.Lock()
+_open = 0          # scopes open in all threads: the engine's hook stays on while any is
 _recording = None  # dict name -> stats while record_activations() is on, else None
 _armed = None      # one forward pass armed by gradient_health: name -> stats, filled once each
+_owner = None      # the thread whose scope outputs _recording / _armed take
+
+
+def _stack():
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+        _local.last = {}
+    return stack
 
 
 def current():
-    """The full dotted name of the innermost open scope, or None."""
-    return ".".join(_stack) if _stack else None
+    """The full dotted name of the innermost open scope of this thread, or None."""
+    stack = _stack()
+    return ".".join(stack) if stack else None
 
 
 def _hook(ctx, out):
-    name = ".".join(_stack)
+    stack = _stack()
+    if not stack:  # another thread's scope is open, not this one's
+        return
+    name = ".".join(stack)
     if out._ctx is ctx:  # only nodes that are part of the graph get a scope
         ctx.scope = name
-    if _recording is not None or _armed is not None:
-        _last[name] = out
+    if (_recording is not None or _armed is not None) and _owner == threading.get_ident():
+        _local.last[name] = out
 
 
 class scope:
@@ -42,16 +62,23 @@ class scope:
         self.name = name
 
     def __enter__(self):
-        _stack.append(self.name)
-        autograd._scope_hook = _hook
+        global _open
+        _stack().append(self.name)
+        with _lock:
+            _open += 1
+            autograd._scope_hook = _hook
         return self
 
     def __exit__(self, *exc):
-        full = ".".join(_stack)
-        _stack.pop()
-        if not _stack:
-            autograd._scope_hook = None
-        out = _last.pop(full, None)
+        global _open
+        stack = _stack()
+        full = ".".join(stack)
+        stack.pop()
+        with _lock:
+            _open -= 1
+            if not _open:
+                autograd._scope_hook = None
+        out = _local.last.pop(full, None)
         if out is not None:
             _store(full, out)
         return False
@@ -59,6 +86,8 @@ class scope:
 
 def _store(name, out):
     global _armed
+    if _owner != threading.get_ident():
+        return
     if _recording is not None:
         _recording[name] = activation_stats(out)
     if _armed is not None:
@@ -73,9 +102,10 @@ _armed_done = {}  # the statistics of the last armed forward pass, until taken
 
 
 def arm_next_forward():
-    """Record the scope outputs of the next forward pass (each scope once), for take_recorded()."""
-    global _armed
-    _armed = {}
+    """Record the scope outputs of this thread's next forward pass (each scope once), for
+    take_recorded()."""
+    global _armed, _owner
+    _armed, _owner = {}, threading.get_ident()
 
 
 def take_recorded():
@@ -86,8 +116,8 @@ def take_recorded():
         stats.update(_armed)
     _armed_done.clear()
     _armed = None
-    if not _stack:
-        _last.clear()
+    if not _stack():
+        _local.last.clear()
     return stats
 
 
@@ -114,20 +144,22 @@ class record_activations:
         self.stats = {}
 
     def __enter__(self):
-        global _recording
-        self._prev, _recording = _recording, self.stats
+        global _recording, _owner
+        self._prev, _recording = (_recording, _owner), self.stats
+        _owner = threading.get_ident()
         return self
 
     def __exit__(self, *exc):
-        global _recording
-        _recording = self._prev
-        _last.clear()
+        global _recording, _owner
+        _recording, _owner = self._prev
+        _stack()
+        _local.last.clear()
         return False
 
 
 def record_activation(name, tensor):
     """Record one tensor's statistics under `name` (e.g. the logits) when recording is on."""
-    if _recording is not None or _armed is not None:
+    if (_recording is not None or _armed is not None) and _owner == threading.get_ident():
         _store(name, tensor)
 
 
