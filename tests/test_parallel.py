@@ -123,6 +123,15 @@ def test_default_shards(monkeypatch):
     assert parallel.default_shards(1) == 1
 
 
+@pytest.mark.parametrize("rows, at_most, want", [(12, 8, 6), (12, 2, 2), (12, 5, 4), (13, 4, 4),
+                                                 (5, 2, 2), (1, 8, 1), (7, 7, 7), (0, 4, 1)])
+def test_balanced_shards_take_the_fewest_for_the_same_largest_shard(rows, at_most, want):
+    n = parallel.balanced_shards(rows, at_most)
+    assert n == want
+    if rows:  # no fewer shards would keep the largest shard as small
+        assert -(-rows // n) == -(-rows // min(at_most, rows)) < -(-rows // max(n - 1, 1)) or n == 1
+
+
 @pytest.mark.skipif(not blas.available(), reason="NumPy's BLAS is not an OpenBLAS we can set")
 def test_blas_threads_set_and_restored():
     before = blas.get_threads()

@@ -45,10 +45,18 @@ def usable_cores():
 
 def default_shards(batch_rows):
     """Shards for a batch of this many rows: $TINYGRAD_LLM_SHARDS if set, else one per usable
-    core, at most MAX_SHARDS and at most one per row."""
+    core, at most MAX_SHARDS (balanced: see balanced_shards)."""
     env = os.environ.get("TINYGRAD_LLM_SHARDS")
-    n = int(env) if env else min(usable_cores(), MAX_SHARDS)
-    return max(1, min(n, batch_rows))
+    return balanced_shards(batch_rows, int(env) if env else min(usable_cores(), MAX_SHARDS))
+
+
+def balanced_shards(rows, at_most):
+    """The fewest shards, at most `at_most`, whose largest has as few rows as `at_most` shards
+    allow: 12 rows on 8 cores make 6 shards of 2 rows (8 shards would still take 2 rows' time,
+    with 2 more threads waiting on the GIL)."""
+    n = max(1, min(int(at_most), rows))
+    largest = -(-rows // n) if rows else 1
+    return max(1, -(-rows // largest))
 
 
 def _worker_init():
@@ -84,12 +92,13 @@ def loss_backward(loss_fn, inputs, targets, shards=None, scale=1.0, ignore_index
 
     loss_fn(inputs_rows, targets_rows) -> one-element Tensor: the mean of a per-target loss over
     the targets that are not ignore_index (as cross_entropy's reduction="mean"). inputs and
-    targets share their first (batch) axis. shards: None for default_shards(batch rows).
+    targets share their first (batch) axis. shards: None for default_shards(batch rows), else at
+    most this many (balanced_shards).
     Gradients land in the leaves' .grad as one backward of the whole batch would put them.
     """
     x, y = _raw(inputs), _raw(targets)
     rows = y.shape[0] if getattr(y, "ndim", 0) else 0
-    n = default_shards(rows) if shards is None else max(1, min(int(shards), rows))
+    n = default_shards(rows) if shards is None else balanced_shards(rows, shards)
     bounds = [rows * i // n for i in range(n + 1)]
     counts = ([int(np.count_nonzero(y[lo:hi] != ignore_index)) for lo, hi in zip(bounds, bounds[1:])]
               if n > 1 and isinstance(y, np.ndarray) else [])
