@@ -169,3 +169,38 @@ def test_a_forked_child_runs_sharded_steps_on_threads_of_its_own():
         time.sleep(0.05)
     got = float(os.read(r, 100).decode())
     assert got == want
+
+
+def test_on_cores_runs_every_item_once_and_reports_errors():
+    seen = []
+    parallel.on_cores(lambda item, t: seen.append((item, t)), range(7), costs=[1, 5, 2, 2, 9, 1, 3])
+    assert sorted(i for i, _ in seen) == list(range(7))
+    assert {t for _, t in seen} <= set(range(parallel.usable_cores()))
+
+    def fail(item, t):
+        if item == 3:
+            raise RuntimeError("item 3")
+
+    with pytest.raises(RuntimeError, match="item 3"):
+        parallel.on_cores(fail, range(6))
+
+
+def test_muon_step_on_cores_equals_one_matrix_at_a_time(monkeypatch):
+    # the threaded step must give what the one-thread loop gives, step after step
+    def trained(threaded):
+        if not threaded:
+            monkeypatch.setattr(parallel, "usable_cores", lambda: 1)
+        tl.manual_seed(0)
+        ws = [tl.nn.Parameter(tl.Tensor(np.random.default_rng(i).standard_normal(s).astype(np.float32)).data)
+              for i, s in enumerate([(24, 8), (8, 8), (32, 8), (8, 32)])]
+        opt = optim.Muon(ws, lr=0.02, weight_decay=0.1)
+        for step in range(3):
+            for i, w in enumerate(ws):
+                w.grad = tl.Tensor(np.random.default_rng(100 * step + i).standard_normal(w.shape)
+                                   .astype(np.float32))
+            opt.step()
+        monkeypatch.undo()
+        return [w.data.copy() for w in ws]
+
+    for a, b in zip(trained(True), trained(False)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

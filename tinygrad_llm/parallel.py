@@ -147,3 +147,46 @@ def loss_backward(loss_fn, inputs, targets, shards=None, scale=1.0, ignore_index
         for leaf, g, owned in sink:
             autograd.accumulate_leaf(leaf, g, owned)
     return float(sum(v * c for v, c in zip(values, counts)) / total)
+
+
+def on_cores(fn, items, costs=None):
+    """fn(item, t) for every item, spread over threads t = 0..k-1 (k: one per usable core, at
+    most one per item; t = 0 is the calling thread), with BLAS at one thread per call meanwhile.
+
+    For independent pieces of work made of small GEMMs (Muon's Newton-Schulz per matrix): one
+    thread per core beats one GEMM at a time on every core, whose threads cost more than they
+    split. Items go to threads by cost, largest first, each to the least loaded thread, so the
+    split is the same every call and each item's result repeats bit for bit; fn may keep per-t
+    scratch buffers. Runs in the calling thread alone where BLAS threads cannot be set.
+    """
+    items = list(items)
+    k = min(usable_cores(), MAX_SHARDS, len(items))
+    if k <= 1 or not blas.available():
+        for item in items:
+            fn(item, 0)
+        return
+    costs = list(costs) if costs is not None else [1] * len(items)
+    loads, mine = [0] * k, [[] for _ in range(k)]
+    for i in sorted(range(len(items)), key=lambda i: -costs[i]):
+        t = loads.index(min(loads))
+        mine[t].append(items[i])
+        loads[t] += costs[i]
+
+    def run(t):
+        for item in mine[t]:
+            fn(item, t)
+
+    with blas.threads(1):
+        futures = [_get_pool(k - 1).submit(run, t) for t in range(1, k)]
+        error = None
+        try:
+            run(0)
+        except BaseException as e:  # noqa: BLE001 - re-raised once the workers are done
+            error = e
+        for f in futures:
+            try:
+                f.result()
+            except BaseException as e:  # noqa: BLE001
+                error = error or e
+    if error is not None:
+        raise error

@@ -13,7 +13,9 @@ biases go to AdamW (see groups.muon_hybrid).
 """
 import math
 
-from .. import backend
+import numpy as np
+
+from .. import backend, parallel
 from .optimizer import Optimizer
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -112,8 +114,12 @@ class Muon(Optimizer):
 
         bucket.map_chunks(momentum, (bucket.grad, bucket.state["momentum_buffer"]), 1)
         buf_all, g_all = bucket.state["momentum_buffer"], bucket.grad
-        work = bucket.__dict__.setdefault("ns_work", {})  # per-shape buffers, reused every step
-        for p, lo, hi in bucket.slices():
+        # per thread, per-shape buffers, reused every step
+        works = bucket.__dict__.setdefault("ns_work", {})
+
+        def update(item, t):
+            p, lo, hi = item
+            work = works.setdefault(t, {})
             rows = p.shape[0]
             buf, g = buf_all[lo:hi].reshape(rows, -1), g_all[lo:hi].reshape(rows, -1)
             if group["nesterov"]:
@@ -132,3 +138,16 @@ class Muon(Optimizer):
             if wd:
                 p2 *= 1 - lr * wd
             p2 -= O
+
+        items = list(bucket.slices())
+        if bucket.xp is np:  # matrices side by side, one per core (Newton-Schulz: small GEMMs)
+            parallel.on_cores(update, items, costs=[_ns_cost(p.shape) for p, _, _ in items])
+        else:
+            for item in items:
+                update(item, 0)
+
+
+def _ns_cost(shape):
+    """Flops of one Newton-Schulz step, up to a constant: r^2 cols + r^3 with r the smaller side."""
+    r, cols = sorted((shape[0], math.prod(shape[1:])))
+    return r * r * cols + r ** 3
