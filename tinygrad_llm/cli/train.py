@@ -27,13 +27,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # reproducible). Measurements: benchmarks/results/shakespeare_cpu_2026-11-21.txt.
 PRESETS = {
     # nanoGPT's CPU model (4 x 128, T=64, B=12, no dropout) with a 1024-token BPE (2.6 bytes per
-    # token: each step sees 2.6x the text of a char-level step) and AdamW at 3x nanoGPT's lr. Muon
-    # learns more per step but its Newton-Schulz GEMMs cost ~30% per step at this tiny batch, so in
-    # a fixed 78 s it lost to AdamW (see the results file); --optimizer muon selects it. With the
-    # sharded step (parallel.py) about 1900 steps fit in the 78 s, so max_iters rarely binds.
+    # token: each step sees 2.6x the text of a char-level step), Muon on the blocks' matrices and
+    # AdamW at 3x nanoGPT's lr on the rest. Muon learns more per step; since its Newton-Schulz runs
+    # one matrix per core it costs ~54 ms/step against AdamW's ~40, and in the fixed 78 s it ends
+    # lower (2.263-2.268 vs 2.298-2.317 bits/byte over three seeds; see the results file).
+    # --optimizer adamw selects AdamW alone. max_iters rarely binds: ~1400 Muon steps fit in 78 s.
     "cpu": dict(tokenizer="bpe", vocab_size=1024, n_layer=4, n_head=4, n_embd=128, block_size=64,
                 batch_size=12, max_iters=2000, max_seconds=78.0, lr=3e-3, warmup_iters=100, dropout=0.0,
-                optimizer="adamw", eval_every=250, eval_iters=20, log_every=100),
+                optimizer="muon", eval_every=250, eval_iters=20, log_every=100),
     # nanoGPT's GPU Shakespeare recipe (config/train_shakespeare_char.py), char-level like it
     "cuda": dict(tokenizer="char", vocab_size=None, n_layer=6, n_head=6, n_embd=384, block_size=256,
                  batch_size=64, max_iters=5000, lr=1e-3, warmup_iters=100, dropout=0.2,
