@@ -66,3 +66,19 @@ def test_cuda_preset_is_nanogpts_gpu_recipe():
 def test_module_entry_point_help():
     r = subprocess.run([sys.executable, "-m", "tinygrad_llm", "train", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--max-iters" in r.stdout and "--resume" in r.stdout
+
+
+@pytest.mark.parametrize("shards", ["0", "1"])
+def test_bench_times_the_training_step(capsys, shards):
+    from tinygrad_llm.cli import bench as bench_cli
+    bench_cli.main(parse(bench_cli, ["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "8",
+                                     "--batch-size", "4", "--steps", "2", "--warmup", "1", "--shards", shards]))
+    out = capsys.readouterr().out
+    assert "GPT 1x16" in out and "ms/step" in out and "tokens/s" in out
+
+
+def test_cpu_preset_trains_with_muon():
+    cfg, kind, _ = train_cli.build_config(parse(train_cli, []))
+    assert kind == "bpe" and cfg.optimizer == "muon" and cfg.max_seconds == 78.0
+    cfg, _, _ = train_cli.build_config(parse(train_cli, ["--optimizer", "adamw"]))
+    assert cfg.optimizer == "adamw"

@@ -1,4 +1,5 @@
-"""`python -m tinygrad_llm bench`: time a training step (forward, backward, clip, AdamW) of a small GPT.
+"""`python -m tinygrad_llm bench`: time a training step (forward, backward, clip, AdamW) of a small GPT,
+as the training loop runs it (on the CPU, the batch in one row shard per core: parallel.py).
 
     python -m tinygrad_llm bench                            # nanoGPT's CPU Shakespeare model
     python -m tinygrad_llm bench --n-layer 6 --n-embd 384 --n-head 6 --block-size 256 --profile
@@ -21,6 +22,7 @@ def add_arguments(parser):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"))
+    parser.add_argument("--shards", type=int, default=0, help="row shards per batch (0: one per core)")
     parser.add_argument("--profile", action="store_true", help="print where the time goes (cProfile)")
 
 
@@ -29,7 +31,7 @@ def main(args):
     from ..models import GPT, GPTConfig
     from ..tensor import Tensor
     from ..train import TrainConfig, build_optimizer
-    from .. import optim
+    from .. import optim, parallel
     backend.manual_seed(0)
     cfg = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                     n_head=args.n_head, n_embd=args.n_embd)
@@ -42,12 +44,12 @@ def main(args):
     y = Tensor(backend.to_device(rng.integers(0, cfg.vocab_size, (B, T)), args.device))
 
     def step():
-        _, loss = model(x, y)
-        loss.backward()
+        # the loss comes back as a float: on the GPU that waits for it, so the time is the step's
+        loss = parallel.loss_backward(lambda a, b: model(a, b)[1], x, y, shards=args.shards or None)
         optim.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad()
-        return loss.item()  # .item() waits for the GPU, so the time is the step's
+        return loss
 
     for _ in range(args.warmup):
         step()
