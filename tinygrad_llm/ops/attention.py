@@ -152,26 +152,27 @@ def attention_backward_ref(do, o, qs, k, v, Es, r, scale, causal=True, lse=None,
         dS -= dsum[..., lo:hi, None]
         dS *= E  # hidden places have E = 0, so dS = 0 there
         xp.matmul(dS, kb, out=dq[..., lo:hi, :])
-        if first and g == 1 and dk is not None:  # kend = T_k: the GEMMs write the output itself
-            xp.matmul(dS.swapaxes(-1, -2), qs[..., lo:hi, :], out=dk[:, :, None])
-            xp.matmul(E.swapaxes(-1, -2), dorb, out=dv[:, :, None])
+        dSt, Et, qsb = dS.swapaxes(-1, -2), E.swapaxes(-1, -2), qs[..., lo:hi, :]  # views
+        if first:  # kend = T_k: this block's dK, dV start the sums
             first = False
-            continue
-        dkb = dS.swapaxes(-1, -2) @ qs[..., lo:hi, :]  # (B, Hk, g, kend, D)
-        dvb = E.swapaxes(-1, -2) @ dorb
-        dkb = dkb[:, :, 0] if g == 1 else dkb.sum(axis=2)  # the group shares k, v
-        dvb = dvb[:, :, 0] if g == 1 else dvb.sum(axis=2)
-        if first:  # kend = T_k here
-            if dk is None:
-                dk, dv = dkb, dvb
+            if dk is None:  # no buffers given: the block's results are the sums
+                dk, dv = _group_sum(dSt @ qsb), _group_sum(Et @ dorb)
+            elif g == 1:  # into the given buffers, straight from the GEMMs
+                xp.matmul(dSt, qsb, out=dk[:, :, None])
+                xp.matmul(Et, dorb, out=dv[:, :, None])
             else:
-                dk[...], dv[...] = dkb, dvb
-            first = False
-        else:
-            dk[:, :, :kend] += dkb
-            dv[:, :, :kend] += dvb
+                xp.sum(dSt @ qsb, axis=2, out=dk)
+                xp.sum(Et @ dorb, axis=2, out=dv)
+            continue
+        dk[:, :, :kend] += _group_sum(dSt @ qsb)  # (B, Hk, kend, D)
+        dv[:, :, :kend] += _group_sum(Et @ dorb)
     dq *= qs.dtype.type(scale)
     return (dq.reshape(B, Hk * g, Tq, D) if out is None else out[0]), dk, dv
+
+
+def _group_sum(a):
+    """(B, Hk, g, T, D) -> (B, Hk, T, D): the g query heads of a group share one k, v head."""
+    return a[:, :, 0] if a.shape[2] == 1 else a.sum(axis=2)
 
 
 def check_qkv(q, k, v, causal):
@@ -244,10 +245,10 @@ class QKVAttention(Function):
     heads back, and the same backward, per head (P the attention matrix):
         dP = dO V^T,  dS = P * (dP - rowsum(dO * O)),  dQ = dS K * scale,  dK = dS^T Q * scale,
         dV = P^T dO,  and dqkv holds dQ, dK, dV in the places qkv holds Q, K, V.
-    Only the layout differs. The heads are read from qkv through strides and the output is written head by head into its
-    (B, T, H, D) place, so neither direction copies a transposed tensor; backward writes dq, dk
-    and dv into one gradient of qkv's shape, where the split would build three zero-filled
-    gradients of that shape and add them up.  Derivation: docs/backward.md#qkvattention
+    Only the layout differs. The heads are read from qkv through strides and the output is written
+    head by head into its (B, T, H, D) place, so neither direction copies a transposed tensor;
+    backward writes dq, dk and dv into one gradient of qkv's shape, where the split would build
+    three zero-filled gradients of that shape and add them up.  Derivation: docs/backward.md#qkvattention
     """
 
     @staticmethod
