@@ -23,9 +23,10 @@ def layer_norm_forward_ref(x, weight=None, bias=None, eps=1e-5, out=None):
     y, xhat, rstd = out if out is not None else (None, None, None)
     C = x.shape[-1]
     inv_c = x.dtype.type(1.0 / C)
-    # row sums by einsum: 2.5-3.5x faster than x.sum(axis=1) on rows of 128-384 floats
-    xhat = xp.subtract(x, (xp.einsum("nc->n", x) * inv_c)[:, None], out=xhat)  # centred first:
-    var = _row_dots(xp, xhat, xhat, rstd)                                     # var stays >= 0
+    # centred first, so var never goes negative; row sums by einsum: 2.5-3.5x faster than
+    # x.sum(axis=1) on rows of 128-384 floats
+    xhat = xp.subtract(x, (xp.einsum("nc->n", x) * inv_c)[:, None], out=xhat)
+    var = _row_dots(xp, xhat, xhat, rstd)
     var *= inv_c
     var += eps
     rstd = xp.sqrt(var, out=var)
