@@ -140,6 +140,9 @@ class FlatBucket:
         if THREADS == 1:
             run(0)
             return
-        futures = [_get_pool().submit(run, t) for t in range(THREADS)]
-        for f in futures:
-            f.result()
+        futures = [_get_pool().submit(run, t) for t in range(1, THREADS)]
+        try:
+            run(0)  # this thread takes a share too: one thread fewer to wake and wait for
+        finally:
+            for f in futures:
+                f.result()
