@@ -31,7 +31,8 @@ def _loaded_openblas_paths():
         import glob
         base = os.path.dirname(os.path.dirname(np.__file__))
         paths = set(glob.glob(os.path.join(base, "numpy*libs", "*openblas*")))
-    return sorted(p for p in paths if os.path.exists(p))
+    # NumPy's own copy first: another library (PyTorch on some platforms) may load an OpenBLAS too
+    return sorted((p for p in paths if os.path.exists(p)), key=lambda p: ("numpy" not in p, p))
 
 
 def _find():
