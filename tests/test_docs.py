@@ -130,7 +130,7 @@ ROOMS = [
     {"backend", "autograd", "tensor", "ops", "functional", "gradcheck", "cuda", "kernels", "parallel",
      "blas"},
     {"nn", "optim", "study"},
-    {"tokenizer", "models", "data", "train", "checkpoint", "safetensors"},
+    {"tokenizer", "models", "data", "train", "checkpoint", "safetensors", "config"},
     {"cli", "__main__", "__init__"},
 ]
 

@@ -18,13 +18,14 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import backend, parallel
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config import DictConfig
 from .data import TokenData, bits_per_byte
 from .models import GPT, GPTConfig
 from .tensor import Tensor
@@ -33,7 +34,7 @@ CKPT_NAME = "ckpt.safetensors"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     data: str = ""               # token file written by tokenizer.encode_file (.bin + .bin.json)
     out_dir: str = "out/run"     # checkpoints and metrics.jsonl
     model: dict = field(default_factory=dict)  # GPTConfig fields; vocab_size defaults to the data's
@@ -65,14 +66,6 @@ class TrainConfig:
     health_every: int = 0        # >0: study.health.gradient_health every N steps, in metrics["health"]
     shards: int = 0              # CPU: each micro-batch's rows in this many shards on their own
                                  # threads (parallel.py); 0: one per core
-
-    @classmethod
-    def from_dict(cls, d):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown keys {unknown}")
-        return cls(**d)
 
     def validate(self):
         if self.optimizer not in ("adamw", "muon"):
@@ -173,7 +166,7 @@ class Trainer:
     def save(self):
         rng = {"global": backend.get_rng_state(), "data": self.data.state()}
         wall = self.wall + time.perf_counter() - self._run_start
-        extra = {"train_config": asdict(self.cfg), "elapsed_s": self.elapsed, "wall_s": wall,
+        extra = {"train_config": self.cfg.to_dict(), "elapsed_s": self.elapsed, "wall_s": wall,
                  "last_val": self.last_val}
         save_checkpoint(self.ckpt_path, self.model.state_dict(), self.optimizer.state_dict(),
                         step=self.step, config=self.model_config.to_dict(), rng=rng, extra=extra)

@@ -10,7 +10,7 @@ Parameter names are GPT-2's (transformer.wte.weight, transformer.h.0.attn.c_attn
 so a Hugging Face checkpoint loads as a straight copy (see hf.py, GPT.from_safetensors).
 """
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,12 +18,13 @@ from .. import backend
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
+from ..config import DictConfig
 from ..tensor import Tensor
 from .rope import apply_rope, rope_tables
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(DictConfig):
     vocab_size: int = 50304   # GPT-2's 50257 padded up to a multiple of 64, as nanoGPT does
     block_size: int = 1024    # the longest sequence the model sees
     n_layer: int = 12
@@ -67,17 +68,6 @@ class GPTConfig:
     @property
     def head_size(self):
         return self.n_embd // self.n_head
-
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"GPTConfig: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
     def num_parameters(self):
         """Parameter count from the shapes alone (tied weights once), without building the model."""
