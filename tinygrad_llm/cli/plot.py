@@ -85,6 +85,18 @@ def _short(group):
     return group.replace("transformer.", "")
 
 
+def _per_group(plt, ax, series, title):
+    """One line per parameter group (name -> (steps, values)), log scale, legend and grid."""
+    cmap = plt.get_cmap("tab20")
+    for k, (name, (s, v)) in enumerate(sorted(series.items())):
+        ax.plot(s, v, lw=1.1, color=cmap(k % 20), label=_short(name))
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3, which="both")
+
+
 def _empty(ax, text):
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777777",
             fontsize=9, wrap=True)
@@ -147,30 +159,17 @@ def plot(records, out_path, smooth=None, dpi=120, title=None):
                               for r in records], "g")
     grads = _health_series(records, "grad_norm")
     if grads:
-        cmap = plt.get_cmap("tab20")
-        for k, (name, (s, v)) in enumerate(sorted(grads.items())):
-            ax_grad.plot(s, v, lw=1.1, color=cmap(k % 20), label=_short(name))
+        _per_group(plt, ax_grad, grads, "gradient norm per parameter group")
         if gtotal:
             ax_grad.plot(gsteps, gtotal, color="black", lw=2.0, label="total")
-        ax_grad.set_yscale("log")
-        ax_grad.set_title("gradient norm per parameter group")
-        ax_grad.set_xlabel("step")
-        ax_grad.legend(fontsize=6, ncol=2)
-        ax_grad.grid(alpha=0.3, which="both")
+            ax_grad.legend(fontsize=6, ncol=2)
     else:
         _empty(ax_grad, no_health)
 
     updates = _health_series(records, "update_ratio")
     if updates:
-        cmap = plt.get_cmap("tab20")
-        for k, (name, (s, v)) in enumerate(sorted(updates.items())):
-            ax_upd.plot(s, v, lw=1.1, color=cmap(k % 20), label=_short(name))
         ax_upd.axhline(1e-3, color="black", ls="--", lw=1.0, label="1e-3 (rule of thumb)")
-        ax_upd.set_yscale("log")
-        ax_upd.set_title("update / weight per step  |ΔW| / |W|")
-        ax_upd.set_xlabel("step")
-        ax_upd.legend(fontsize=6, ncol=2)
-        ax_upd.grid(alpha=0.3, which="both")
+        _per_group(plt, ax_upd, updates, "update / weight per step  |ΔW| / |W|")
     else:
         _empty(ax_upd, no_health if not grads else "update ratios appear from the second health record")
 
