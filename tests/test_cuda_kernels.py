@@ -19,6 +19,7 @@ import pytest
 import tinygrad_llm as tl
 import tinygrad_llm.functional as F
 from tinygrad_llm import Tensor, backend, cuda
+from tinygrad_llm.cuda import runtime
 
 gpu = pytest.mark.gpu
 DTYPES = [np.float32, np.float64]
@@ -47,7 +48,7 @@ def test_every_kernel_compiles_with_nvcc(tmp_path):
             for code in codes:  # the float and double instantiations name_expressions asks for
                 mangled = rf"_Z{len(base)}{base}I{code}" + (rf"Li{j}E" if j else "") + "E"
                 assert re.search(rf"\.entry {mangled}", ptx), (
-                    f"{f} defines no {cuda._expr(name, 'float' if code == 'f' else 'double')}")
+                    f"{f} defines no {runtime.expr(name, 'float' if code == 'f' else 'double')}")
 
 
 def test_kernel_files_are_listed_and_documented():
@@ -142,7 +143,7 @@ def kx(request, monkeypatch):
         return a
     if request.param == "gpu":
         kx_xp = backend.cupy()
-        make = cuda.kernel
+        make = runtime.kernel
     else:
         lib = request.getfixturevalue("emulator_lib")
         kx_xp = np
@@ -154,9 +155,9 @@ def kx(request, monkeypatch):
         for mod in [m for name, m in sys.modules.items() if name.startswith("tinygrad_llm")]:
             if getattr(mod, "to_numpy", None) is original:  # also `from .backend import`
                 monkeypatch.setattr(mod, "to_numpy", np.asarray)
-        monkeypatch.setattr(cuda, "sm_count", lambda: 2)
-        monkeypatch.setattr(cuda, "_ptr", lambda a: a.ctypes.data)
-        monkeypatch.setattr(cuda, "_chunk_tables", {})
+        monkeypatch.setattr(runtime, "sm_count", lambda: 2)
+        monkeypatch.setattr(cuda.adamw, "_ptr", lambda a: a.ctypes.data)
+        monkeypatch.setattr(cuda.adamw, "_chunk_tables", {})
 
         def make(f, name, dtype):
             return _Emulated(lib, name, dtype)
@@ -165,8 +166,8 @@ def kx(request, monkeypatch):
     def recording_kernel(f, name, dtype):
         runner.launched.append(name.split("<")[0])
         return make(f, name, dtype)
-    monkeypatch.setattr(cuda, "kernel", recording_kernel)
-    monkeypatch.setattr(cuda, "_empty", nan_empty)
+    monkeypatch.setattr(runtime, "kernel", recording_kernel)
+    monkeypatch.setattr(runtime, "empty", nan_empty)
     return runner
 
 

@@ -3,7 +3,7 @@
 //
 // Everything is templated on T = float or double so the GPU path can be gradient-checked in
 // float64. Kernels include this file; CuPy compiles each .cu with this folder on the include
-// path (see tinygrad_llm/cuda/__init__.py).
+// path (see tinygrad_llm/cuda/runtime.py).
 #pragma once
 
 #ifndef __CUDACC_RTC__  // NVRTC (CuPy) has the vector types and math built in

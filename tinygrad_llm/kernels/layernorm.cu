@@ -1,13 +1,12 @@
 // Layer norm over the last axis of a contiguous (n_rows, C) array, forward and backward.
 //
-//   layernorm_forward<T>(x, w, b, y, xhat, mean, rstd, n_rows, C, eps)
+//   layernorm_forward<T>(x, w, b, y, xhat, rstd, n_rows, C, eps)
 //       mean = sum x / C,  var = sum (x - mean)^2 / C,  rstd = 1 / sqrt(var + eps)
 //       xhat = (x - mean) rstd,  y = xhat w + b            (w or b may be null: 1 and 0)
-//       xhat and mean are written only when their pointers are not null (the op saves xhat)
-//   layernorm_backward_dx<T>(dy, x, w, mean, rstd, dx, n_rows, C)
+//       the op saves xhat and rstd for the backward, which never needs x or the mean
+//   layernorm_backward_dx<T>(dy, xhat, w, rstd, dx, n_rows, C)
 //       g = dy w,  dx = rstd (g - mean_c(g) - xhat mean_c(g xhat))
-//       when mean is null, x already holds xhat (for callers that saved xhat, not x)
-//   layernorm_backward_dwdb<T>(dy, x, mean, rstd, dw_part, db_part, n_rows, C, rows_per_chunk)
+//   layernorm_backward_dwdb<T>(dy, xhat, dw_part, db_part, n_rows, C, rows_per_chunk)
 //       dw_part[k, c] = sum over rows r of chunk k of dy[r, c] xhat[r, c];  db_part likewise of dy
 //       (either output may be null); column_sum then folds the chunks: dw[c] = sum_k dw_part[k, c]
 //   column_sum<T>(part, out, n_chunks, C)
@@ -38,8 +37,8 @@ using namespace tgl;
 template <typename T>
 __global__ void layernorm_forward(const T* __restrict__ x, const T* __restrict__ w,
                                   const T* __restrict__ b, T* __restrict__ y,
-                                  T* __restrict__ xhat_out, T* __restrict__ mean,
-                                  T* __restrict__ rstd, int n_rows, int C, T eps) {
+                                  T* __restrict__ xhat_out, T* __restrict__ rstd, int n_rows,
+                                  int C, T eps) {
     const int row = blockIdx.x * blockDim.y + threadIdx.y;
     if (row >= n_rows) return;  // whole warps leave together: only warp shuffles follow
     const int lane = threadIdx.x;
@@ -58,48 +57,40 @@ __global__ void layernorm_forward(const T* __restrict__ x, const T* __restrict__
     for (int i = lane; i < C; i += 32) {
         const T xhat = (xr[i] - mu) * rs;
         yr[i] = xhat * (w ? w[i] : T(1)) + (b ? b[i] : T(0));
-        if (xhat_out) xhat_out[(long long)row * C + i] = xhat;
+        xhat_out[(long long)row * C + i] = xhat;
     }
-    if (lane == 0) {
-        if (mean) mean[row] = mu;
-        rstd[row] = rs;
-    }
+    if (lane == 0) rstd[row] = rs;
 }
 
 template <typename T>
-__global__ void layernorm_backward_dx(const T* __restrict__ dy, const T* __restrict__ x,
-                                      const T* __restrict__ w, const T* __restrict__ mean,
-                                      const T* __restrict__ rstd, T* __restrict__ dx, int n_rows,
-                                      int C) {
+__global__ void layernorm_backward_dx(const T* __restrict__ dy, const T* __restrict__ xhat,
+                                      const T* __restrict__ w, const T* __restrict__ rstd,
+                                      T* __restrict__ dx, int n_rows, int C) {
     const int row = blockIdx.x * blockDim.y + threadIdx.y;
     if (row >= n_rows) return;
     const int lane = threadIdx.x;
     const long long off = (long long)row * C;
     const T* dyr = dy + off;
-    const T* xr = x + off;
+    const T* xr = xhat + off;
     T* dxr = dx + off;
-    const T mu = mean ? mean[row] : T(0);
     const T rs = rstd[row];
-    const T xscale = mean ? rs : T(1);  // x is xhat already when mean is null
 
     T sum_g = T(0), sum_gx = T(0);
     for (int i = lane; i < C; i += 32) {
         const T g = dyr[i] * (w ? w[i] : T(1));
         sum_g += g;
-        sum_gx += g * (xr[i] - mu) * xscale;
+        sum_gx += g * xr[i];
     }
     const T mean_g = warp_sum(sum_g) / T(C);
     const T mean_gx = warp_sum(sum_gx) / T(C);
     for (int i = lane; i < C; i += 32) {
         const T g = dyr[i] * (w ? w[i] : T(1));
-        const T xhat = (xr[i] - mu) * xscale;
-        dxr[i] = rs * (g - mean_g - xhat * mean_gx);
+        dxr[i] = rs * (g - mean_g - xr[i] * mean_gx);
     }
 }
 
 template <typename T>
-__global__ void layernorm_backward_dwdb(const T* __restrict__ dy, const T* __restrict__ x,
-                                        const T* __restrict__ mean, const T* __restrict__ rstd,
+__global__ void layernorm_backward_dwdb(const T* __restrict__ dy, const T* __restrict__ xhat,
                                         T* __restrict__ dw_part, T* __restrict__ db_part,
                                         int n_rows, int C, int rows_per_chunk) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -110,8 +101,7 @@ __global__ void layernorm_backward_dwdb(const T* __restrict__ dy, const T* __res
     for (int r = r0; r < r1; ++r) {
         const long long i = (long long)r * C + c;
         const T g = dy[i];
-        const T xhat = mean ? (x[i] - mean[r]) * rstd[r] : x[i];
-        dw += g * xhat;
+        dw += g * xhat[i];
         db += g;
     }
     const long long o = (long long)blockIdx.y * C + c;
@@ -190,21 +180,14 @@ __global__ void column_sum(const T* __restrict__ part, T* __restrict__ out, int 
     out[c] = acc;
 }
 
-template __global__ void layernorm_forward<float>(const float*, const float*, const float*, float*,
-                                                  float*, float*, float*, int, int, float);
-template __global__ void layernorm_forward<double>(const double*, const double*, const double*,
-                                                   double*, double*, double*, double*, int, int,
-                                                   double);
-template __global__ void layernorm_backward_dx<float>(const float*, const float*, const float*,
-                                                      const float*, const float*, float*, int, int);
-template __global__ void layernorm_backward_dx<double>(const double*, const double*, const double*,
-                                                       const double*, const double*, double*, int,
-                                                       int);
-template __global__ void layernorm_backward_dwdb<float>(const float*, const float*, const float*,
-                                                        const float*, float*, float*, int, int, int);
-template __global__ void layernorm_backward_dwdb<double>(const double*, const double*,
-                                                         const double*, const double*, double*,
-                                                         double*, int, int, int);
+#define TGL_LN(T)                                                                                 \
+    template __global__ void layernorm_forward<T>(const T*, const T*, const T*, T*, T*, T*, int,  \
+                                                  int, T);                                        \
+    template __global__ void layernorm_backward_dx<T>(const T*, const T*, const T*, const T*, T*,  \
+                                                      int, int);                                  \
+    template __global__ void layernorm_backward_dwdb<T>(const T*, const T*, T*, T*, int, int, int);
+TGL_LN(float) TGL_LN(double)
+#undef TGL_LN
 template __global__ void column_sum<float>(const float*, float*, int, int);
 template __global__ void column_sum<double>(const double*, double*, int, int);
 #define TGL_LN_WARP(T, J)                                                                     \
