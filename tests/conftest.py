@@ -33,6 +33,14 @@ def device(request):
 
 
 @pytest.fixture
+def cp():
+    """CuPy itself, for GPU tests that build device arrays directly."""
+    if not tl.cuda_available():
+        pytest.skip("no CUDA device: CuPy is not installed or sees no GPU")
+    return tl.backend.cupy()
+
+
+@pytest.fixture
 def data_dir():
     if not DATA_DIR.is_dir():
         pytest.skip(f"shared data not found at {DATA_DIR} (set TINYGRAD_LLM_SHARED_DATA)")

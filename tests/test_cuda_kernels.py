@@ -59,6 +59,15 @@ def test_kernel_files_are_listed_and_documented():
         assert "Work split" in head and "Must match" in head, f"{f}: header comment incomplete"
 
 
+def test_every_collected_test_asks_only_for_fixtures_that_exist(request):
+    """A GPU test skipped on the CPU never sets up its fixtures, so a missing one (the tf32 test
+    once asked for a `cp` nobody defined) would only show on a GPU: check every test's names here."""
+    missing = {item.nodeid: [n for n in item.fixturenames if n != "request"
+                             and n not in item._fixtureinfo.name2fixturedefs]
+               for item in request.session.items}
+    assert not {k: v for k, v in missing.items() if v}
+
+
 def test_serves_only_gpu_arrays_and_obeys_the_switch():
     x = np.ones((2, 3), np.float32)
     assert not cuda.serves(x)
