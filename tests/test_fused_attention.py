@@ -1,6 +1,7 @@
-"""Scaled dot-product attention: float64 gradcheck on hypothesis shapes (T = 1, T_q != T_k,
-grouped-query heads, causal or not, custom scale), float32 forward against a plain NumPy
-reference, the recompute-from-lse path, huge scores, KV-cache agreement, PyTorch, shape errors."""
+"""Scaled dot-product attention: the tuned path against the textbook version (forward and
+backward) and float64 gradchecks on hypothesis shapes (T = 1, T_q != T_k, grouped-query heads,
+causal or not, custom scale, segment ids), the recompute-from-lse path, huge scores, KV-cache
+agreement, PyTorch, the flash kernel's dispatch through a stand-in, shape errors."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -13,17 +14,8 @@ from tinygrad_llm import Tensor
 from tinygrad_llm.ops import attention
 
 
-def np_attention(q, k, v, causal=True, scale=None):
-    """Textbook attention in float64, key/value heads repeated for the query heads they serve."""
-    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
-    g = q.shape[1] // k.shape[1]
-    k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
-    Tq, Tk = q.shape[2], k.shape[2]
-    s = q @ k.swapaxes(-1, -2) * (1 / np.sqrt(q.shape[-1]) if scale is None else scale)
-    if causal:
-        s = np.where(np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + (Tk - Tq), s, -np.inf)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    return (p / p.sum(-1, keepdims=True)) @ v
+def np_attention(q, k, v, causal=True, scale=None, segment_ids=None):
+    return attention.attention_textbook(q, k, v, causal, scale, segment_ids)[0]
 
 
 @st.composite
@@ -71,8 +63,8 @@ def test_recompute_from_lse(device, p, monkeypatch):
 @given(p=problems())
 def test_causal_query_blocks(device, save, p, monkeypatch):
     """Blocks of 2 query rows, each against only the keys it can see (as for T >= 128)."""
-    monkeypatch.setattr(attention, "BLOCK_ROWS", 2)
-    monkeypatch.setattr(attention, "BLOCK_MIN_T", 2)
+    monkeypatch.setattr(attention, "QUERY_BLOCK_ROWS", 2)
+    monkeypatch.setattr(attention, "QUERY_BLOCK_MIN_T", 2)
     if not save:
         monkeypatch.setattr(attention, "SAVE_PROBS_MAX_BYTES", 0)
     q, k, v, _, scale = p
@@ -124,9 +116,9 @@ def test_saves_no_attention_matrix_when_told(monkeypatch):
     monkeypatch.setattr(attention, "SAVE_PROBS_MAX_BYTES", 0)
     q = Tensor(np.ones((1, 1, 4, 2), np.float32), requires_grad=True)
     out = F.scaled_dot_product_attention(q, q, q)
-    saved = out._ctx.saved
-    assert out._ctx.Es is None and not any(a.shape[-2:] == (4, 4) for a in saved)  # no (.., T, T)
-    assert saved[-1].shape == (1, 1, 1, 4)  # the log-sum-exp per row
+    o, qs, k, v, Es, inv_rowsum, lse, segment_ids = out._ctx.saved
+    assert Es is None and inv_rowsum is None  # no (.., T, T) matrix
+    assert lse.shape == (1, 1, 1, 4)  # the log-sum-exp per row
 
 
 def test_shape_errors_name_the_shapes():
@@ -167,8 +159,8 @@ def _unpacked(qkv, nh, nkv, causal, scale):
 @given(p=packed_problems())
 def test_qkv_attention_equals_split_attend_merge(device, mode, p, monkeypatch):
     if mode != "default":  # causal query blocks (and P rebuilt from the log-sum-exp) at tiny T
-        monkeypatch.setattr(attention, "BLOCK_ROWS", 2)
-        monkeypatch.setattr(attention, "BLOCK_MIN_T", 2)
+        monkeypatch.setattr(attention, "QUERY_BLOCK_ROWS", 2)
+        monkeypatch.setattr(attention, "QUERY_BLOCK_MIN_T", 2)
     if mode == "blocks_recompute":
         monkeypatch.setattr(attention, "SAVE_PROBS_MAX_BYTES", 0)
     qkv, nh, nkv, causal, scale = p
@@ -196,3 +188,219 @@ def test_qkv_attention_errors_name_the_shape():
         F.qkv_attention(Tensor(np.zeros((2, 3, 10))), 2, 1)  # 4 heads do not divide 10
     with pytest.raises(ValueError, match=r"must be \(B, T"):
         F.qkv_attention(Tensor(np.zeros((3, 12))), 2, 1)
+
+
+# --- the tuned path against the textbook version --------------------------------------------
+
+@st.composite
+def segment_problems(draw):
+    """Shapes as above (T_q <= T_k), with segment ids: packed documents (sorted ids, each
+    document's first token sees only itself when causal) or any ids (any mask with the diagonal)."""
+    B, Hk, g = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    Tq = draw(st.integers(1, 5))
+    Tk = Tq + draw(st.integers(0, 2))
+    D, Dv = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(seeds))
+    ids = rng.integers(0, draw(st.integers(1, 3)), size=(B, Tk))
+    if draw(st.booleans()):
+        ids = np.sort(ids, axis=1)
+    q = rng.standard_normal((B, Hk * g, Tq, D))
+    k = rng.standard_normal((B, Hk, Tk, D))
+    v = rng.standard_normal((B, Hk, Tk, Dv))
+    return q, k, v, draw(st.booleans()), draw(st.sampled_from([None, 0.7])), ids
+
+
+def _check_against_textbook(q, k, v, causal, scale, ids, device):
+    """Forward and backward of the op against attention_(backward_)textbook, float64 and float32,
+    and a float64 gradcheck."""
+    dy = np.random.default_rng(3).standard_normal(q.shape[:3] + v.shape[3:])
+    want_o = np_attention(q, k, v, causal, scale, ids)
+    want_grads = attention.attention_backward_textbook(dy, q, k, v, causal, scale, ids)
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 2e-5)):
+        ts = [Tensor(a.astype(dtype), device=device, requires_grad=True) for a in (q, k, v)]
+        out = F.scaled_dot_product_attention(*ts, causal=causal, scale=scale, segment_ids=ids)
+        out.backward(Tensor(dy.astype(dtype), device=device))
+        np.testing.assert_allclose(out.numpy(), want_o, rtol=tol, atol=tol)
+        for t, want in zip(ts, want_grads):
+            assert t.grad.dtype == dtype
+            np.testing.assert_allclose(t.grad.numpy(), want, rtol=tol, atol=tol)
+    ts = [Tensor(a, device=device, requires_grad=True) for a in (q, k, v)]
+    assert tl.gradcheck(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, causal=causal, scale=scale,
+                                                                       segment_ids=ids),
+                        ts, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["default", "query_blocks", "recompute"])
+@SETTINGS
+@given(p=segment_problems())
+def test_segment_ids_against_the_textbook(device, mode, p, monkeypatch):
+    if mode != "default":  # causal query blocks of 2 rows (as for T >= 256)
+        monkeypatch.setattr(attention, "QUERY_BLOCK_ROWS", 2)
+        monkeypatch.setattr(attention, "QUERY_BLOCK_MIN_T", 2)
+    if mode == "recompute":
+        monkeypatch.setattr(attention, "SAVE_PROBS_MAX_BYTES", 0)
+    _check_against_textbook(*p, device)
+
+
+@SETTINGS
+@given(p=problems())
+def test_backward_against_the_textbook(device, p):
+    _check_against_textbook(*p, None, device)
+
+
+def test_a_query_that_sees_only_itself():
+    """Every token its own document: o = v, and P = 1 leaves dS = 1 * (dO.v - dO.o) = 0, so
+    dq = dk = 0 while dv = dO."""
+    rng = np.random.default_rng(4)
+    q, k, v = (rng.standard_normal((2, 2, 5, 3)) for _ in range(3))
+    dy = rng.standard_normal((2, 2, 5, 3))
+    ids = np.arange(10).reshape(2, 5)
+    for causal in (True, False):
+        ts = [Tensor(a, requires_grad=True) for a in (q, k, v)]
+        out = F.scaled_dot_product_attention(*ts, causal=causal, segment_ids=Tensor(ids))
+        out.backward(Tensor(dy))
+        np.testing.assert_allclose(out.numpy(), v, rtol=1e-12)
+        np.testing.assert_allclose(ts[0].grad.numpy(), 0, atol=1e-12)
+        np.testing.assert_allclose(ts[1].grad.numpy(), 0, atol=1e-12)
+        np.testing.assert_allclose(ts[2].grad.numpy(), dy, rtol=1e-12)
+
+
+def test_packed_documents_equal_separate_sequences():
+    """Two documents packed in one row with segment ids attend exactly as two separate rows."""
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((1, 2, 7, 4)).astype(np.float32) for _ in range(3))
+    ids = np.array([[0, 0, 0, 1, 1, 1, 1]])
+    packed = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), segment_ids=ids).numpy()
+    for lo, hi in ((0, 3), (3, 7)):
+        alone = F.scaled_dot_product_attention(*(Tensor(a[:, :, lo:hi]) for a in (q, k, v))).numpy()
+        np.testing.assert_allclose(packed[:, :, lo:hi], alone, rtol=1e-6, atol=1e-6)
+
+
+def test_segment_ids_with_a_kv_cache():
+    """One new query against cached keys: its id is the last of the keys' ids."""
+    rng = np.random.default_rng(6)
+    q = rng.standard_normal((1, 2, 6, 4)).astype(np.float32)
+    k, v = (rng.standard_normal((1, 1, 6, 4)).astype(np.float32) for _ in range(2))
+    ids = np.array([[0, 0, 1, 1, 1, 2]]) + np.array([[0, 0, 0, 0, 0, -1]])  # last token in doc 1
+    full = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), segment_ids=ids).numpy()
+    last = F.scaled_dot_product_attention(Tensor(q[:, :, -1:]), Tensor(k), Tensor(v), causal=False,
+                                          segment_ids=ids).numpy()
+    np.testing.assert_allclose(last, full[:, :, -1:], rtol=1e-5, atol=1e-6)
+
+
+def test_segment_id_errors_name_the_shapes():
+    z = lambda *s: Tensor(np.zeros(s, np.float32))  # noqa: E731
+    with pytest.raises(ValueError, match=r"\(B, T_k\) = \(1, 3\).*got \(1, 4\)"):
+        F.scaled_dot_product_attention(z(1, 2, 3, 4), z(1, 2, 3, 4), z(1, 2, 3, 4), segment_ids=np.zeros((1, 4), int))
+    with pytest.raises(TypeError, match=r"segment_ids must be integers, got float32"):
+        F.scaled_dot_product_attention(z(1, 2, 3, 4), z(1, 2, 3, 4), z(1, 2, 3, 4), segment_ids=np.zeros((1, 3), np.float32))
+    with pytest.raises(ValueError, match=r"T_q 5 must not exceed T_k 3"):
+        F.scaled_dot_product_attention(z(1, 2, 5, 4), z(1, 2, 3, 4), z(1, 2, 3, 4), causal=False,
+                                       segment_ids=np.zeros((1, 3), int))
+    with pytest.raises(ValueError, match=r"qkv_attention|\(B, T_k\) = \(2, 3\)"):
+        F.qkv_attention(z(2, 3, 12), 2, 1, segment_ids=np.zeros((2, 4), int))
+
+
+@SETTINGS
+@given(p=packed_problems(), ids_seed=seeds)
+def test_qkv_attention_with_segment_ids(device, p, ids_seed):
+    qkv, nh, nkv, causal, scale = p
+    B, T, W = qkv.shape
+    D = W // (nh + 2 * nkv)
+    ids = np.sort(np.random.default_rng(ids_seed).integers(0, 3, size=(B, T)), axis=1)
+    h = qkv.reshape(B, T, nh + 2 * nkv, D).transpose(0, 2, 1, 3)  # (B, nh + 2 nkv, T, D)
+    want = np_attention(h[:, :nh], h[:, nh:nh + nkv], h[:, nh + nkv:], causal, scale, ids)
+    want = want.transpose(0, 2, 1, 3).reshape(B, T, nh * D)
+    got = F.qkv_attention(Tensor(qkv, device=device), nh, nkv, causal=causal, scale=scale, segment_ids=ids)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
+    t = Tensor(qkv, device=device, requires_grad=True)
+    assert tl.gradcheck(lambda a: F.qkv_attention(a, nh, nkv, causal=causal, scale=scale, segment_ids=ids),
+                        [t], atol=1e-7, rtol=1e-5)
+
+
+# --- the flash kernel's dispatch, through a stand-in for its glue -------------------------------
+
+class FakeFlashGlue:
+    """Stands in for the flash kernel's glue on NumPy arrays: the textbook math behind the agreed
+    interface, recording each call and the arrays it was handed."""
+
+    def __init__(self):
+        self.calls = []
+
+    def flash_attention_forward(self, q, k, v, causal, scale, segment_ids=None):
+        self.calls.append(("forward", q, k, v, causal, scale, segment_ids))
+        o, P = attention.attention_textbook(q, k, v, causal, scale, segment_ids)
+        g = q.shape[1] // k.shape[1]
+        S = q.astype(np.float64) @ np.repeat(k, g, axis=1).swapaxes(-1, -2) * scale
+        S = np.where(attention.visible(q.shape[2], k.shape[2], causal, segment_ids), S, -np.inf)
+        lse = np.log(np.exp(S - S.max(-1, keepdims=True)).sum(-1)) + S.max(-1)
+        return o.astype(q.dtype), lse.astype(np.float32)
+
+    def flash_attention_backward(self, do, q, k, v, o, lse, causal, scale, segment_ids=None):
+        self.calls.append(("backward", do, q, k, v, o, lse, causal, scale, segment_ids))
+        grads = attention.attention_backward_textbook(do, q, k, v, causal, scale, segment_ids)
+        return tuple(g.astype(q.dtype) for g in grads)
+
+
+@pytest.fixture
+def fake_flash(monkeypatch):
+    glue = FakeFlashGlue()
+    monkeypatch.setattr(attention, "flash_kernels", lambda q: glue)
+    return glue
+
+
+def _assert_glue_contract(glue, B, H, Hk, Tq, Tk, D, causal, scale, ids):
+    (fwd, q, k, v, c, s, seg), (bwd, do, *rest) = glue.calls
+    assert (fwd, bwd) == ("forward", "backward") and (c, s) == (causal, scale)
+    assert q.shape == (B, H, Tq, D) and k.shape == v.shape == (B, Hk, Tk, D)
+    assert all(a.flags.c_contiguous for a in (q, k, v, do))  # the kernel reads raw pointers
+    assert rest[-3:-1] == [causal, scale] and rest[-1] is seg
+    assert rest[4].shape == (B, H, Tq)  # the log-sum-exp the forward returned comes back
+    if ids is None:
+        assert seg is None
+    else:
+        np.testing.assert_array_equal(seg, ids)
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_sdpa_calls_the_flash_glue(fake_flash, with_ids):
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((2, 4, 5, 3))
+    k, v = (rng.standard_normal((2, 2, 6, 3)) for _ in range(2))
+    dy = rng.standard_normal((2, 4, 5, 3))
+    ids = np.sort(rng.integers(0, 2, size=(2, 6)), axis=1) if with_ids else None
+    ts = [Tensor(a, requires_grad=True) for a in (q, k, v)]
+    out = F.scaled_dot_product_attention(*ts, segment_ids=ids)
+    out.backward(Tensor(dy))
+    _assert_glue_contract(fake_flash, 2, 4, 2, 5, 6, 3, True, 1 / np.sqrt(3), ids)
+    np.testing.assert_allclose(out.numpy(), np_attention(q, k, v, True, None, ids), rtol=1e-12)
+    for t, want in zip(ts, attention.attention_backward_textbook(dy, q, k, v, True, None, ids)):
+        np.testing.assert_allclose(t.grad.numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_qkv_attention_calls_the_flash_glue(fake_flash, with_ids):
+    """The packed op hands the kernel contiguous heads and places its outputs and gradients where
+    qkv's layout puts them."""
+    rng = np.random.default_rng(8)
+    B, T, nh, nkv, D = 2, 5, 4, 2, 3
+    qkv = rng.standard_normal((B, T, (nh + 2 * nkv) * D))
+    dy = rng.standard_normal((B, T, nh * D))
+    ids = np.sort(rng.integers(0, 2, size=(B, T)), axis=1) if with_ids else None
+    t = Tensor(qkv, requires_grad=True)
+    y = F.qkv_attention(t, nh, nkv, segment_ids=ids)
+    y.backward(Tensor(dy))
+    _assert_glue_contract(fake_flash, B, nh, nkv, T, T, D, True, 1 / np.sqrt(D), ids)
+    h = qkv.reshape(B, T, nh + 2 * nkv, D).transpose(0, 2, 1, 3)  # (B, nh + 2 nkv, T, D)
+    q, k, v = h[:, :nh], h[:, nh:nh + nkv], h[:, nh + nkv:]
+    want = np_attention(q, k, v, True, None, ids).transpose(0, 2, 1, 3).reshape(B, T, nh * D)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-12, atol=1e-12)
+    do = dy.reshape(B, T, nh, D).transpose(0, 2, 1, 3)  # (B, nh, T, D)
+    grads = attention.attention_backward_textbook(do, q, k, v, True, None, ids)
+    want = np.concatenate(grads, axis=1).transpose(0, 2, 1, 3).reshape(qkv.shape)  # qkv's layout
+    np.testing.assert_allclose(t.grad.numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_flash_serves_no_numpy_and_no_float64():
+    """Without CuPy (or for NumPy arrays, or float64) the query-block loop runs."""
+    assert attention.flash_kernels(np.zeros((1, 1, 2, 2), np.float32)) is None

@@ -91,21 +91,28 @@ def dropout(x, p=0.5, training=True):
     return Dropout.apply(x, p=p)
 
 
-def scaled_dot_product_attention(q, k, v, causal=True, scale=None):
-    """softmax(q k^T * scale (+ causal mask)) v for q (B, H, T_q, D), k and v (B, H_kv, T_k, D).
+def scaled_dot_product_attention(q, k, v, causal=True, scale=None, segment_ids=None):
+    """softmax(q k^T * scale (+ mask)) v for q (B, H, T_q, D), k and v (B, H_kv, T_k, D).
 
     H must be a multiple of H_kv (grouped-query attention); scale defaults to 1 / sqrt(D).
-    Causal: query i sees keys j <= i + (T_k - T_q).
+    Causal: query i sees keys j <= i + (T_k - T_q). segment_ids: integers (B, T_k), one id per
+    document packed into the sequence; a query sees only keys with its own id (the queries' ids
+    are the last T_q of the keys', as with a KV cache).
     """
-    return ScaledDotProductAttention.apply(q, k, v, causal=causal, scale=scale)
+    if segment_ids is not None:
+        segment_ids = _raw(segment_ids)
+    return ScaledDotProductAttention.apply(q, k, v, causal=causal, scale=scale, segment_ids=segment_ids)
 
 
-def qkv_attention(qkv, n_head, n_kv_head=None, causal=True, scale=None):
+def qkv_attention(qkv, n_head, n_kv_head=None, causal=True, scale=None, segment_ids=None):
     """Attention of the heads packed in qkv (B, T, (n_head + 2 n_kv_head) D): q heads first, then
     k, then v, as a c_attn projection lays them out; returns (B, T, n_head D), heads side by side.
 
     Equal to splitting the heads out, scaled_dot_product_attention, and merging them back, without
-    the copies those transposes and the split's gradient cost.
+    the copies those transposes and the split's gradient cost. segment_ids (B, T): as there.
     """
     n_kv_head = n_head if n_kv_head is None else n_kv_head
-    return QKVAttention.apply(qkv, n_head=n_head, n_kv_head=n_kv_head, causal=causal, scale=scale)
+    if segment_ids is not None:
+        segment_ids = _raw(segment_ids)
+    return QKVAttention.apply(qkv, n_head=n_head, n_kv_head=n_kv_head, causal=causal, scale=scale,
+                              segment_ids=segment_ids)

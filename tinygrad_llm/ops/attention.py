@@ -1,17 +1,26 @@
-"""Scaled dot-product attention as one op, with grouped-query heads and a hand-derived backward.
+"""Scaled dot-product attention as one op, with grouped-query heads, document (segment) masks and a
+hand-derived backward.
+
+The same math lives here three times, from plainest to fastest:
+  attention_textbook, attention_backward_textbook   the docstring's formulas in a few NumPy lines,
+      with the (T_q, T_k) matrices written out: the reference the tests hold the others to.
+  attention_forward_cpu, attention_backward_cpu      the tuned loop over query blocks that the
+      CPU runs (and the GPU where the flash kernel does not serve, e.g. float64 gradchecks).
+  the flash kernel (kernels/attention.cu through its CuPy glue)   CuPy float32 / bfloat16.
 
 Grouped-query attention without copies: q (B, H, Tq, D) is viewed as (B, H_kv, g, Tq, D), the
 g = H / H_kv query heads that share one key/value head side by side, and k, v get a size-1 group
 axis that matmul broadcasts: nothing is repeated, and dK, dV are summed over the group axis.
 
-The softmax is kept unnormalised: E = exp(S - shift) and r = 1 / rowsum(E). The row sums come out
-of the output GEMM for free (v gets a column of ones: E @ [v, 1] = [E v, rowsum E]), and the
-normalisation is applied to the (Tq, D) output instead of the (Tq, Tk) matrix. The shift is 0
-whenever every row sum lands in [1e-30, 1e30] (no overflow, no subnormals); otherwise the row max
-is subtracted and the forward is redone the stable way.
+Which key a query sees: key j is visible to query i when j <= i + (T_k - T_q) (causal; one new
+query sees every cached key) and, with segment ids, when both lie in the same document. The
+queries' ids are the last T_q of the keys' ids, so every query sees at least itself.
 """
+import importlib
+
 import numpy as np
 
+from .. import backend, cuda
 from ..autograd import Function
 from ..backend import array_module
 
@@ -19,13 +28,71 @@ from ..backend import array_module
 # and recompute E from q and k (one GEMM and one exp pass more, memory O(T) instead of O(T^2)).
 SAVE_PROBS_MAX_BYTES = 256 << 20
 
-# Causal attention with T_q >= BLOCK_MIN_T is computed in query blocks of BLOCK_ROWS rows: block
-# [lo, hi) needs only the keys < hi + (T_k - T_q), so the GEMMs skip most of the hidden upper
-# triangle ((n + 1) / 2n of the work for n blocks) at the price of a few more Python calls each.
-# 128 rows, not 64: at T=256 (B=12, 6 heads of 64) forward + backward per layer took 32.6 ms in
-# two blocks vs 35.4 ms in four and 37.9 ms unblocked (bigger GEMMs beat the skipped work).
-BLOCK_ROWS = 128
-BLOCK_MIN_T = 256
+# Causal attention with T_q >= QUERY_BLOCK_MIN_T is computed in query blocks of QUERY_BLOCK_ROWS
+# rows: block [lo, hi) needs only the keys < hi + (T_k - T_q), so the GEMMs skip most of the
+# hidden upper triangle ((n + 1) / 2n of the work for n blocks) at the price of a few more Python
+# calls each. 128 rows, not 64: at T=256 (B=12, 6 heads of 64) forward + backward per layer took
+# 32.6 ms in two query blocks vs 35.4 ms in four and 37.9 ms unblocked (bigger GEMMs beat the
+# skipped work).
+QUERY_BLOCK_ROWS = 128
+QUERY_BLOCK_MIN_T = 256
+
+# The flash kernel's CuPy glue: flash_attention_forward / flash_attention_backward.
+FLASH_GLUE = "tinygrad_llm.cuda.attention"
+FLASH_DTYPES = ("float32", "bfloat16")
+
+
+# ---------------------------------------------------------------------------------------------
+# Which keys each query sees
+# ---------------------------------------------------------------------------------------------
+
+def visible(Tq, Tk, causal, segment_ids=None):
+    """(B or 1, 1, Tq, Tk) bool: query i sees key j (causal: j <= i + Tk - Tq; same segment)."""
+    i, j = np.arange(Tq)[:, None], np.arange(Tk)[None, :]
+    see = (j <= i + (Tk - Tq)) if causal else np.ones((Tq, Tk), bool)
+    see = see[None, None]
+    if segment_ids is not None:
+        ids = np.asarray(segment_ids)  # (B, Tk); the queries' ids are the last Tq of them
+        see = see & (ids[:, None, Tk - Tq:, None] == ids[:, None, None, :])
+    return see
+
+
+# ---------------------------------------------------------------------------------------------
+# The textbook version: the formulas of ScaledDotProductAttention's docstring, nothing else
+# ---------------------------------------------------------------------------------------------
+
+def attention_textbook(q, k, v, causal=True, scale=None, segment_ids=None):
+    """(O, P): P = softmax(Q K^T * scale, hidden keys -inf) per row, O = P V; float64."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    g = q.shape[1] // k.shape[1]
+    k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)  # (B, H, Tk, .): head h reads h // g
+    scale = 1 / np.sqrt(q.shape[-1]) if scale is None else scale
+    S = q @ k.swapaxes(-1, -2) * scale
+    S = np.where(visible(q.shape[2], k.shape[2], causal, segment_ids), S, -np.inf)
+    P = np.exp(S - S.max(axis=-1, keepdims=True))
+    P /= P.sum(axis=-1, keepdims=True)
+    return P @ v, P
+
+
+def attention_backward_textbook(do, q, k, v, causal=True, scale=None, segment_ids=None):
+    """(dQ, dK, dV) by the docstring's formulas, float64; dK, dV summed over each group's heads."""
+    o, P = attention_textbook(q, k, v, causal, scale, segment_ids)
+    do, q, k, v = (np.asarray(a, np.float64) for a in (do, q, k, v))
+    B, Hk, Tk, D = k.shape
+    g = q.shape[1] // Hk
+    k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+    scale = 1 / np.sqrt(D) if scale is None else scale
+    dV = P.swapaxes(-1, -2) @ do
+    dP = do @ v.swapaxes(-1, -2)
+    dS = P * (dP - (do * o).sum(axis=-1, keepdims=True))
+    dQ = dS @ k * scale
+    dK = dS.swapaxes(-1, -2) @ q * scale
+    return dQ, dK.reshape(B, Hk, g, Tk, D).sum(axis=2), dV.reshape(B, Hk, g, Tk, -1).sum(axis=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tuned CPU path and the tricks it is made of
+# ---------------------------------------------------------------------------------------------
 
 _bias_cache = {}  # (xp, Tq, Tk, dtype) -> (Tq, Tk) array of 0 / -inf
 
@@ -44,22 +111,33 @@ def causal_bias(xp, Tq, Tk, dtype):
     return bias
 
 
+def segment_bias(segment_ids, Tq, lo, hi, kend, dtype):
+    """(B, 1, 1, hi-lo, kend): 0 where query row lo.. and key 0.. share a segment, -inf elsewhere."""
+    xp = array_module(segment_ids)
+    Tk = segment_ids.shape[1]
+    query_ids = segment_ids[:, Tk - Tq + lo:Tk - Tq + hi, None]  # (B, hi-lo, 1)
+    same = query_ids == segment_ids[:, None, :kend]  # (B, hi-lo, kend)
+    return xp.where(same, 0.0, -np.inf).astype(dtype)[:, None, None]
+
+
 def query_blocks(Tq, Tk, causal):
     """[(lo, hi, kend)]: query rows [lo, hi) attend to keys [0, kend)."""
-    if not causal or Tq < BLOCK_MIN_T:
+    if not causal or Tq < QUERY_BLOCK_MIN_T:
         return [(0, Tq, Tk)]
-    return [(lo, min(lo + BLOCK_ROWS, Tq), min(lo + BLOCK_ROWS, Tq) + Tk - Tq)
-            for lo in range(0, Tq, BLOCK_ROWS)]
+    return [(lo, min(lo + QUERY_BLOCK_ROWS, Tq), min(lo + QUERY_BLOCK_ROWS, Tq) + Tk - Tq)
+            for lo in range(0, Tq, QUERY_BLOCK_ROWS)]
 
 
-def _scores(qs, k, causal, lo, hi, kend):
+def _scores(qs, k, causal, segment_ids, lo, hi, kend):
     """S = qs k^T for query rows [lo, hi) and keys [0, kend): (B, Hk, g, hi-lo, kend), -inf hidden."""
     xp = array_module(qs)
     S = qs[..., lo:hi, :] @ k[:, :, None, :kend].swapaxes(-1, -2)  # k broadcast over the group
+    Tq, Tk = qs.shape[3], k.shape[2]
     if causal:
-        Tq, Tk = qs.shape[3], k.shape[2]
-        c0 = lo + Tk - Tq  # every row of the block sees keys < c0: the mask only touches the rest
+        c0 = lo + Tk - Tq  # every row of the query block sees keys < c0: the mask only touches the rest
         S[..., c0:] += causal_bias(xp, Tq, Tk, S.dtype)[lo:hi, c0:kend]
+    if segment_ids is not None:
+        S += segment_bias(segment_ids, Tq, lo, hi, kend, S.dtype)
     return S
 
 
@@ -72,13 +150,58 @@ def _split_heads(a, Hk, g):
     return view
 
 
-def attention_forward_ref(q, k, v, causal=True, scale=None, out=None):
-    """(o, qs, Es, r, lse) for q (B, H, Tq, D), k (B, Hk, Tk, D), v (B, Hk, Tk, Dv).
+def _group_sum(a):
+    """(B, Hk, g, T, D) -> (B, Hk, T, D): the g query heads of a group share one k, v head."""
+    return a[:, :, 0] if a.shape[2] == 1 else a.sum(axis=2)
 
-    o (B, H, Tq, Dv) = softmax(q k^T * scale, causal) v, written into out when given (any strides,
-    such as a (B, Tq, H, Dv) buffer seen through a transpose). In the grouped layout
-    (B, Hk, g, Tq, .): qs = q * scale; per query block (see query_blocks) Es holds
-    E = exp(S - shift); r = 1 / rowsum E and lse = shift + log rowsum E, (B, Hk, g, Tq).
+
+def _with_ones_column(v):
+    """[v, 1] (B, Hk, Tk, Dv+1): E @ [v, 1] = [E v, rowsum E], so the output GEMM also gives the
+    row sums and no separate (Tq, Tk) reduction pass is needed."""
+    xp = array_module(v)
+    return xp.concatenate([v, xp.ones(v.shape[:3] + (1,), dtype=v.dtype)], axis=-1)
+
+
+def _unnormalised_probs(qs, k, v1, causal, segment_ids, lo, hi, kend):
+    """(E, E @ [v, 1], shift) for one query block, E = exp(S - shift).
+
+    shift = 0 saves the row-max pass whenever every row sum lands in [1e-30, 1e30] (no overflow,
+    no subnormals); otherwise the row max is subtracted and the block redone the stable way.
+    Deciding reads the sums on the host, which on a GPU would stall the stream once per query
+    block: there the row max is always subtracted.
+    """
+    xp = array_module(qs)
+    vb = v1[:, :, None, :kend]  # (B, Hk, 1, kend, Dv+1)
+    if xp is np:
+        S = _scores(qs, k, causal, segment_ids, lo, hi, kend)
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            E = xp.exp(S, out=S)
+            ov = E @ vb  # (B, Hk, g, hi-lo, Dv+1): the last column is rowsum(E)
+        s = ov[..., -1]
+        if bool(((s >= 1e-30) & (s <= 1e30)).all()):
+            return E, ov, 0
+    S = _scores(qs, k, causal, segment_ids, lo, hi, kend)
+    shift = S.max(axis=-1, keepdims=True)
+    E = xp.exp(xp.subtract(S, shift, out=S), out=S)
+    return E, E @ vb, shift[..., 0]
+
+
+def _probs_from_lse(qs, k, lse, causal, segment_ids, lo, hi, kend):
+    """P = exp(S - lse) for one query block: the probabilities rebuilt when E was not saved."""
+    P = _scores(qs, k, causal, segment_ids, lo, hi, kend)
+    P -= lse[..., lo:hi, None]
+    return array_module(P).exp(P, out=P)
+
+
+def attention_forward_cpu(q, k, v, causal=True, scale=None, segment_ids=None, out=None):
+    """(o, qs, Es, inv_rowsum, lse) for q (B, H, Tq, D), k (B, Hk, Tk, D), v (B, Hk, Tk, Dv).
+
+    o (B, H, Tq, Dv) = softmax(q k^T * scale, hidden keys -inf) v, written into out when given (any
+    strides, such as a (B, Tq, H, Dv) buffer seen through a transpose). In the grouped layout
+    (B, Hk, g, Tq, .): qs = q * scale; per query block (see query_blocks) Es holds the unnormalised
+    E = exp(S - shift); inv_rowsum = 1 / rowsum E (so P = E * inv_rowsum) and
+    lse = shift + log rowsum E (so P = exp(S - lse)), each (B, Hk, g, Tq).
+    Normalising the (Tq, Dv) output instead of the (Tq, Tk) matrix saves a pass over E.
     """
     xp = array_module(q)
     B, H, Tq, D = q.shape
@@ -86,64 +209,73 @@ def attention_forward_ref(q, k, v, causal=True, scale=None, out=None):
     g = H // Hk
     scale = 1.0 / np.sqrt(D) if scale is None else scale
     qs = _split_heads(q, Hk, g) * q.dtype.type(scale)  # (B, Hk, g, Tq, D): heads sharing k, v
-    v1 = xp.concatenate([v, xp.ones(v.shape[:3] + (1,), dtype=v.dtype)], axis=-1)  # (B, Hk, Tk, Dv+1)
+    v1 = _with_ones_column(v)  # (B, Hk, Tk, Dv+1)
     if out is None:
         out = xp.empty((B, H, Tq, Dv), dtype=q.dtype)
     o = _split_heads(out, Hk, g)
-    r = xp.empty((B, Hk, g, Tq), dtype=q.dtype)
-    lse = xp.empty_like(r)
+    inv_rowsum = xp.empty((B, Hk, g, Tq), dtype=q.dtype)
+    lse = xp.empty_like(inv_rowsum)
     Es = []
     for lo, hi, kend in query_blocks(Tq, Tk, causal):
-        S = _scores(qs, k, causal, lo, hi, kend)
-        vb = v1[:, :, None, :kend]  # (B, Hk, 1, kend, Dv+1)
-        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-            E = xp.exp(S, out=S)
-            ov = E @ vb  # (B, Hk, g, hi-lo, Dv+1): the last column is rowsum(E)
-        s = ov[..., Dv]
-        shift = 0
-        if not bool(((s >= 1e-30) & (s <= 1e30)).all()):
-            S = _scores(qs, k, causal, lo, hi, kend)
-            shift = S.max(axis=-1, keepdims=True)
-            E = xp.exp(xp.subtract(S, shift, out=S), out=S)
-            ov = E @ vb
-            s = ov[..., Dv]
-            shift = shift[..., 0]
-        xp.reciprocal(s, out=r[..., lo:hi])
-        xp.multiply(ov[..., :Dv], r[..., lo:hi, None], out=o[..., lo:hi, :])
-        lse[..., lo:hi] = xp.log(s) + shift
+        E, ov, shift = _unnormalised_probs(qs, k, v1, causal, segment_ids, lo, hi, kend)
+        rowsum = ov[..., Dv]
+        xp.reciprocal(rowsum, out=inv_rowsum[..., lo:hi])
+        xp.multiply(ov[..., :Dv], inv_rowsum[..., lo:hi, None], out=o[..., lo:hi, :])
+        lse[..., lo:hi] = xp.log(rowsum) + shift
         Es.append(E)
-    return out, qs, Es, r, lse
+    return out, qs, Es, inv_rowsum, lse
 
 
-def attention_backward_ref(do, o, qs, k, v, Es, r, scale, causal=True, lse=None, out=None):
-    """(dq, dk, dv) given dO and the saved o, qs, k, v, and per query block E with P = E * r.
+def _start_key_grads(dSt, Et, qsb, dorb, dk, dv):
+    """dK, dV of the last query block, which sees every key: they start the sums, so no zero-filled
+    (B, Hk, Tk, .) arrays are needed. Without buffers (dk None) the block's results are the sums;
+    with them, the GEMMs write straight in (g == 1) or their group sums do."""
+    xp = array_module(dSt)
+    if dk is None:
+        return _group_sum(dSt @ qsb), _group_sum(Et @ dorb)
+    if dSt.shape[2] == 1:
+        xp.matmul(dSt, qsb, out=dk[:, :, None])
+        xp.matmul(Et, dorb, out=dv[:, :, None])
+    else:
+        xp.sum(dSt @ qsb, axis=2, out=dk)
+        xp.sum(Et @ dorb, axis=2, out=dv)
+    return dk, dv
+
+
+def _last_query_block_first(blocks):
+    """[(i, block)] from the last query block to the first: the last sees every key (kend = T_k),
+    so its dK, dV can start the sums (_start_key_grads)."""
+    return reversed(list(enumerate(blocks)))
+
+
+def attention_backward_cpu(do, o, qs, k, v, scale, causal=True, segment_ids=None, Es=None,
+                           inv_rowsum=None, lse=None, out=None):
+    """(dq, dk, dv) given dO and the saved o, qs, k, v, and either the unnormalised E per query
+    block with inv_rowsum (P = E * inv_rowsum) or, Es None, lse (P = exp(S - lse) rebuilt per block).
 
     dP = dO v^T;  dS = P * (dP - rowsum(dO * O));  dq = dS k * scale;  dk = dS^T qs;  dv = P^T dO.
-    With P = E * r, r is folded into dO (a (Tq, Dv) pass) instead of the (Tq, Tk) matrix. Es None:
-    each block's P is rebuilt as exp(S - lse) (and r is 1). do and o may have any strides; out:
-    (dq, dk, dv) buffers of the inputs' shapes to write into (any strides), else new arrays.
+    With P = E * inv_rowsum, inv_rowsum is folded into dO (a (Tq, Dv) pass) instead of the
+    (Tq, Tk) matrix. do and o may have any strides; out: (dq, dk, dv) buffers of the inputs'
+    shapes to write into (any strides), else new arrays.
     """
     xp = array_module(do)
     B, Hk, g, Tq, D = qs.shape
-    Tk, Dv = k.shape[2], v.shape[3]
+    Tk = k.shape[2]
     do5 = _split_heads(do, Hk, g)  # (B, Hk, g, Tq, Dv)
     dsum = xp.einsum("bhgtd,bhgtd->bhgt", do5, _split_heads(o, Hk, g))  # rowsum(dO * O)
     if Es is None:
-        r = xp.ones_like(lse)
-    dsum *= r
-    dor = do5 * r[..., None]
+        dor = xp.ascontiguousarray(do5)  # P is normalised already
+    else:
+        dsum *= inv_rowsum
+        dor = do5 * inv_rowsum[..., None]
     if out is None:
-        dq, dk, dv = xp.empty_like(qs), None, None  # dk, dv: the first block's results themselves
+        dq, dk, dv = xp.empty_like(qs), None, None
     else:
         dq, dk, dv = _split_heads(out[0], Hk, g), out[1], out[2]
-    first = True
-    # last block first: it sees every key (kend = T_k), so its dK, dV start the sums and no
-    # zeroed (B, Hk, Tk, .) arrays are needed
-    for i, (lo, hi, kend) in reversed(list(enumerate(query_blocks(Tq, Tk, causal)))):
+    blocks = query_blocks(Tq, Tk, causal)
+    for i, (lo, hi, kend) in _last_query_block_first(blocks):
         if Es is None:
-            E = _scores(qs, k, causal, lo, hi, kend)
-            E -= lse[..., lo:hi, None]
-            xp.exp(E, out=E)
+            E = _probs_from_lse(qs, k, lse, causal, segment_ids, lo, hi, kend)
         else:
             E = Es[i]
         kb, vb = k[:, :, None, :kend], v[:, :, None, :kend]  # (B, Hk, 1, kend, .)
@@ -153,16 +285,8 @@ def attention_backward_ref(do, o, qs, k, v, Es, r, scale, causal=True, lse=None,
         dS *= E  # hidden places have E = 0, so dS = 0 there
         xp.matmul(dS, kb, out=dq[..., lo:hi, :])
         dSt, Et, qsb = dS.swapaxes(-1, -2), E.swapaxes(-1, -2), qs[..., lo:hi, :]  # views
-        if first:  # kend = T_k: this block's dK, dV start the sums
-            first = False
-            if dk is None:  # no buffers given: the block's results are the sums
-                dk, dv = _group_sum(dSt @ qsb), _group_sum(Et @ dorb)
-            elif g == 1:  # into the given buffers, straight from the GEMMs
-                xp.matmul(dSt, qsb, out=dk[:, :, None])
-                xp.matmul(Et, dorb, out=dv[:, :, None])
-            else:
-                xp.sum(dSt @ qsb, axis=2, out=dk)
-                xp.sum(Et @ dorb, axis=2, out=dv)
+        if i == len(blocks) - 1:
+            dk, dv = _start_key_grads(dSt, Et, qsb, dorb, dk, dv)
             continue
         dk[:, :, :kend] += _group_sum(dSt @ qsb)  # (B, Hk, kend, D)
         dv[:, :, :kend] += _group_sum(Et @ dorb)
@@ -170,10 +294,33 @@ def attention_backward_ref(do, o, qs, k, v, Es, r, scale, causal=True, lse=None,
     return (dq.reshape(B, Hk * g, Tq, D) if out is None else out[0]), dk, dv
 
 
-def _group_sum(a):
-    """(B, Hk, g, T, D) -> (B, Hk, T, D): the g query heads of a group share one k, v head."""
-    return a[:, :, 0] if a.shape[2] == 1 else a.sum(axis=2)
+# ---------------------------------------------------------------------------------------------
+# The flash kernel on the GPU
+# ---------------------------------------------------------------------------------------------
 
+def flash_kernels(q):
+    """The flash kernel's glue module when it serves q (a CuPy float32 or bfloat16 array, the
+    hand-written kernels enabled), else None: float64 (the gradchecks) and the CPU take the
+    query-block loop."""
+    cp = backend._cupy
+    if cp is None or not cuda.enabled() or not isinstance(q, cp.ndarray) or q.dtype.name not in FLASH_DTYPES:
+        return None
+    try:
+        return importlib.import_module(FLASH_GLUE)
+    except ModuleNotFoundError as e:  # a build without the kernel's glue: the loop serves
+        if e.name != FLASH_GLUE:
+            raise
+        return None
+
+
+def _contiguous(*arrays):
+    """The kernel reads raw pointers: C-contiguous copies of any strided views (no copy otherwise)."""
+    return [array_module(a).ascontiguousarray(a) for a in arrays]
+
+
+# ---------------------------------------------------------------------------------------------
+# The ops
+# ---------------------------------------------------------------------------------------------
 
 def check_qkv(q, k, v, causal):
     shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
@@ -193,39 +340,92 @@ def check_qkv(q, k, v, causal):
                         f"v {v.dtype}")
 
 
+def check_segment_ids(segment_ids, q, k):
+    """segment_ids as an integer (B, T_k) array of q's array module (None stays None)."""
+    if segment_ids is None:
+        return None
+    ids = array_module(q).asarray(segment_ids)
+    B, Tq, Tk = q.shape[0], q.shape[2], k.shape[2]
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"scaled_dot_product_attention: segment_ids must be integers, got {ids.dtype}")
+    if ids.shape != (B, Tk):
+        raise ValueError(f"scaled_dot_product_attention: segment_ids must be (B, T_k) = ({B}, {Tk}) "
+                         f"for q {tuple(q.shape)}, k {tuple(k.shape)}; got {tuple(ids.shape)}")
+    if Tq > Tk:
+        raise ValueError(f"scaled_dot_product_attention: with segment_ids the queries' ids are the "
+                         f"last T_q of the keys', so T_q {Tq} must not exceed T_k {Tk}")
+    return ids
+
+
+def _attend(ctx, q, k, v, causal, scale, segment_ids, out=None):
+    """Forward of both ops: o written into out (any strides) or a new (B, H, Tq, Dv) array; saves
+    what backward needs and says in ctx.flash which path ran."""
+    flash = flash_kernels(q)
+    ctx.flash = flash is not None
+    if ctx.flash:
+        q, k, v = _contiguous(q, k, v)
+        o, lse = flash.flash_attention_forward(q, k, v, causal, scale, segment_ids=segment_ids)
+        ctx.save_for_backward(q, k, v, o, lse, segment_ids)
+        if out is None:
+            return o
+        out[...] = o
+        return out
+    o, qs, Es, inv_rowsum, lse = attention_forward_cpu(q, k, v, causal, scale, segment_ids, out=out)
+    if sum(E.nbytes for E in Es) > SAVE_PROBS_MAX_BYTES:
+        Es, inv_rowsum = None, None  # backward rebuilds P from the log-sum-exp per row
+    ctx.save_for_backward(o, qs, k, v, Es, inv_rowsum, lse, segment_ids)
+    return o
+
+
+def _attend_backward(ctx, do, out=None):
+    """(dq, dk, dv) of _attend, written into out's buffers when given."""
+    if ctx.flash:
+        q, k, v, o, lse, segment_ids = ctx.saved
+        flash = flash_kernels(q)
+        (do,) = _contiguous(do)
+        grads = flash.flash_attention_backward(do, q, k, v, o, lse, ctx.causal, ctx.scale,
+                                               segment_ids=segment_ids)
+        if out is None:
+            return grads
+        for buffer, grad in zip(out, grads):
+            buffer[...] = grad
+        return out
+    o, qs, k, v, Es, inv_rowsum, lse, segment_ids = ctx.saved
+    return attention_backward_cpu(do, o, qs, k, v, ctx.scale, ctx.causal, segment_ids, Es=Es,
+                                  inv_rowsum=inv_rowsum, lse=lse, out=out)
+
+
 class ScaledDotProductAttention(Function):
-    """O = softmax(Q K^T * scale + causal mask) V, per head; key/value heads may be grouped.
+    """O = softmax(Q K^T * scale + M) V per head, M = 0 where a query sees a key, -inf elsewhere
+    (causal: key j <= query i + T_k - T_q; segment ids: the same document). Key/value heads may
+    be grouped.
 
     Backward (P the attention matrix):
         dP = dO V^T,  dS = P * (dP - rowsum(dO * O)),  dQ = dS K * scale,  dK = dS^T Q * scale,
         dV = P^T dO.  rowsum(dO * O) stands in for rowsum(P * dP): O = P V makes them equal.
-    Saved: q * scale, k, v, O, r = 1 / rowsum and, while it is at most SAVE_PROBS_MAX_BYTES, the
-    unnormalised E = exp(S - shift) per query block (ctx.Es): on a CPU recomputing it costs a GEMM
-    and an exp pass per step. Above that only the log-sum-exp per row is kept (O(T) memory) and
-    E is recomputed from q and k in backward.
-    Causal means query i sees keys j <= i + (T_k - T_q), so one new query sees every cached key.
+    M is a constant, so it has no gradient and changes no formula: P = 0 where M = -inf, so dS = 0
+    there and a hidden key gets nothing from that query. Segment ids are integers: no gradient.
+    Saved on the CPU: q * scale, k, v, O, the log-sum-exp per row and, while it is at most
+    SAVE_PROBS_MAX_BYTES, the unnormalised E = exp(S - shift) per query block with 1 / rowsum E:
+    on a CPU recomputing it costs a GEMM and an exp pass per step. Above that E is recomputed
+    from q, k and the log-sum-exp in backward (O(T) memory). The flash kernel saves q, k, v, O
+    and the log-sum-exp and always recomputes.
     Derivation: docs/backward.md#scaleddotproductattention
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, causal=True, scale=None):
+    def forward(ctx, q, k, v, causal=True, scale=None, segment_ids=None):
         check_qkv(q, k, v, causal)
-        scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else float(scale)
+        segment_ids = check_segment_ids(segment_ids, q, k)
+        ctx.causal = causal
+        ctx.scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else float(scale)
         # BLAS keeps its threads: measured on a quiet 2-core machine, one thread was no faster at
         # T=64 (1.34 ms either way per layer, forward + backward) and slower at T=256 (42 vs 36 ms)
-        o, qs, Es, r, lse = attention_forward_ref(q, k, v, causal, scale)
-        if sum(E.nbytes for E in Es) > SAVE_PROBS_MAX_BYTES:
-            Es, r = None, lse  # backward rebuilds P from the log-sum-exp per row
-        ctx.save_for_backward(o, qs, k, v, r)
-        ctx.Es, ctx.causal, ctx.scale = Es, causal, scale
-        return o
+        return _attend(ctx, q, k, v, causal, ctx.scale, segment_ids)
 
     @staticmethod
     def backward(ctx, do):
-        o, qs, k, v, r = ctx.saved
-        if ctx.Es is None:
-            return attention_backward_ref(do, o, qs, k, v, None, None, ctx.scale, ctx.causal, lse=r)
-        return attention_backward_ref(do, o, qs, k, v, ctx.Es, r, ctx.scale, ctx.causal)
+        return _attend_backward(ctx, do)
 
 
 def packed_heads(qkv, n_head, n_kv_head):
@@ -241,8 +441,8 @@ def packed_heads(qkv, n_head, n_kv_head):
 class QKVAttention(Function):
     """Attention straight from a packed projection: qkv (B, T, (H + 2 Hk) D) -> y (B, T, H D).
 
-    The same map as splitting qkv into q, k, v heads, ScaledDotProductAttention, and merging the
-    heads back, and the same backward, per head (P the attention matrix):
+    The same map as splitting qkv into q, k, v heads, ScaledDotProductAttention (segment ids and
+    all), and merging the heads back, and the same backward, per head (P the attention matrix):
         dP = dO V^T,  dS = P * (dP - rowsum(dO * O)),  dQ = dS K * scale,  dK = dS^T Q * scale,
         dV = P^T dO,  and dqkv holds dQ, dK, dV in the places qkv holds Q, K, V.
     Only the layout differs. The heads are read from qkv through strides and the output is written
@@ -252,30 +452,25 @@ class QKVAttention(Function):
     """
 
     @staticmethod
-    def forward(ctx, qkv, n_head, n_kv_head, causal=True, scale=None):
+    def forward(ctx, qkv, n_head, n_kv_head, causal=True, scale=None, segment_ids=None):
         if qkv.ndim != 3:
             raise ValueError(f"qkv_attention: qkv must be (B, T, (n_head + 2 n_kv_head) head_size), "
                              f"got shape {tuple(qkv.shape)}")
         q, k, v = packed_heads(qkv, n_head, n_kv_head)
         check_qkv(q, k, v, causal)
+        segment_ids = check_segment_ids(segment_ids, q, k)
         B, H, T, D = q.shape
-        scale = 1.0 / np.sqrt(D) if scale is None else float(scale)
+        ctx.causal, ctx.heads = causal, (n_head, n_kv_head)
+        ctx.scale = 1.0 / np.sqrt(D) if scale is None else float(scale)
         y = array_module(qkv).empty((B, T, H, D), dtype=qkv.dtype)
-        o, qs, Es, r, lse = attention_forward_ref(q, k, v, causal, scale, out=y.transpose(0, 2, 1, 3))
-        if sum(E.nbytes for E in Es) > SAVE_PROBS_MAX_BYTES:
-            Es, r = None, lse
-        ctx.save_for_backward(o, qs, k, v, r)
-        ctx.Es, ctx.causal, ctx.scale, ctx.heads = Es, causal, scale, (n_head, n_kv_head)
+        _attend(ctx, q, k, v, causal, ctx.scale, segment_ids, out=y.transpose(0, 2, 1, 3))
         return y.reshape(B, T, H * D)
 
     @staticmethod
     def backward(ctx, dy):
-        o, qs, k, v, r = ctx.saved
         B, T, HD = dy.shape
         n_head, n_kv_head = ctx.heads
         dqkv = array_module(dy).empty((B, T, (n_head + 2 * n_kv_head) * (HD // n_head)), dtype=dy.dtype)
         do = dy.reshape(B, T, n_head, -1).transpose(0, 2, 1, 3)  # (B, H, T, D), a view
-        Es, lse = (None, r) if ctx.Es is None else (ctx.Es, None)
-        attention_backward_ref(do, o, qs, k, v, Es, None if Es is None else r, ctx.scale, ctx.causal,
-                               lse=lse, out=packed_heads(dqkv, n_head, n_kv_head))
+        _attend_backward(ctx, do, out=packed_heads(dqkv, n_head, n_kv_head))
         return dqkv
