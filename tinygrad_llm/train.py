@@ -13,9 +13,16 @@ Checkpoints (<out_dir>/ckpt.safetensors, see checkpoint.py) hold the weights, th
 state, both RNG states (initialisation/dropout and the data sampler) and the step, so a resumed
 run draws the same batches and produces bit-identical losses. Ctrl-C saves one and exits; a
 non-finite loss stops the run and leaves the last good checkpoint untouched.
+
+Under `mpirun -n N` (distributed.py, data_parallel.py) each rank draws batch_size windows of its
+own (its sampler seeded by rank), so the global batch is N x batch_size; the gradients are
+averaged over ranks before clipping, evaluation batches are shared out and their losses averaged,
+and rank 0 alone prints, writes metrics.jsonl and the checkpoint, which holds every rank's RNG
+states (a resumed N-rank run is exact). A world of one is the single-process run, unchanged.
 """
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, parallel
+from . import backend, distributed, parallel
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DictConfig
 from .data import TokenData, bits_per_byte
+from .data_parallel import DataParallel, seed_rank
 from .models import GPT, GPTConfig
 from .tensor import Tensor
 
@@ -66,6 +74,7 @@ class TrainConfig(DictConfig):
     health_every: int = 0        # >0: study.health.gradient_health every N steps, in metrics["health"]
     shards: int = 0              # CPU: each micro-batch's rows in this many shards on their own
                                  # threads (parallel.py); 0: one per core
+    zero: int = 0                # under mpirun: 1 shards the optimizer state across ranks (ZeRO-1)
 
     def validate(self):
         if self.optimizer not in ("adamw", "muon"):
@@ -79,6 +88,8 @@ class TrainConfig(DictConfig):
             raise ValueError("TrainConfig: max_iters and warmup_iters must be >= 0")
         if self.shards < 0:
             raise ValueError(f"TrainConfig: shards must be >= 0 (0: one per core), got {self.shards}")
+        if self.zero not in (0, 1):
+            raise ValueError(f"TrainConfig: zero must be 0 (off) or 1 (ZeRO-1), got {self.zero}")
 
 
 def lr_factor(step, cfg, time_frac=0.0):
@@ -130,7 +141,11 @@ class Trainer:
         ids -> bytes, to count the validation split's bytes exactly for bits per byte."""
         self.cfg = cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
         cfg.validate()
+        self.world = distributed.init(cfg.device)
+        distributed.check_same(self.world, cfg.to_dict())
         self.log = log or (lambda msg: print(msg, flush=True))
+        if not self.world.is_main:  # rank 0 alone prints
+            self.log = lambda msg: None
         backend.manual_seed(cfg.seed)
         self.data = data if data is not None else TokenData(cfg.data, cfg.val_fraction, seed=cfg.seed)
         model_cfg = dict(cfg.model)
@@ -144,6 +159,9 @@ class Trainer:
             self.model.to(cfg.device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.params = list(self.model.parameters())
+        self.dp = DataParallel(self.world, self.model, self.optimizer, zero=cfg.zero)
+        self.dp.broadcast_parameters()
+        seed_rank(self.world, cfg.seed, self.data)
         self.out_dir = Path(cfg.out_dir)
         self.bytes_per_token = self.data.bytes_per_token("val", decode=decode_bytes)
         self.decode_bytes = decode_bytes
@@ -164,11 +182,17 @@ class Trainer:
         return self.out_dir / CKPT_NAME
 
     def save(self):
+        """Every rank calls it (the RNG states and ZeRO's optimizer blocks are gathered); rank 0 writes."""
         rng = {"global": backend.get_rng_state(), "data": self.data.state()}
+        if self.world.size > 1:  # every rank's, so a resumed N-rank run draws what it would have
+            rng["ranks"] = self.world.allgather_json(rng)
+        optim_state = self.dp.optimizer_state_dict()
+        if not self.world.is_main:
+            return
         wall = self.wall + time.perf_counter() - self._run_start
         extra = {"train_config": self.cfg.to_dict(), "elapsed_s": self.elapsed, "wall_s": wall,
                  "last_val": self.last_val}
-        save_checkpoint(self.ckpt_path, self.model.state_dict(), self.optimizer.state_dict(),
+        save_checkpoint(self.ckpt_path, self.model.state_dict(), optim_state,
                         step=self.step, config=self.model_config.to_dict(), rng=rng, extra=extra)
 
     def load(self, path=None):
@@ -177,9 +201,14 @@ class Trainer:
             raise ValueError(f"checkpoint model config {ck['config']} differs from this run's "
                              f"{self.model_config.to_dict()}")
         self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        backend.set_rng_state(ck["rng"]["global"])
-        self.data.set_state(ck["rng"]["data"])
+        self.dp.load_optimizer_state_dict(ck["optimizer"])
+        rng = ck["rng"]
+        ranks = rng.get("ranks", [rng])
+        if len(ranks) != self.world.size:
+            raise ValueError(f"checkpoint written by {len(ranks)} rank(s), resumed on {self.world.size}: "
+                             f"each rank's data order is in the checkpoint; resume on {len(ranks)}")
+        backend.set_rng_state(ranks[self.world.rank]["global"])
+        self.data.set_state(ranks[self.world.rank]["data"])
         self.step = ck["step"]
         self.elapsed = ck["extra"].get("elapsed_s", 0.0)
         self.wall = ck["extra"].get("wall_s", 0.0)
@@ -197,19 +226,23 @@ class Trainer:
                 val = np.asarray(self.data.splits["val"], dtype=np.int64)
                 n = (len(val) - 1) // T
                 x_all, y_all = val[:n * T].reshape(n, T), val[1:n * T + 1].reshape(n, T)  # (n, T)
-                for i in range(0, n, B):
+                for i in range(self.world.rank * B, n, self.world.size * B):  # this rank's share
                     _, loss = self.model(self._dev(x_all[i:i + B]), self._dev(y_all[i:i + B]))
                     losses.append(loss.item())
                     weights.append(min(B, n - i))
             else:
-                for x, y in self.eval_batches:
+                for x, y in self.eval_batches[self.world.rank::self.world.size]:
                     _, loss = self.model(self._dev(x), self._dev(y))
                     losses.append(loss.item())
                     weights.append(1)
         self.model.train()
-        val_loss = float(np.average(losses, weights=weights))
+        if self.world.size > 1:  # the mean over every rank's batches: the same as one process's
+            loss_sum, weight_sum = self.world.sum([float(np.dot(losses, weights)), float(sum(weights))])
+            val_loss = loss_sum / weight_sum
+        else:
+            val_loss = float(np.average(losses, weights=weights))
         if full and self.decode_bytes is not None:  # the bytes of exactly the tokens scored
-            n_tok = sum(weights) * T
+            n_tok = n * T
             n_bytes = len(self.decode_bytes(val[1:n * T + 1].tolist()))
             return val_loss, bits_per_byte(val_loss, n_tok, n_bytes)
         return val_loss, val_loss / (self.bytes_per_token * math.log(2))
@@ -218,6 +251,16 @@ class Trainer:
         return Tensor(backend.to_device(arr, self.cfg.device) if self.cfg.device != "cpu" else arr)
 
     # ----------------------------------------------------------------------------------- the loop
+    def _log_data_parallel(self):
+        mine, full = self.dp.optimizer_memory()
+        line = (f"data parallel: {self.world.size} rank(s) x {self.cfg.batch_size} rows"
+                f"{' x ' + str(self.cfg.grad_accum) + ' micro-batches' if self.cfg.grad_accum > 1 else ''}")
+        if self.cfg.zero:
+            per_rank = self.world.allgather_json(mine)
+            line += (f"; ZeRO-1 optimizer state per rank {', '.join(f'{m / 2**20:.2f}' for m in per_rank)} MiB "
+                     f"(without ZeRO {full / 2**20:.2f} MiB each)")
+        self.log(line)
+
     def _health(self):
         try:
             from .study.health import gradient_health
@@ -237,46 +280,54 @@ class Trainer:
         total = 0.0
         for _ in range(cfg.grad_accum):
             x, y = self.data.get_batch("train", cfg.batch_size, T)
-            # a non-finite loss is caught below, before the optimizer can apply its gradients
             lv = parallel.loss_backward(lambda xs, ys: self.model(xs, ys)[1], self._dev(x), self._dev(y),
                                         shards=cfg.shards or None, scale=1.0 / cfg.grad_accum)
-            if not math.isfinite(lv):
-                raise TrainingDiverged(f"loss is {lv} at step {self.step}: training diverged (try a "
-                                       f"lower lr than {cfg.lr}); the last good checkpoint is kept")
             total += lv
+        loss = self.world.mean(total / cfg.grad_accum)  # every rank sees the same value
+        # a non-finite loss stops every rank here, before the optimizer can apply its gradients
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss} at step {self.step}: training diverged (try a "
+                                   f"lower lr than {cfg.lr}); the last good checkpoint is kept")
+        self.dp.sync_gradients()
         health = self._health() if cfg.health_every and self.step % cfg.health_every == 0 else None
         if cfg.grad_clip > 0:
-            from .optim import clip_grad_norm_
-            clip_grad_norm_(self.params, cfg.grad_clip)
-        self.optimizer.step()
+            self.dp.clip_(cfg.grad_clip)
+        self.dp.step()
         self.optimizer.zero_grad()
-        return total / cfg.grad_accum, health
+        return loss, health
 
     def _time_frac(self):
         if not self.cfg.max_seconds:
             return 0.0
-        return (self.wall + time.perf_counter() - self._run_start) / self.cfg.max_seconds
+        frac = (self.wall + time.perf_counter() - self._run_start) / self.cfg.max_seconds
+        if self.world.size > 1:  # rank 0's clock for all: the lr and the stopping step must agree
+            frac = self.world.sum(frac if self.world.is_main else 0.0)
+        return frac
 
     def run(self, resume=False):
         """Train to max_iters; returns a summary dict (status, step, val_loss, val_bpb, ...)."""
         cfg = self.cfg
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        main = self.world.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = self.out_dir / "metrics.jsonl"
         if resume:
             if not self.ckpt_path.exists():
                 raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_path}")
             self.load()
             self.log(f"resumed from {self.ckpt_path} at step {self.step}")
-        elif metrics_path.exists():
+        elif main and metrics_path.exists():
             metrics_path.unlink()
         T = self.model_config.block_size
-        tokens_per_step = cfg.batch_size * T * cfg.grad_accum
+        tokens_per_step = cfg.batch_size * T * cfg.grad_accum * self.world.size  # the global batch
         self.log(f"model: {self.model.num_parameters():,} parameters, {self.model_config.n_layer} layers, "
                  f"{self.model_config.n_embd} wide, vocab {self.model_config.vocab_size}, T={T}; "
                  f"{tokens_per_step:,} tokens/step, {cfg.max_iters} steps, {cfg.optimizer}")
+        if self.dp.active:
+            self._log_data_parallel()
         status, window, window_t = "done", [], time.perf_counter()
         self._run_start = window_t
-        with open(metrics_path, "a") as metrics:
+        with open(metrics_path if main else os.devnull, "a") as metrics:  # rank 0 alone writes
             def emit(record):
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
@@ -315,6 +366,9 @@ class Trainer:
                     if last:
                         break
             except KeyboardInterrupt:
+                if self.world.size > 1:  # the ranks stopped at different points: no collective save
+                    self.log(f"interrupted: the last checkpoint in {self.out_dir} stands")
+                    self.world.abort(130)
                 self.save()
                 self.log(f"interrupted: checkpoint saved at step {self.step} to {self.ckpt_path} "
                          "(continue with --resume)")

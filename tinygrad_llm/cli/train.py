@@ -43,7 +43,7 @@ PRESETS = {
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "n_kv_head", "pos", "norm", "mlp", "bias")
 TRAIN_KEYS = ("batch_size", "grad_accum", "max_iters", "max_seconds", "optimizer", "lr", "muon_lr", "warmup_iters",
               "schedule", "min_lr_ratio", "weight_decay", "beta2", "eval_every", "eval_iters",
-              "log_every", "checkpoint_every", "seed", "device", "health_every", "shards")
+              "log_every", "checkpoint_every", "seed", "device", "health_every", "shards", "zero")
 
 
 def add_arguments(parser):
@@ -63,6 +63,8 @@ def add_arguments(parser):
                      ("eval_every", int), ("eval_iters", int), ("log_every", int),
                      ("checkpoint_every", int), ("health_every", int), ("shards", int)]:
         parser.add_argument("--" + key.replace("_", "-"), type=typ, dest=key)
+    parser.add_argument("--zero", type=int, choices=(0, 1),
+                        help="under mpirun: 1 shards the optimizer state across ranks (ZeRO-1)")
     parser.add_argument("--optimizer", choices=("adamw", "muon"))
     parser.add_argument("--schedule", choices=("cosine", "wsd", "constant"))
     parser.add_argument("--pos", choices=("learned", "rope"))
@@ -157,12 +159,17 @@ def build_config(args):
     return cfg, preset["tokenizer"], preset["vocab_size"]
 
 
+_print = print
+
+
 def main(args):
     t_start = time.perf_counter()
-    from .. import backend
+    from .. import backend, distributed
     from ..train import Trainer
     if args.device == "cuda" and not backend.cuda_available():
         raise SystemExit("--device cuda: no GPU found (CuPy missing or no device); use --device cpu")
+    world = distributed.init(args.device)  # under mpirun: this rank; else a world of one
+    print = _print if world.is_main else (lambda *a, **k: None)  # noqa: A001 - rank 0 alone prints
     cfg, kind, vocab_size = build_config(args)
     data_path = find_text(args.data)
     if data_path.suffix == ".bin":
@@ -171,7 +178,12 @@ def main(args):
         bin_path, tok = data_path, load_tokenizer(args.tokenizer_file)
     else:
         print(f"data: {data_path}", flush=True)
-        bin_path, tok = prepare_tokens(data_path, args.out_dir, kind, vocab_size, reuse=args.resume)
+        # rank 0 trains the tokenizer and encodes; the others then read its files from --out-dir
+        if world.is_main:
+            bin_path, tok = prepare_tokens(data_path, args.out_dir, kind, vocab_size, reuse=args.resume)
+        world.barrier()
+        if not world.is_main:
+            bin_path, tok = prepare_tokens(data_path, args.out_dir, kind, vocab_size, reuse=True)
     cfg.data = str(bin_path)
     trainer = Trainer(cfg, decode_bytes=tok.decode_bytes)
     summary = trainer.run(resume=args.resume)
@@ -179,7 +191,7 @@ def main(args):
         print(f"val loss {summary['val_loss']:.4f} nats/token, {summary['val_bpb']:.4f} bits/byte "
               f"(step {summary['step']}, {summary['elapsed_s']:.1f}s training)", flush=True)
     n = args.sample_tokens if args.sample_tokens is not None else (500 if kind == "char" else 250)
-    if n and summary["status"] != "diverged":
+    if n and summary["status"] != "diverged" and world.is_main:
         from .sample import generate_text
         print("---- sample ----")
         print(generate_text(trainer.model, tok, "\n", n, temperature=0.8, top_k=None, seed=cfg.seed))

@@ -1,0 +1,111 @@
+"""What each MPI rank runs for tests/test_distributed.py: `mpirun -n 2 python tests/dist_worker.py
+<scenario> <out_dir> [args]`. Rank 0 writes the results the test reads back."""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tinygrad_llm import distributed  # noqa: E402
+from tinygrad_llm.data import TokenData  # noqa: E402
+from tinygrad_llm.train import TrainConfig, Trainer  # noqa: E402
+
+MODEL = dict(block_size=8, n_layer=1, n_head=2, n_embd=16)
+GRAD_MODEL = dict(block_size=8, n_layer=2, n_head=2, n_embd=16, vocab_size=13, dropout=0.0)
+GRAD_ROWS = 6  # the global batch of the gradient check; each of 2 ranks takes 3 rows
+
+
+def make_data(sampler_seed=0):
+    ids = np.random.default_rng(0).integers(0, 13, 3000).astype(np.uint16)
+    ids[::3] = 5  # some structure, so the loss moves
+    d = TokenData(ids, source_bytes=6000, seed=sampler_seed)
+    d.meta["vocab_size"] = 13
+    return d
+
+
+def train_config(out_dir, **kw):
+    base = dict(out_dir=str(out_dir), model=MODEL, batch_size=2, max_iters=8, warmup_iters=2,
+                eval_every=4, eval_iters=4, log_every=1, seed=3, final_eval="sample", shards=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def grad_batch():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 13, (GRAD_ROWS, 8))
+    return x, np.roll(x, -1, axis=1)
+
+
+def gradients(out):
+    """The float64 gradient of the mean loss over GRAD_ROWS rows, the rows split over the ranks."""
+    from tinygrad_llm import backend, optim
+    from tinygrad_llm.data_parallel import DataParallel
+    from tinygrad_llm.models import GPT, GPTConfig
+    world = distributed.init()
+    backend.manual_seed(0)
+    model = GPT(GPTConfig.from_dict(GRAD_MODEL), dtype=np.float64)
+    opt = optim.AdamW(model.parameters())
+    dp = DataParallel(world, model, opt)
+    x, y = grad_batch()
+    share = GRAD_ROWS // world.size
+    rows = slice(world.rank * share, (world.rank + 1) * share)
+    _, loss = model(x[rows], y[rows])
+    loss.backward()
+    dp.sync_gradients()
+    if world.is_main:
+        np.savez(out / "grads.npz", **{n: p.grad.data for n, p in model.named_parameters()})
+
+
+def train(out, **kw):
+    return Trainer(train_config(out, **kw), data=make_data(sampler_seed=kw.get("seed", 3))).run()
+
+
+def main():
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    world = distributed.init()
+    if scenario == "main":  # the checks that need no second launch, in one job
+        gradients(out)
+        train(out / "dp")
+        for opt in ("adamw", "muon"):
+            for zero in (0, 1):
+                t = Trainer(train_config(out / f"{opt}_zero{zero}", optimizer=opt, zero=zero, max_iters=5,
+                                         eval_every=5), data=make_data(3))
+                t.run()
+                mem = world.allgather_json(t.dp.optimizer_memory()[0])
+                if world.is_main:
+                    (out / f"{opt}_zero{zero}" / "memory.json").write_text(json.dumps(mem))
+        # a run with dropout whose step-4 checkpoint is kept aside for the resume test
+        t = Trainer(train_config(out / "full", model={**MODEL, "dropout": 0.1}), data=make_data(3))
+        save = t.save
+
+        def save_and_keep():
+            save()
+            if t.step == 4 and world.is_main:
+                (out / "resume").mkdir()
+                shutil.copy(t.ckpt_path, out / "resume" / t.ckpt_path.name)
+                shutil.copy(t.out_dir / "metrics.jsonl", out / "resume" / "metrics.jsonl")
+        t.save = save_and_keep
+        t.run()
+    elif scenario == "resume":
+        Trainer(train_config(out / "resume", model={**MODEL, "dropout": 0.1}), data=make_data(99)).run(resume=True)
+    elif scenario == "crash":  # rank 1 raises in its third step; rank 0 is then waiting in a collective
+        t = Trainer(train_config(out, max_iters=50), data=make_data(3))
+        step = t.train_step
+
+        def failing_step():
+            if world.rank == 1 and t.step == 2:
+                raise RuntimeError("injected failure in the data pipeline")
+            return step()
+        t.train_step = failing_step
+        t.run()
+    elif scenario == "mismatch":  # each rank is started with its own --seed
+        Trainer(train_config(out, seed=int(sys.argv[3])), data=make_data(3)).run()
+    else:
+        raise SystemExit(f"unknown scenario {scenario}")
+
+
+if __name__ == "__main__":
+    main()
