@@ -269,3 +269,34 @@ def test_observers_see_every_node(device):
     finally:
         autograd._observers.pop()
     assert names == ["Sum", "Mul", "Exp"]
+
+
+def _arrays_parked_on(ctx):
+    """Names of the context's attributes that hold an array (outside ctx.saved)."""
+    def has_array(v):
+        if isinstance(v, (tuple, list)):
+            return any(has_array(u) for u in v)
+        return type(v).__name__ == "ndarray"  # numpy's or cupy's; a scalar (a scale) is a parameter
+    return [k for k, v in vars(ctx).items() if has_array(v)]
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_every_op_of_a_gpt_step_keeps_its_arrays_in_saved(pos):
+    from tinygrad_llm.models import GPT, GPTConfig
+    from tinygrad_llm.study.graph import _collect
+    tl.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, pos=pos,
+                          dropout=0.1))
+    idx = np.array([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    x = Tensor(np.ones((3, 4)), requires_grad=True)
+    extra = (x[np.array([0, 2, 2])].sum() + tl.where(x.data > 0.5, x, x * 2).sum()
+             + x.masked_fill(np.eye(3, 4, dtype=bool), 0.0).sum())
+    _, loss = model(idx, idx)
+    parked = {}
+    for root in (loss, extra):
+        for node in _collect(root._ctx):
+            if isinstance(node, autograd.Context) and node.fn.__module__ != "tinygrad_llm.ops.attention":
+                names = _arrays_parked_on(node)
+                if names:
+                    parked[node.fn.__name__] = names
+    assert not parked, f"ops that keep arrays outside ctx.save_for_backward: {parked}"

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinygrad_llm as tl
-from tinygrad_llm import Tensor
+from tinygrad_llm import Tensor, autograd
 from tinygrad_llm.study import backward_formula
 
 
@@ -138,3 +138,16 @@ def test_backward_formula_comes_from_the_docstring():
     assert backward_formula(E.Tanh).startswith("dx = (1 - y^2) * dy")
     assert backward_formula(E.Mul).startswith("da = dy * b")
     assert backward_formula(type("NoDoc", (), {})) == ""
+
+
+def test_saved_bytes_count_a_list_of_arrays_and_an_index_array():
+    x = Tensor(np.ones((8, 16), np.float32), requires_grad=True)
+    idx = np.array([0, 3, 3, 7], dtype=np.int64)
+    y = x[idx].sum()  # GetItem keeps the index array (32 bytes) and nothing else
+    with tl.trace_backward() as t:
+        y.backward()
+    assert t.records[1]["op"] == "GetItem" and t.records[1]["saved_bytes"] == idx.nbytes
+    ctx = autograd.Context()
+    a, b = np.zeros(10, np.float32), np.zeros(3, np.float64)
+    ctx.save_for_backward(a, [b, b, a], None)  # each array once, however often it is kept
+    assert ctx.saved_nbytes() == a.nbytes + b.nbytes

@@ -59,10 +59,16 @@ class GraphError(RuntimeError):
 class Context:
     """What one op keeps between its forward and its backward: a node of the graph.
 
-    saved            arrays forward chose to keep (`save_for_backward`), released after backward
+    saved            what forward chose to keep (`save_for_backward`), released after backward:
+                     arrays, lists or tuples of arrays (attention's per-block tables, a fancy
+                     index), or None for a slot the backward will not read
     needs_input_grad one bool per input: backward may skip work for inputs that need no gradient
     parents          per input: its node (a Context), the leaf Tensor collecting .grad, or None
     fn               the Function class; None once the node has been freed
+
+    Every array an op keeps goes through `save_for_backward`; plain parameters (an axis, a scale,
+    a shape) may stay attributes of the context. So `saved` is all the memory a node holds, and
+    `saved_nbytes()` counts it for the backward tracer.
     """
 
     __slots__ = ("fn", "parents", "saved", "needs_input_grad", "shape", "dtype", "__dict__")
@@ -71,8 +77,18 @@ class Context:
         self.saved = arrays
 
     def saved_nbytes(self):
-        """Bytes held by the saved arrays (for the backward tracer)."""
-        return sum(getattr(a, "nbytes", 0) for a in (self.saved or ()))
+        """Bytes held by the saved arrays, lists of arrays item by item, an array kept twice once."""
+        seen, total, todo = set(), 0, list(self.saved or ())
+        while todo:
+            a = todo.pop()
+            if isinstance(a, (tuple, list)):
+                todo.extend(a)
+                continue
+            nbytes = getattr(a, "nbytes", None)
+            if isinstance(nbytes, int) and id(a) not in seen:
+                seen.add(id(a))
+                total += nbytes
+        return total
 
 
 class Function:

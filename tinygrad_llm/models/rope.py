@@ -41,12 +41,12 @@ class RoPE(Function):
         y[..., :half] -= x2 * sin
         np_mul(x2, cos, out=y[..., half:])
         y[..., half:] += x1 * sin
-        ctx.tables = (cos, sin)
+        ctx.save_for_backward(cos, sin)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        cos, sin = ctx.tables
+        cos, sin = ctx.saved
         half = dy.shape[-1] // 2
         dy1, dy2 = dy[..., :half], dy[..., half:]
         dx = array_module(dy).empty_like(dy)

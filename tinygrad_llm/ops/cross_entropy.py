@@ -93,8 +93,10 @@ class CrossEntropy(Function):
     """loss = -log softmax(logits)[target] (optionally label-smoothed), reduced over the rows.
 
     Backward: dlogits = (softmax(logits) - onehot(target)) * dloss per row, 0 for ignored rows.
-    Saved: e = exp(logits - shift) and r = 1 / rowsum(e), so p = e * r costs one pass; the targets
-    and the mask of rows that count.  Derivation: docs/backward.md#crossentropy
+    Saved on the CPU: e = exp(logits - shift) and r = 1 / rowsum(e), so p = e * r costs one pass;
+    on the GPU's fused kernel: the logits and lse per row (p = exp(logits - lse), one re-read);
+    either way the targets and the mask of rows that count.
+    Derivation: docs/backward.md#crossentropy
     """
 
     @staticmethod
@@ -113,7 +115,7 @@ class CrossEntropy(Function):
         ctx.fused = cuda.serves(x2) and not label_smoothing
         if ctx.fused:  # the kernel keeps lse per row, not e: backward re-reads the logits once
             loss, lse = cuda.cross_entropy_forward(x2, t, ignore_index)
-            ctx.save_for_backward(x2, lse, t, valid)
+            ctx.save_for_backward(x2, lse, t, valid)  # (logits, lse, ...): unpacked by name below
             ctx.ignore_index = ignore_index
         else:
             loss, e, r = by_blocks(lambda x, t, v: cross_entropy_forward_ref(x, t, v, label_smoothing),
@@ -132,17 +134,18 @@ class CrossEntropy(Function):
 
     @staticmethod
     def backward(ctx, dy):
-        e, r, t, valid = ctx.saved
         shape, t_shape, reduction, eps = ctx.meta
+        scale = 1 if reduction != "mean" else (1.0 / ctx.n_valid if ctx.n_valid else 0.0)
+        if ctx.fused:
+            logits, lse, t, valid = ctx.saved
+            # per row for "none"; otherwise one scale for every row, which the kernel broadcasts
+            g = dy.reshape(-1) if reduction == "none" else dy * scale
+            return cuda.cross_entropy_backward(logits, t, lse, g, ctx.ignore_index).reshape(shape)
+        e, r, t, valid = ctx.saved
         xp = array_module(e)
         if reduction == "none":
             g = dy.reshape(-1)
-            if ctx.fused:  # e, r are the logits and lse here
-                return cuda.cross_entropy_backward(e, t, r, g, ctx.ignore_index).reshape(shape)
         else:
-            scale = 1 if reduction == "sum" else (1.0 / ctx.n_valid if ctx.n_valid else 0.0)
-            if ctx.fused:  # one scale for every row: the kernel broadcasts it
-                return cuda.cross_entropy_backward(e, t, r, dy * scale, ctx.ignore_index).reshape(shape)
             g = xp.full(t.shape, dy * scale, dtype=e.dtype)
         return by_blocks(lambda e, r, t, v, g: cross_entropy_backward_ref(e, r, t, v, g, eps),
                          e, r, t, valid, g).reshape(shape)

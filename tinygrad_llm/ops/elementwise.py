@@ -387,7 +387,7 @@ class Where(Function):
     def forward(ctx, a, b, cond):
         xp = array_module(a)
         broadcast_shapes("where", cond.shape, a.shape, b.shape)
-        ctx.cond = cond
+        ctx.save_for_backward(cond)
         ctx.a_meta, ctx.b_meta = (a.shape, a.dtype), (b.shape, b.dtype)
         return xp.where(cond, a, b)
 
@@ -395,9 +395,10 @@ class Where(Function):
     def backward(ctx, dy):
         xp = array_module(dy)
         need_a, need_b = ctx.needs_input_grad
+        (cond,) = ctx.saved
         zero = dy.dtype.type(0)
-        return (_back(xp.where(ctx.cond, dy, zero), *ctx.a_meta) if need_a else None,
-                _back(xp.where(ctx.cond, zero, dy), *ctx.b_meta) if need_b else None)
+        return (_back(xp.where(cond, dy, zero), *ctx.a_meta) if need_a else None,
+                _back(xp.where(cond, zero, dy), *ctx.b_meta) if need_b else None)
 
 
 class MaskedFill(Function):
@@ -416,12 +417,13 @@ class MaskedFill(Function):
         if broadcast_shapes("masked_fill", mask.shape, x.shape) != x.shape:
             raise ValueError(f"masked_fill: mask of shape {mask.shape} does not broadcast to the "
                              f"tensor's shape {x.shape}")
-        ctx.mask = mask
+        ctx.save_for_backward(mask)
         return xp.where(mask, x.dtype.type(value), x)
 
     @staticmethod
     def backward(ctx, dy):
-        return array_module(dy).where(ctx.mask, dy.dtype.type(0), dy)
+        (mask,) = ctx.saved
+        return array_module(dy).where(mask, dy.dtype.type(0), dy)
 
 
 class Cast(Function):

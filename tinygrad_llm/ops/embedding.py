@@ -65,9 +65,11 @@ class Embedding(Function):
             bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
             raise ValueError(f"embedding: id {bad} is outside [0, {V}) for a weight of shape "
                              f"{weight.shape}")
-        ctx.ids, ctx.V = ids, V
+        ctx.save_for_backward(ids)
+        ctx.V = V
         return embedding_forward_ref(ids, weight)
 
     @staticmethod
     def backward(ctx, dy):
-        return embedding_backward_ref(ctx.ids, dy, ctx.V)
+        (ids,) = ctx.saved
+        return embedding_backward_ref(ids, dy, ctx.V)

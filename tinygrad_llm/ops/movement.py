@@ -171,20 +171,22 @@ class GetItem(Function):
         if xp is not np:  # index arrays must live where x lives
             index = tuple(xp.asarray(i) if isinstance(i, np.ndarray) else i for i in index) \
                 if isinstance(index, tuple) else (xp.asarray(index) if isinstance(index, np.ndarray) else index)
-        ctx.in_shape, ctx.index = x.shape, index
+        ctx.save_for_backward(index)  # may hold index arrays: saved state, not a parameter
+        ctx.in_shape = x.shape
         return x[index]
 
     @staticmethod
     def backward(ctx, dy):
+        (index,) = ctx.saved
         xp = array_module(dy)
         dx = xp.zeros(ctx.in_shape, dtype=dy.dtype)
-        if _is_basic(ctx.index):
-            dx[ctx.index] = dy  # basic indexing never picks an element twice
+        if _is_basic(index):
+            dx[index] = dy  # basic indexing never picks an element twice
         elif xp is np:
-            np.add.at(dx, ctx.index, dy)  # unbuffered: a repeated index adds every time
+            np.add.at(dx, index, dy)  # unbuffered: a repeated index adds every time
         else:
             import cupyx
-            cupyx.scatter_add(dx, ctx.index, dy)
+            cupyx.scatter_add(dx, index, dy)
         return dx
 
 
@@ -203,7 +205,7 @@ class Cat(Function):
                                            if i != axis):
                 shapes = ", ".join(str(t.shape) for t in xs)
                 raise ValueError(f"cat: shapes {shapes} differ outside axis {axis}")
-        ctx.axis, ctx.bounds = axis, np.cumsum([x.shape[axis] for x in xs])[:-1]
+        ctx.axis, ctx.bounds = axis, np.cumsum([x.shape[axis] for x in xs])[:-1].tolist()  # ints
         return xp.concatenate(xs, axis=axis)
 
     @staticmethod

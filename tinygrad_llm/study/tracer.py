@@ -40,20 +40,6 @@ def _norm(a):
     return float(xp.sqrt(xp.sum(xp.square(a, dtype="float64"))))
 
 
-def _saved_bytes(ctx):
-    """Bytes forward kept for backward: ctx.saved plus any array it parked on ctx itself."""
-    seen, total = set(), 0
-    arrays = list(ctx.saved or ())
-    for v in getattr(ctx, "__dict__", {}).values():  # e.g. a mask, or the index arrays of x[idx]
-        arrays.extend(v if isinstance(v, (tuple, list)) else (v,))
-    for a in arrays:
-        nbytes = getattr(a, "nbytes", None)
-        if isinstance(nbytes, int) and id(a) not in seen:
-            seen.add(id(a))
-            total += nbytes
-    return total
-
-
 def _shape_of(parent, dx):
     if parent is not None:
         return tuple(parent.shape)
@@ -83,7 +69,7 @@ class BackwardTrace:
             "inputs": ["op" if isinstance(p, Context) else "leaf" if p is not None else "const"
                        for p in ctx.parents],
             "dtype": str(ctx.dtype),
-            "saved_bytes": _saved_bytes(ctx),
+            "saved_bytes": ctx.saved_nbytes(),
             "grad_norm": _norm(dy),
             "dx_norms": [_norm(dx) for dx in dxs],
             "seconds": seconds,
