@@ -13,6 +13,9 @@ import time
 import numpy as np
 
 from tinygrad_llm import Tensor
+from tinygrad_llm import backend as _backend
+
+_backend.keep_freed_memory()  # as the trainer does: freed temporaries stay mapped
 
 
 def timed(fn, n):

@@ -23,6 +23,9 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import tinygrad_llm.functional as F  # noqa: E402
 from tinygrad_llm import Tensor  # noqa: E402
+from tinygrad_llm import backend as _backend  # noqa: E402
+
+_backend.keep_freed_memory()  # as the trainer does: freed temporaries stay mapped
 
 SHAPES = {"small": dict(B=12, T=64, C=128, H=4, V=65), "medium": dict(B=8, T=256, C=384, H=6, V=65)}
 

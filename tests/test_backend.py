@@ -89,3 +89,27 @@ def test_to_device_round_trip_carries_gradient(device):
     assert y.device == device
     (y * 2).sum().backward()
     assert x.grad.device == "cpu" and x.grad.tolist() == [2.0, 2.0]
+
+
+def test_importing_the_package_leaves_malloc_alone():
+    # mallopt is process-wide: a library must not set it on import, only when asked to
+    import os
+    import subprocess
+    import sys
+    spy = ("import ctypes\n"
+           "real = ctypes.CDLL\n"
+           "class Spy:\n"
+           "    def __init__(self, name, *a, **k): self.lib = real(name, *a, **k)\n"
+           "    def __getattr__(self, attr):\n"
+           "        if attr == 'mallopt': print('MALLOPT', flush=True)\n"
+           "        return getattr(self.lib, attr)\n"
+           "ctypes.CDLL = Spy\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "TINYGRAD_LLM_KEEP"))}
+
+    def run(code):
+        return subprocess.run([sys.executable, "-c", spy + code], capture_output=True, text=True,
+                              env=env, check=True).stdout
+
+    assert "MALLOPT" not in run("import tinygrad_llm, tinygrad_llm.models, tinygrad_llm.train\n")
+    asked = run("import tinygrad_llm.backend as b\nprint('tuned' if b.keep_freed_memory() else 'not glibc')\n")
+    assert ("MALLOPT" in asked) == ("tuned" in asked)

@@ -26,6 +26,8 @@ def main(argv=None):
     if not argv or argv[0] not in COMMANDS:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    from . import backend
+    backend.keep_freed_memory()  # a process of our own: the malloc setting is ours to make
     module = importlib.import_module(COMMANDS[argv[0]][0])
     command_parser = argparse.ArgumentParser(prog=f"python -m tinygrad_llm {argv[0]}")
     module.add_arguments(command_parser)

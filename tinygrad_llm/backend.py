@@ -17,8 +17,11 @@ default_dtype = np.float32
 _cupy = None  # the cupy module, once imported
 
 
-def _keep_freed_memory():
+def keep_freed_memory():
     """Let glibc's malloc keep freed arrays in the process instead of handing them back to the OS.
+
+    A process-wide setting, so the library never makes it on import: the trainer, the CLI and the
+    benchmarks call this once (a program of your own may too). Returns True when malloc was tuned.
 
     By default an array above 128 KiB is mmapped and unmapped on free, and a freed heap top above
     128 KiB is trimmed: every fresh temporary of a training step then costs a page fault per 4 KiB
@@ -28,22 +31,20 @@ def _keep_freed_memory():
     own MALLOC_*_ variables, to leave malloc as it is. A no-op where malloc is not glibc's.
     """
     if os.environ.get("TINYGRAD_LLM_KEEP_MEMORY", "1") == "0":
-        return
+        return False
     if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")):
-        return
+        return False
     try:
         import ctypes
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to tune
-        return
+        return False
     M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
     mallopt(M_MMAP_THRESHOLD, 32 << 20)
     mallopt(M_TRIM_THRESHOLD, 1 << 30)
     mallopt(M_TOP_PAD, 64 << 20)  # grow the heap in big steps: fewer brk calls while it fills
-
-
-_keep_freed_memory()
+    return True
 
 
 class DeviceError(RuntimeError):
@@ -205,7 +206,17 @@ def manual_seed(seed):
 _pending_cuda_seed = [0]
 
 
-_thread_rng = threading.local()  # .cpu: a generator this thread draws from instead (parallel.py)
+_thread_rng = threading.local()  # .cpu: a generator this thread draws from instead (set_thread_rng)
+
+
+def set_thread_rng(generator):
+    """Make the calling thread draw its CPU random numbers from generator (None: the shared one).
+
+    A thread that runs one shard of a sharded step (parallel.py) gets a generator of its own,
+    seeded from the main one before the shards start, so the numbers do not depend on the order
+    the threads happen to run in.
+    """
+    _thread_rng.cpu = generator
 
 
 def rng(device="cpu"):
