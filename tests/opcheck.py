@@ -77,11 +77,11 @@ def check(fn, ref, arrays, device, grad=None, atol=1e-5, rtol=1e-4, gc_atol=1e-6
     ts = [Tensor(np.asarray(a, dtype=np.float32), device=device, requires_grad=g)
           for a, g in zip(arrays, grad)]
     out = fn(*ts)
-    autograd._observers.append(_dtype_observer)
+    autograd.add_backward_observer(_dtype_observer)
     try:
         out.backward(Tensor(np.ones(out.shape, np.float32), device=device))
     finally:
-        autograd._observers.remove(_dtype_observer)
+        autograd.remove_backward_observer(_dtype_observer)
     for t, g in zip(ts, grad):
         if g and t.grad is not None:
             assert t.grad.dtype == np.float32 and t.grad.shape == t.shape

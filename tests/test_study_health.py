@@ -109,7 +109,7 @@ def test_scopes_in_two_threads_tag_their_own_nodes_and_record_one_thread():
         other.join()
     assert made == {"h.0": ("h.0", "h.0"), "h.1": ("h.1", "h.1")}
     assert set(rec.stats) == {"h.0"} and rec.stats["h.0"]["mean"] == 2.0
-    assert tl.autograd._scope_hook is None  # every scope closed: the engine's hook is off again
+    assert not tl.autograd.graph_is_observed()  # every scope closed: the engine's hook is off again
 
 
 def test_gradient_health_reports_the_forward_after_its_previous_call():

@@ -21,8 +21,33 @@ from . import backend
 
 _grad_enabled = True
 Tensor = None  # set by tensor.py once Tensor exists (tensor.py imports this module first)
+# Hooks for the study tools, set only through the functions below (read on the hot paths)
 _observers = []  # callables(ctx, dy, dxs, seconds) called per node during backward (the tracer)
 _scope_hook = None  # callable(ctx, out) called per op while a study.scope is open (graph clusters)
+
+
+def add_backward_observer(observe):
+    """Call observe(ctx, dy, dxs, seconds) for every node backward visits, before it is freed.
+
+    With no observer the walk pays one truthiness test per node.
+    """
+    _observers.append(observe)
+
+
+def remove_backward_observer(observe):
+    _observers.remove(observe)
+
+
+def set_scope_hook(hook):
+    """Call hook(ctx, out) from every Function.apply (None: stop); returns the previous hook."""
+    global _scope_hook
+    previous, _scope_hook = _scope_hook, hook
+    return previous
+
+
+def graph_is_observed():
+    """True while a backward observer or a scope hook is set: the graph is being studied."""
+    return bool(_observers) or _scope_hook is not None
 
 
 class no_grad:

@@ -103,7 +103,7 @@ def loss_backward(loss_fn, inputs, targets, shards=None, scale=1.0, ignore_index
     counts = ([int(np.count_nonzero(y[lo:hi] != ignore_index)) for lo, hi in zip(bounds, bounds[1:])]
               if n > 1 and isinstance(y, np.ndarray) else [])
     if (n <= 1 or not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray)
-            or autograd._observers or autograd._scope_hook is not None or not blas.available()
+            or autograd.graph_is_observed() or not blas.available()
             or not all(counts) or getattr(x, "shape", (0,))[0] != rows):
         loss = loss_fn(inputs, targets)
         value = _loss_value(loss)
@@ -122,11 +122,11 @@ def loss_backward(loss_fn, inputs, targets, shards=None, scale=1.0, ignore_index
         return value
 
     def worker(i):
-        backend._thread_rng.cpu = np.random.Generator(np.random.PCG64(int(seeds[i - 1])))
+        backend.set_thread_rng(np.random.Generator(np.random.PCG64(int(seeds[i - 1]))))
         try:
             return shard(i, sinks[i - 1])
         finally:
-            backend._thread_rng.cpu = None
+            backend.set_thread_rng(None)
 
     with blas.threads(1):
         pool = _get_pool(n - 1)

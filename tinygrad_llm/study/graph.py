@@ -96,11 +96,11 @@ def _edge_grad_norms(root_tensor):
 
     leaves = [n for n in _collect(root_tensor._ctx) if not isinstance(n, Context)]
     kept = [(leaf, leaf.grad) for leaf in leaves]
-    autograd._observers.append(observe)
+    autograd.add_backward_observer(observe)
     try:
         root_tensor.backward(retain_graph=True)
     finally:
-        autograd._observers.remove(observe)
+        autograd.remove_backward_observer(observe)
         for leaf, grad in kept:
             leaf.grad = grad
     return {key: _norm(dx) for key, dx in sums.items()}

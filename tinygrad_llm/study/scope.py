@@ -66,7 +66,7 @@ class scope:
         _stack().append(self.name)
         with _lock:
             _open += 1
-            autograd._scope_hook = _hook
+            autograd.set_scope_hook(_hook)
         return self
 
     def __exit__(self, *exc):
@@ -77,7 +77,7 @@ class scope:
         with _lock:
             _open -= 1
             if not _open:
-                autograd._scope_hook = None
+                autograd.set_scope_hook(None)
         out = _local.last.pop(full, None)
         if out is not None:
             _store(full, out)

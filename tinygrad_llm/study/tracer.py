@@ -53,11 +53,11 @@ class BackwardTrace:
         self.records = []
 
     def __enter__(self):
-        autograd._observers.append(self._observe)
+        autograd.add_backward_observer(self._observe)
         return self
 
     def __exit__(self, *exc):
-        autograd._observers.remove(self._observe)
+        autograd.remove_backward_observer(self._observe)
         return False
 
     def _observe(self, ctx, dy, dxs, seconds):
