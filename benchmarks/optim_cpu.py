@@ -26,8 +26,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tinygrad_llm import nn, optim  # noqa: E402
+from tinygrad_llm import nn, optim, parallel  # noqa: E402
 from tinygrad_llm.optim import flat  # noqa: E402
+from tinygrad_llm import backend as _backend  # noqa: E402
+
+_backend.keep_freed_memory()  # as the trainer does: freed temporaries stay mapped
 
 
 def gpt_shapes(vocab, block, n_layer, C):
@@ -65,7 +68,7 @@ def ours(shapes, values, grads, kind):
         used = ps
     else:
         used = [ps[i] for i in hidden]
-        opt = optim.Muon(used, lr=0.02, weight_decay=0.0)
+        opt = optim.Muon(used, lr=0.02, weight_decay=0.0, map_fn=parallel.on_cores)  # as the trainer
     opt.zero_grad()
     index = {id(p): i for i, p in enumerate(ps)}
     for p in used:

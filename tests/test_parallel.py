@@ -187,20 +187,25 @@ def test_on_cores_runs_every_item_once_and_reports_errors():
 
 def test_muon_step_on_cores_equals_one_matrix_at_a_time(monkeypatch):
     # the threaded step must give what the one-thread loop gives, step after step
+    monkeypatch.setattr(parallel, "usable_cores", lambda: 4)  # threads even on a 1-core runner
+    used = []
+
+    def on_cores(fn, items, costs):
+        used.append(len(items))
+        parallel.on_cores(fn, items, costs)
+
     def trained(threaded):
-        if not threaded:
-            monkeypatch.setattr(parallel, "usable_cores", lambda: 1)
         tl.manual_seed(0)
         ws = [tl.nn.Parameter(tl.Tensor(np.random.default_rng(i).standard_normal(s).astype(np.float32)).data)
               for i, s in enumerate([(24, 8), (8, 8), (32, 8), (8, 32)])]
-        opt = optim.Muon(ws, lr=0.02, weight_decay=0.1)
+        opt = optim.Muon(ws, lr=0.02, weight_decay=0.1, map_fn=on_cores if threaded else None)
         for step in range(3):
             for i, w in enumerate(ws):
                 w.grad = tl.Tensor(np.random.default_rng(100 * step + i).standard_normal(w.shape)
                                    .astype(np.float32))
             opt.step()
-        monkeypatch.undo()
         return [w.data.copy() for w in ws]
 
     for a, b in zip(trained(True), trained(False)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert used == [4, 4, 4]  # the map function ran every step, over every matrix

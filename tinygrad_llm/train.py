@@ -125,7 +125,8 @@ def build_optimizer(model, cfg):
                           lr=cfg.lr, betas=betas)
     else:
         opt = optim.muon_hybrid(model, muon_lr=cfg.muon_lr, adamw_lr=cfg.lr, momentum=cfg.muon_momentum,
-                                adamw_betas=betas, adamw_weight_decay=cfg.weight_decay)
+                                adamw_betas=betas, adamw_weight_decay=cfg.weight_decay,
+                                map_fn=parallel.on_cores)  # Newton-Schulz: one matrix per core
     for g in opt.param_groups:
         g["base_lr"] = g["lr"]
     return opt
@@ -146,6 +147,7 @@ class Trainer:
         self.log = log or (lambda msg: print(msg, flush=True))
         if not self.world.is_main:  # rank 0 alone prints
             self.log = lambda msg: None
+        backend.keep_freed_memory()  # a step's temporaries stay mapped between steps (see backend)
         backend.manual_seed(cfg.seed)
         self.data = data if data is not None else TokenData(cfg.data, cfg.val_fraction, seed=cfg.seed)
         model_cfg = dict(cfg.model)

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .. import backend, parallel
+from .. import backend
 from .optimizer import Optimizer
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -74,11 +74,17 @@ class Muon(Optimizer):
     0.2 * sqrt(max(rows, cols)) (adjust_lr="match_rms_adamw": update RMS like AdamW's, so
     AdamW's lr and weight decay carry over). This matches torch.optim.Muon (which runs the
     iteration in bfloat16; we stay in the parameter's dtype).
+
+    map_fn(fn, items, costs) runs fn(item, t) for every matrix's update (t: a worker index, for
+    per-worker scratch buffers); by default one after another. The trainer passes
+    parallel.on_cores, which runs the NumPy updates side by side, one matrix per core: each
+    update is a handful of small GEMMs, which one core does faster than all of them together.
     """
     state_names = ("momentum_buffer",)
 
     def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0,
-                 ns_steps=5, eps=1e-7, adjust_lr="original"):
+                 ns_steps=5, eps=1e-7, adjust_lr="original", map_fn=None):
+        self.map_fn = map_fn or one_at_a_time
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov,
                                       weight_decay=weight_decay, ns_steps=ns_steps, eps=eps,
                                       adjust_lr=adjust_lr))
@@ -140,11 +146,16 @@ class Muon(Optimizer):
             p2 -= O
 
         items = list(bucket.slices())
-        if bucket.xp is np:  # matrices side by side, one per core (Newton-Schulz: small GEMMs)
-            parallel.on_cores(update, items, costs=[_ns_cost(p.shape) for p, _, _ in items])
-        else:
-            for item in items:
-                update(item, 0)
+        if bucket.xp is np:
+            self.map_fn(update, items, [_ns_cost(p.shape) for p, _, _ in items])
+        else:  # CuPy queues the GEMMs on one stream: threads would add nothing
+            one_at_a_time(update, items)
+
+
+def one_at_a_time(fn, items, costs=None):
+    """Muon's default map_fn: fn(item, 0) for each item, in order, in the calling thread."""
+    for item in items:
+        fn(item, 0)
 
 
 def _ns_cost(shape):
