@@ -17,7 +17,7 @@ _LINK = re.compile(r"docs/backward\.md#([A-Za-z0-9_\-]+)")
 
 
 def _ops_modules():
-    """tinygrad_llm.ops, and the packages that may define an op of their own (RoPE in models)."""
+    """tinygrad_llm.ops, and the packages where an op must not hide (every op lives in ops/)."""
     for pkg_name in ("ops", "models", "nn", "optim"):
         try:
             pkg = importlib.import_module(f"tinygrad_llm.{pkg_name}")
@@ -76,6 +76,11 @@ def sections(markdown):
 OPS = op_classes()
 
 
+def test_every_op_lives_in_ops():
+    outside = [f"{c.__module__}.{c.__name__}" for c in OPS if not c.__module__.startswith("tinygrad_llm.ops.")]
+    assert not outside, f"ops outside tinygrad_llm/ops/: {outside}"
+
+
 def test_the_walk_finds_the_ops():
     names = {c.__name__ for c in OPS}
     assert {"Add", "Mul", "MatMul", "Sum", "Reshape", "Linear"} <= names
@@ -127,10 +132,10 @@ def test_slug_follows_github():
 
 # docs/architecture.md: the rooms, lowest first; a module may import from its own room or below
 ROOMS = [
-    {"backend", "autograd", "tensor", "ops", "functional", "gradcheck", "cuda", "kernels", "parallel",
-     "blas", "distributed"},
+    {"backend", "autograd", "tensor", "ops", "functional", "gradcheck", "cuda", "kernels", "blas",
+     "files", "distributed"},
     {"nn", "optim", "study", "data_parallel"},
-    {"tokenizer", "models", "data", "train", "checkpoint", "safetensors", "config"},
+    {"tokenizer", "models", "data", "train", "parallel", "checkpoint", "safetensors", "config"},
     {"cli", "__main__", "__init__"},
 ]
 
@@ -179,3 +184,55 @@ def test_imports_point_down():
                 upward.append(f"{rel} imports {top}")
     assert not unknown, f"modules docs/architecture.md does not place in a room: {unknown}"
     assert not upward, f"imports that point up (see docs/architecture.md): {upward}"
+
+
+def _module_imports():
+    """{module: the package modules it imports}, every import counted (also those inside functions)."""
+    import ast
+    pkg = ROOT / "tinygrad_llm"
+    mods = {}
+    for py in pkg.rglob("*.py"):
+        parts = list(py.relative_to(ROOT).with_suffix("").parts)
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = py
+
+    def known(name):  # the module an import lands in: a.b.name may be a function of module a.b
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name
+
+    edges = {}
+    for mod, py in mods.items():
+        here = mod.split(".") if py.name == "__init__.py" else mod.split(".")[:-1]
+        found = set()
+        for node in ast.walk(ast.parse(py.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(here[:len(here) - node.level + 1] + (node.module.split(".") if node.module else [])) \
+                    if node.level else (node.module or "")
+                if base.startswith("tinygrad_llm"):
+                    found.update(known(f"{base}.{a.name}") for a in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(known(a.name) for a in node.names if a.name.startswith("tinygrad_llm"))
+        edges[mod] = found - {mod, ""}
+    return edges
+
+
+def test_no_import_cycles():
+    # a cycle, even through an import inside a function, means two modules that cannot be read
+    # (or tested, or moved) one without the other
+    edges = _module_imports()
+    state, cycles = {}, []
+
+    def visit(m, path):  # depth-first; a module met again while still on the path closes a cycle
+        state[m] = "open"
+        for n in sorted(edges.get(m, ())):
+            if state.get(n) == "open":
+                cycles.append(" -> ".join(path[path.index(n):] + [n]))
+            elif n not in state:
+                visit(n, path + [n])
+        state[m] = "done"
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, f"import cycles: {cycles}"
+    assert {"tinygrad_llm.tensor", "tinygrad_llm.ops.movement"} <= set(edges)  # the walk saw the package

@@ -19,6 +19,7 @@ from .ops.cross_entropy import CrossEntropy  # noqa: E402
 from .ops.dropout import Dropout  # noqa: E402
 from .ops.embedding import Embedding  # noqa: E402
 from .ops.norm import LayerNorm, RMSNorm  # noqa: E402
+from .ops.rope import RoPE  # noqa: E402
 from .ops.softmax import LogSoftmax, Softmax  # noqa: E402
 
 
@@ -116,3 +117,14 @@ def qkv_attention(qkv, n_head, n_kv_head=None, causal=True, scale=None, segment_
         segment_ids = _raw(segment_ids)
     return QKVAttention.apply(qkv, n_head=n_head, n_kv_head=n_kv_head, causal=causal, scale=scale,
                               segment_ids=segment_ids)
+
+
+def rope(x, cos, sin):
+    """x (B, H, T, hs) with each position's pairs rotated by the tables cos, sin (T, hs/2) of
+    ops.rope.rope_tables (arrays or Tensors; they take no gradient)."""
+    return RoPE.apply(x, _as_constant(cos), _as_constant(sin))
+
+
+def _as_constant(a):
+    from .tensor import Tensor
+    return a if isinstance(a, Tensor) else Tensor(a)

@@ -14,11 +14,12 @@ Nothing is ever unpickled: a file can only describe arrays, never run code.
     >>> tensors, metadata = load_file("m.safetensors")
 """
 import json
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_write
 
 # safetensors dtype name -> numpy dtype (little-endian). BF16 has no numpy dtype: it is read as
 # raw uint16 and widened to float32 by decoding (see _decode_bf16).
@@ -171,15 +172,7 @@ def save_file(tensors, path, metadata=None, dtypes=None):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in serialize(tensors, metadata, dtypes):
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path) as f:
+        for chunk in serialize(tensors, metadata, dtypes):
+            f.write(chunk)
     return path

@@ -383,6 +383,10 @@ class Tensor:
         return V.Reshape.apply(self, shape=V.flattened_shape(self.shape, start_axis, end_axis))
 
     def __getitem__(self, index):
+        if isinstance(index, tuple):  # the ops index with arrays: a Tensor in the index gives its own
+            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+        elif isinstance(index, Tensor):
+            index = index.data
         return V.GetItem.apply(self, index=V.normalize_index(index, self.shape))
 
     def split(self, split_size_or_sections, axis=0):

@@ -7,8 +7,6 @@ Reads <out-dir>/ckpt.safetensors and <out-dir>/tokenizer.json (or --checkpoint /
 import sys
 from pathlib import Path
 
-import numpy as np
-
 
 def add_arguments(parser):
     parser.add_argument("--out-dir", default="out/shakespeare", help="the training run's directory")
@@ -24,23 +22,10 @@ def add_arguments(parser):
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
 
 
-def generate_text(model, tok, prompt, max_new_tokens, temperature=0.8, top_k=None, top_p=None,
-                  seed=None, num_samples=1):
-    """Decoded continuations of prompt (the prompt included), one string per sample."""
-    ids = tok.encode(prompt) if hasattr(tok, "stoi") else tok.encode(prompt, allowed_special="all")
-    if not ids:
-        raise ValueError("the prompt encodes to no tokens")
-    idx = np.tile(np.asarray(ids, dtype=np.int64)[None], (num_samples, 1))
-    eos = getattr(tok, "eot_id", None)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                         eos_id=eos, seed=seed).numpy()
-    texts = [tok.decode(row.tolist()) for row in out]
-    return texts[0] if num_samples == 1 else texts
-
-
 def main(args):
+    from ..models import generate_text
+    from ..tokenizer import load_tokenizer
     from ..train import load_model
-    from .train import load_tokenizer
     out_dir = Path(args.out_dir)
     ckpt = Path(args.checkpoint) if args.checkpoint else out_dir / "ckpt.safetensors"
     tok_path = Path(args.tokenizer_file) if args.tokenizer_file else out_dir / "tokenizer.json"

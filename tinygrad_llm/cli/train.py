@@ -1,7 +1,7 @@
 """`python -m tinygrad_llm train` and examples/train_shakespeare.py: text in, trained GPT out.
 
 With no arguments: find tiny Shakespeare (--data, else $TINYGRAD_LLM_DATA, else the cached copy
-in ~/.cache/tinygrad_llm/, else ../shared/data beside the repository, else download it), train
+in ~/.cache/tinygrad_llm/, else download it into that cache), train
 a byte-level BPE tokenizer on it (or a char-level vocabulary with --tokenizer char), encode it,
 train a GPT on the CPU, then print the validation loss, bits per byte and a sample.
 
@@ -9,7 +9,6 @@ train a GPT on the CPU, then print the validation loss, bits per byte and a samp
 then --tokenizer-file names the tokenizer that wrote it (for bits per byte and the sample).
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -18,7 +17,6 @@ from pathlib import Path
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinygrad_llm"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # The CPU default finishes (tokenizer, training, eval, sample) within 90 seconds on two cores:
 # training stops at max_iters or after max_seconds of wall time, whichever comes first, and the
@@ -76,7 +74,7 @@ def add_arguments(parser):
 
 
 def find_text(path=None, log=print):
-    """The training text: the path given, $TINYGRAD_LLM_DATA, the cache, ../shared/data, or a download."""
+    """The training text: the path given, $TINYGRAD_LLM_DATA, the cached copy, or a download."""
     if path:
         p = Path(path)
         if not p.exists():
@@ -93,9 +91,6 @@ def find_text(path=None, log=print):
     cached = CACHE_DIR / "tinyshakespeare.txt"
     if cached.exists():
         return cached
-    shared = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-    if shared.exists():
-        return shared
     log(f"downloading tiny Shakespeare from {SHAKESPEARE_URL} to {cached} ...")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     try:
@@ -104,16 +99,15 @@ def find_text(path=None, log=print):
     except OSError as e:
         raise SystemExit(f"could not download tiny Shakespeare ({e}); pass --data PATH to a text file "
                          "or set TINYGRAD_LLM_DATA") from None
-    tmp = cached.with_suffix(".tmp")
-    tmp.write_bytes(raw)
-    os.replace(tmp, cached)
+    from ..files import atomic_write
+    with atomic_write(cached) as f:
+        f.write(raw)
     return cached
 
 
 def prepare_tokens(text_path, out_dir, kind, vocab_size, reuse=False, log=print):
     """Train the tokenizer and encode the text into out_dir; returns (token file, tokenizer)."""
-    from ..data import CharTokenizer, write_token_file
-    from ..tokenizer import BPETokenizer
+    from ..tokenizer import BPETokenizer, CharTokenizer, load_tokenizer, write_token_file
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok_path, bin_path = out_dir / "tokenizer.json", out_dir / "tokens.bin"
@@ -134,13 +128,6 @@ def prepare_tokens(text_path, out_dir, kind, vocab_size, reuse=False, log=print)
     log(f"tokenizer: {name}, vocab {tok.vocab_size}, {meta['num_tokens']:,} tokens from "
         f"{len(raw):,} bytes ({len(raw) / meta['num_tokens']:.2f} bytes/token) in {time.perf_counter() - t0:.1f}s")
     return bin_path, tok
-
-
-def load_tokenizer(path):
-    from ..data import CharTokenizer
-    from ..tokenizer import BPETokenizer
-    d = json.loads(Path(path).read_text(encoding="utf-8"))
-    return CharTokenizer.load(path) if isinstance(d, dict) and d.get("type") == "char" else BPETokenizer.load(path)
 
 
 def build_config(args):
@@ -192,7 +179,7 @@ def main(args):
               f"(step {summary['step']}, {summary['elapsed_s']:.1f}s training)", flush=True)
     n = args.sample_tokens if args.sample_tokens is not None else (500 if kind == "char" else 250)
     if n and summary["status"] != "diverged" and world.is_main:
-        from .sample import generate_text
+        from ..models import generate_text
         print("---- sample ----")
         print(generate_text(trainer.model, tok, "\n", n, temperature=0.8, top_k=None, seed=cfg.seed))
         print("----------------")

@@ -19,8 +19,8 @@ from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
 from ..config import DictConfig
+from ..ops.rope import rope_tables
 from ..tensor import Tensor
-from .rope import apply_rope, rope_tables
 
 
 @dataclass
@@ -111,7 +111,7 @@ class CausalSelfAttention(nn.Module):
         qkv = qkv.reshape(B, T, nh + 2 * nkv, hs).transpose(0, 2, 1, 3)  # (B, nh + 2 nkv, T, hs)
         q, k, v = qkv[:, :nh], qkv[:, nh:nh + nkv], qkv[:, nh + nkv:]  # (B, nh|nkv, T, hs)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = F.rope(q, *rope), F.rope(k, *rope)
         causal = True
         if cache is not None:  # generation: keep k, v of every position seen so far
             k, v = cache.append(k, v)
@@ -193,6 +193,7 @@ class KVCache:
 
 class GPT(nn.Module):
     """The model: idx (B, T) token ids -> logits (B, T, vocab_size), and the loss given targets."""
+    config_class = GPTConfig  # what a loader (hf.py) builds from a checkpoint's config
 
     def __init__(self, config, dtype=None):
         super().__init__()

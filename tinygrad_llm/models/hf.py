@@ -20,8 +20,7 @@ CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_
 SKIPPED = (".attn.bias", ".attn.masked_bias")  # the dot: "c_attn.bias" is a real weight
 
 
-def _config_from_hf(hf):
-    from .gpt import GPTConfig
+def _config_from_hf(hf, GPTConfig):
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
         raise ValueError(f"config.json: activation_function {act!r} is not a GELU this model has")
@@ -55,7 +54,7 @@ def load_hf_gpt2(cls, path, dtype=None):
     if not weights.exists():
         raise FileNotFoundError(f"{weights} not found (only safetensors weights are read: "
                                 "pytorch_model.bin is a pickle and is never loaded)")
-    config = _config_from_hf(json.loads(config_path.read_text()))
+    config = _config_from_hf(json.loads(config_path.read_text()), cls.config_class)
     tensors, _ = safetensors.load_file(weights)
     state = hf_state_to_ours(tensors)
     lm_head = state.pop("lm_head.weight", None)

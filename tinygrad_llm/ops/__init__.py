@@ -5,5 +5,6 @@ elementwise  add, sub, mul, div, neg, pow, exp, log, sqrt, abs, tanh, sigmoid, r
 reduce       sum, mean, max, min, var, logsumexp
 movement     reshape, transpose, expand, indexing, cat, stack, device copies
 matmul       matrix products with NumPy's batch broadcasting
-The fused neural-network ops (softmax, cross-entropy, norms, attention, ...) have a module each.
+The fused neural-network ops (softmax, cross-entropy, norms, attention, ...) have a module each,
+and so does RoPE, the rotary position embedding (rope).
 """

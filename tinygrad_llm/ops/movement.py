@@ -114,16 +114,14 @@ def _axes_consumed(item):
 
 
 def normalize_index(index, shape):
-    """The index with tensors and lists turned into arrays, every integer checked against shape.
+    """The index (of arrays, not Tensors) with lists turned into arrays, every integer checked
+    against shape.
 
     NumPy would raise for an out-of-range integer too, but CuPy wraps it silently, so the check
     is ours, with the axis and its size in the message.
     """
-    from ..tensor import Tensor
-
     items = index if isinstance(index, tuple) else (index,)
-    items = tuple(i.data if isinstance(i, Tensor) else np.asarray(i) if isinstance(i, list) else i
-                  for i in items)
+    items = tuple(np.asarray(i) if isinstance(i, list) else i for i in items)
     axis = 0
     for pos, item in enumerate(items):
         if item is Ellipsis:

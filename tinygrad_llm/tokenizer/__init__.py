@@ -6,7 +6,8 @@ One idea per file:
     tokenizer.py  BPETokenizer: encode / decode with special tokens and a chunk cache
     gpt2.py       reading OpenAI's GPT-2 files (encoder.json, vocab.bpe)
     io.py         save / load as versioned JSON, plus a readable .vocab view
-    corpus.py     encoding a corpus file into a flat uint16/uint32 token file
+    char.py       CharTokenizer: nanoGPT's one id per character
+    corpus.py     the token file: encoding a corpus into flat uint16/uint32 ids, reading it back
     cli.py        `python -m tinygrad_llm tokenize train | encode`
 
     >>> from tinygrad_llm.tokenizer import BPETokenizer
@@ -14,11 +15,25 @@ One idea per file:
     >>> tok.decode(tok.encode("hello")) == "hello"
     True
 """
-from .corpus import encode_file, read_token_file
+import json
+from pathlib import Path
+
+from .char import CharTokenizer
+from .corpus import encode_file, read_token_file, write_token_file
 from .errors import TokenizerError, TokenizerFileError
 from .gpt2 import bytes_to_unicode
 from .patterns import GPT2_PATTERN, GPT4_PATTERN
 from .tokenizer import BPETokenizer
 
-__all__ = ["BPETokenizer", "TokenizerError", "TokenizerFileError", "encode_file", "read_token_file",
-           "bytes_to_unicode", "GPT2_PATTERN", "GPT4_PATTERN"]
+__all__ = ["BPETokenizer", "CharTokenizer", "TokenizerError", "TokenizerFileError", "load_tokenizer",
+           "encode_file", "read_token_file", "write_token_file", "bytes_to_unicode", "GPT2_PATTERN",
+           "GPT4_PATTERN"]
+
+
+def load_tokenizer(path):
+    """A saved tokenizer of either kind: a CharTokenizer file ({"type": "char"}) or a BPETokenizer."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        d = None  # not a char file: BPETokenizer.load says what is wrong with it
+    return CharTokenizer.load(path) if isinstance(d, dict) and d.get("type") == "char" else BPETokenizer.load(path)

@@ -17,13 +17,13 @@ checked by the tests with tiny blocks; a pattern of None makes the whole file on
 """
 import codecs
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write, atomic_write_text
 from .errors import TokenizerFileError
 
 SIDECAR_KEYS = ("dtype", "vocab_size", "num_tokens", "source_bytes", "tokenizer")
@@ -49,43 +49,48 @@ def encode_file(tokenizer, input_path, out_path, verbose=True, tokenizer_name=No
     input_path, out_path = Path(input_path), Path(out_path)
     dtype = token_dtype(tokenizer.vocab_size)
     source_bytes = input_path.stat().st_size
-    tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
     num_tokens, carry, done_bytes = 0, "", 0
     t0 = last = time.perf_counter()
     decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
-    try:
-        with open(input_path, "rb") as fin, open(tmp, "wb") as fout:
-            while True:
-                raw = fin.read(block_bytes)
-                done_bytes += len(raw)
-                text = carry + decoder.decode(raw, final=not raw)
-                if not raw:
-                    ids, carry = tokenizer.encode(text, allowed_special) if text else [], ""
-                else:
-                    ids, carry = _encode_block(tokenizer, text, allowed_special)
-                if ids:
-                    np.asarray(ids, dtype=dtype).tofile(fout)
-                    num_tokens += len(ids)
-                now = time.perf_counter()
-                if verbose and (now - last > 1.0 or not raw):
-                    last = now
-                    mb = done_bytes / 1e6
-                    print(f"encoded {mb:,.1f}/{source_bytes / 1e6:,.1f} MB "
-                          f"({100 * done_bytes / max(source_bytes, 1):.0f}%), {num_tokens:,} tokens, "
-                          f"{mb / max(now - t0, 1e-9):.2f} MB/s", file=sys.stderr, flush=True)
-                if not raw:
-                    break
-            fout.flush()
-            os.fsync(fout.fileno())
-        meta = {"dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size,
-                "num_tokens": num_tokens, "source_bytes": source_bytes,
-                "tokenizer": str(tokenizer_name) if tokenizer_name is not None else "unnamed"}
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    from .io import atomic_write_text
-    atomic_write_text(sidecar_path(out_path), json.dumps(meta, indent=2) + "\n")
+    with open(input_path, "rb") as fin, atomic_write(out_path) as fout:
+        while True:
+            raw = fin.read(block_bytes)
+            done_bytes += len(raw)
+            text = carry + decoder.decode(raw, final=not raw)
+            if not raw:
+                ids, carry = tokenizer.encode(text, allowed_special) if text else [], ""
+            else:
+                ids, carry = _encode_block(tokenizer, text, allowed_special)
+            if ids:
+                np.asarray(ids, dtype=dtype).tofile(fout)
+                num_tokens += len(ids)
+            now = time.perf_counter()
+            if verbose and (now - last > 1.0 or not raw):
+                last = now
+                mb = done_bytes / 1e6
+                print(f"encoded {mb:,.1f}/{source_bytes / 1e6:,.1f} MB "
+                      f"({100 * done_bytes / max(source_bytes, 1):.0f}%), {num_tokens:,} tokens, "
+                      f"{mb / max(now - t0, 1e-9):.2f} MB/s", file=sys.stderr, flush=True)
+            if not raw:
+                break
+    name = str(tokenizer_name) if tokenizer_name is not None else "unnamed"
+    return _write_sidecar(out_path, dtype, tokenizer.vocab_size, num_tokens, source_bytes, name)
+
+
+def write_token_file(ids, path, vocab_size, source_bytes, tokenizer_name):
+    """ids (already encoded) -> path and its .json sidecar in encode_file's format, atomically."""
+    dtype = token_dtype(vocab_size)
+    with atomic_write(path) as f:
+        np.asarray(ids, dtype=dtype).tofile(f)
+    return _write_sidecar(path, dtype, vocab_size, len(ids), source_bytes, tokenizer_name)
+
+
+def _write_sidecar(path, dtype, vocab_size, num_tokens, source_bytes, tokenizer_name):
+    """The token file's .json sidecar (SIDECAR_KEYS), written after the ids; read_token_file
+    refuses a token file whose sidecar is missing or disagrees with its size."""
+    meta = {"dtype": np.dtype(dtype).name, "vocab_size": int(vocab_size), "num_tokens": int(num_tokens),
+            "source_bytes": int(source_bytes), "tokenizer": tokenizer_name}
+    atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2) + "\n")
     return meta
 
 

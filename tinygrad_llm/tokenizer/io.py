@@ -23,10 +23,10 @@ file and renamed into place, so a crash never leaves half a file under the real 
 """
 import hashlib
 import json
-import os
 import unicodedata
 from pathlib import Path
 
+from ..files import atomic_write_text
 from .errors import TokenizerError, TokenizerFileError
 from .patterns import pattern_name
 
@@ -38,21 +38,6 @@ def _checksum(pattern, special_tokens, byte_order, merges):
     canonical = json.dumps([pattern, sorted(special_tokens.items()), byte_order, merges],
                            separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
-
-
-def atomic_write_text(path, text):
-    """Write text to path via a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def vocab_path(path):

@@ -53,11 +53,3 @@ class RoPE(Function):
         dx[..., :half] = dy1 * cos + dy2 * sin
         dx[..., half:] = dy2 * cos - dy1 * sin
         return dx, None, None
-
-
-def apply_rope(x, cos, sin):
-    """x (B, H, T, hs) with positions rotated by the tables (Tensors or arrays, no gradient)."""
-    from ..tensor import Tensor
-    cos = cos if isinstance(cos, Tensor) else Tensor(cos)
-    sin = sin if isinstance(sin, Tensor) else Tensor(sin)
-    return RoPE.apply(x, cos, sin)
