@@ -222,3 +222,36 @@ def test_ci_runs_the_readme_test_command_with_mpi():
     assert command in (root / "README.md").read_text()
     assert (root / ".ci" / "run").read_text().rstrip().splitlines()[-1] == command
     assert '"mpi4py' in (root / "pyproject.toml").read_text()
+
+
+# ------------------------------------------------------------------------------- NCCL (GPU)
+@pytest.mark.gpu
+def test_nccl_collectives_in_a_world_of_one():
+    """NCCL itself, with one rank: the unique id, the communicator and each collective's call."""
+    import cupy as cp
+    comm = distributed.NcclComm(distributed.World())
+    for dtype in (cp.float32, cp.float64):
+        buf = cp.arange(10, dtype=dtype)
+        comm.allreduce_(buf)  # the sum over one rank: itself
+        comm.broadcast_(buf, 0)
+        out = cp.empty(10, dtype=dtype)
+        comm.reduce_scatter(buf, [10], out, 0)
+        comm.allgather_(out, [10])
+        cp.cuda.get_current_stream().synchronize()
+        assert buf.tolist() == out.tolist() == list(range(10))
+
+
+@pytest.mark.gpu
+def test_zero1_on_the_gpu_matches_the_plain_step(tmp_path):
+    """ZeRO-1's block step on CuPy buffers (a world of one) against the ordinary optimizer step."""
+    from tinygrad_llm import backend
+    from tinygrad_llm.train import Trainer
+    runs = {}
+    for zero in (0, 1):
+        cfg = dist_worker.train_config(tmp_path / str(zero), device="cuda", zero=zero, max_iters=4,
+                                       eval_every=4)
+        t = Trainer(cfg, data=dist_worker.make_data(3), log=lambda m: None)
+        t.run()
+        runs[zero] = {k: backend.to_numpy(getattr(v, "data", v)) for k, v in t.model.state_dict().items()}
+    for name, w in runs[0].items():
+        np.testing.assert_allclose(runs[1][name], w, rtol=1e-5, atol=1e-6, err_msg=name)
