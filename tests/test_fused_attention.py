@@ -345,7 +345,7 @@ class FakeFlashGlue:
 @pytest.fixture
 def fake_flash(monkeypatch):
     glue = FakeFlashGlue()
-    monkeypatch.setattr(attention, "flash_kernels", lambda q: glue)
+    monkeypatch.setattr(attention, "flash_kernels", lambda q, k, v: glue)
     return glue
 
 
@@ -403,4 +403,5 @@ def test_qkv_attention_calls_the_flash_glue(fake_flash, with_ids):
 
 def test_flash_serves_no_numpy_and_no_float64():
     """Without CuPy (or for NumPy arrays, or float64) the query-block loop runs."""
-    assert attention.flash_kernels(np.zeros((1, 1, 2, 2), np.float32)) is None
+    z = np.zeros((1, 1, 2, 32), np.float32)
+    assert attention.flash_kernels(z, z, z) is None

@@ -248,7 +248,9 @@ def set_rng_state(state):
 
 # --- dtypes -----------------------------------------------------------------------------------
 def is_float(dtype):
-    return np.dtype(dtype).kind == "f"
+    """Floating point, bfloat16 included (ml_dtypes' bfloat16 has NumPy kind "V")."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
 def resolve_dtype(dtype):

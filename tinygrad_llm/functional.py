@@ -3,11 +3,32 @@
 Each function here is a thin wrapper that calls one op's `Function.apply`; the op's module in
 ops/ holds its forward and hand-derived backward side by side.
 """
+from .autocast import compute_dtype as _compute_dtype
+from .autocast import is_low_precision as _is_low_precision
+from .ops.elementwise import Cast
 from .ops.linear import Linear
 
 
+def _autocast(decider, *tensors):
+    """tensors (None kept) cast to the dtype an open autocast region picks for decider's array
+    (see autocast.py); as they are outside one. The cast is an op: its backward hands a float32
+    tensor a float32 gradient."""
+    dtype = _compute_dtype(decider.data)
+    if dtype is None:
+        return tensors
+    return [t if t is None or t.dtype == dtype else Cast.apply(t, dtype=dtype) for t in tensors]
+
+
+def _float32(x):
+    """x cast to float32 when it is bfloat16: softmax, log-sum-exp, norms and the loss keep float32
+    under autocast (their sums and exponentials need its range and digits)."""
+    return Cast.apply(x, dtype="float32") if _is_low_precision(x.dtype) else x
+
+
 def linear(x, weight, bias=None):
-    """y = x @ weight^T + bias, weight stored (out_features, in_features) as in PyTorch."""
+    """y = x @ weight^T + bias, weight stored (out_features, in_features) as in PyTorch. Under
+    autocast (GPU) all three are cast to bfloat16 first: the output is bfloat16."""
+    x, weight, bias = _autocast(weight, x, weight, bias)
     return Linear.apply(x, weight) if bias is None else Linear.apply(x, weight, bias)
 
 
@@ -31,12 +52,12 @@ def _raw(a):
 
 def softmax(x, axis=-1):
     """exp(x - max x) / sum exp(x - max x) along axis (stable for any finite x)."""
-    return Softmax.apply(x, axis=axis)
+    return Softmax.apply(_float32(x), axis=axis)
 
 
 def log_softmax(x, axis=-1):
     """x - logsumexp(x) along axis."""
-    return LogSoftmax.apply(x, axis=axis)
+    return LogSoftmax.apply(_float32(x), axis=axis)
 
 
 def cross_entropy(logits, targets, ignore_index=-100, reduction="mean", label_smoothing=0.0):
@@ -44,19 +65,20 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean", label_sm
 
     reduction: "mean" over the targets that are not ignore_index, "sum", or "none" (per target).
     """
-    return CrossEntropy.apply(logits, targets=_raw(targets), ignore_index=ignore_index,
+    return CrossEntropy.apply(_float32(logits), targets=_raw(targets), ignore_index=ignore_index,
                               reduction=reduction, label_smoothing=label_smoothing)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis; weight, bias optional."""
     params = [p for p in (weight, bias) if p is not None]
-    return LayerNorm.apply(x, *params, has_weight=weight is not None, has_bias=bias is not None,
+    return LayerNorm.apply(_float32(x), *params, has_weight=weight is not None, has_bias=bias is not None,
                            eps=eps)
 
 
 def rms_norm(x, weight=None, eps=1e-6):
     """x / sqrt(mean(x^2) + eps) * weight over the last axis; weight optional."""
+    x = _float32(x)
     return RMSNorm.apply(x, eps=eps) if weight is None else RMSNorm.apply(x, weight, eps=eps)
 
 
@@ -102,6 +124,7 @@ def scaled_dot_product_attention(q, k, v, causal=True, scale=None, segment_ids=N
     """
     if segment_ids is not None:
         segment_ids = _raw(segment_ids)
+    q, k, v = _autocast(q, q, k, v)
     return ScaledDotProductAttention.apply(q, k, v, causal=causal, scale=scale, segment_ids=segment_ids)
 
 
@@ -115,6 +138,7 @@ def qkv_attention(qkv, n_head, n_kv_head=None, causal=True, scale=None, segment_
     n_kv_head = n_head if n_kv_head is None else n_kv_head
     if segment_ids is not None:
         segment_ids = _raw(segment_ids)
+    (qkv,) = _autocast(qkv, qkv)
     return QKVAttention.apply(qkv, n_head=n_head, n_kv_head=n_kv_head, causal=causal, scale=scale,
                               segment_ids=segment_ids)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend, distributed, parallel
+from .autocast import check_training_dtype, training_precision
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DictConfig
 from .data import TokenData, bits_per_byte
@@ -70,6 +71,7 @@ class TrainConfig(DictConfig):
     checkpoint_every: int = 0    # 0: a checkpoint at each evaluation and at the end
     seed: int = 1337
     device: str = "cpu"
+    dtype: str = "fp32"          # "bf16": bfloat16 matmuls and attention under autocast (GPU only)
     val_fraction: float = 0.1
     health_every: int = 0        # >0: study.health.gradient_health every N steps, in metrics["health"]
     shards: int = 0              # CPU: each micro-batch's rows in this many shards on their own
@@ -90,6 +92,10 @@ class TrainConfig(DictConfig):
             raise ValueError(f"TrainConfig: shards must be >= 0 (0: one per core), got {self.shards}")
         if self.zero not in (0, 1):
             raise ValueError(f"TrainConfig: zero must be 0 (off) or 1 (ZeRO-1), got {self.zero}")
+        try:
+            check_training_dtype(self.dtype, self.device)
+        except ValueError as e:
+            raise ValueError(f"TrainConfig: {e}") from None
 
 
 def lr_factor(step, cfg, time_frac=0.0):
@@ -223,7 +229,7 @@ class Trainer:
         self.model.eval()
         T, B = self.model_config.block_size, self.cfg.batch_size
         losses, weights = [], []
-        with no_grad():
+        with no_grad(), training_precision(self.cfg.dtype, self.cfg.device):
             if full:
                 val = np.asarray(self.data.splits["val"], dtype=np.int64)
                 n = (len(val) - 1) // T
@@ -282,8 +288,9 @@ class Trainer:
         total = 0.0
         for _ in range(cfg.grad_accum):
             x, y = self.data.get_batch("train", cfg.batch_size, T)
-            lv = parallel.loss_backward(lambda xs, ys: self.model(xs, ys)[1], self._dev(x), self._dev(y),
-                                        shards=cfg.shards or None, scale=1.0 / cfg.grad_accum)
+            with training_precision(cfg.dtype, cfg.device):
+                lv = parallel.loss_backward(lambda xs, ys: self.model(xs, ys)[1], self._dev(x), self._dev(y),
+                                            shards=cfg.shards or None, scale=1.0 / cfg.grad_accum)
             total += lv
         loss = self.world.mean(total / cfg.grad_accum)  # every rank sees the same value
         # a non-finite loss stops every rank here, before the optimizer can apply its gradients

@@ -21,6 +21,8 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
+                        help="bf16: bfloat16 matmuls and attention under autocast (GPU only)")
     parser.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"))
     parser.add_argument("--shards", type=int, default=0, help="row shards per batch (0: one per core)")
     parser.add_argument("--profile", action="store_true", help="print where the time goes (cProfile)")
@@ -32,6 +34,9 @@ def main(args):
     from ..tensor import Tensor
     from ..train import TrainConfig, build_optimizer
     from .. import optim, parallel
+    from ..autocast import training_precision
+    if args.dtype == "bf16" and args.device != "cuda":
+        raise SystemExit("--dtype bf16 runs on the GPU only (--device cuda); the CPU trains in float32")
     backend.manual_seed(0)
     cfg = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                     n_head=args.n_head, n_embd=args.n_embd)
@@ -45,7 +50,8 @@ def main(args):
 
     def step():
         # the loss comes back as a float: on the GPU that waits for it, so the time is the step's
-        loss = parallel.loss_backward(lambda a, b: model(a, b)[1], x, y, shards=args.shards or None)
+        with training_precision(args.dtype, args.device):
+            loss = parallel.loss_backward(lambda a, b: model(a, b)[1], x, y, shards=args.shards or None)
         optim.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad()
@@ -60,7 +66,7 @@ def main(args):
         times.append(time.perf_counter() - t0)
     ms = 1000 * float(np.median(times))
     print(f"GPT {cfg.n_layer}x{cfg.n_embd} (heads {cfg.n_head}, T={T}, B={B}, vocab {cfg.vocab_size}, "
-          f"{model.num_parameters():,} params) on {args.device}: {ms:.1f} ms/step (median of {args.steps}), "
+          f"{model.num_parameters():,} params) on {args.device} in {args.dtype}: {ms:.1f} ms/step (median of {args.steps}), "
           f"{B * T / ms * 1000:,.0f} tokens/s")
     if args.profile:
         import cProfile

@@ -41,7 +41,7 @@ PRESETS = {
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "n_kv_head", "pos", "norm", "mlp", "bias")
 TRAIN_KEYS = ("batch_size", "grad_accum", "max_iters", "max_seconds", "optimizer", "lr", "muon_lr", "warmup_iters",
               "schedule", "min_lr_ratio", "weight_decay", "beta2", "eval_every", "eval_iters",
-              "log_every", "checkpoint_every", "seed", "device", "health_every", "shards", "zero")
+              "log_every", "checkpoint_every", "seed", "device", "dtype", "health_every", "shards", "zero")
 
 
 def add_arguments(parser):
@@ -49,6 +49,8 @@ def add_arguments(parser):
     parser.add_argument("--out-dir", default="out/shakespeare", help="checkpoints, metrics.jsonl, tokenizer")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="cuda selects nanoGPT's GPU Shakespeare config")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"),
+                        help="bf16: bfloat16 matmuls and attention, float32 weights and loss (GPU only)")
     parser.add_argument("--resume", action="store_true", help="continue from <out-dir>/ckpt.safetensors")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--tokenizer", choices=("bpe", "char"), help="byte-level BPE or nanoGPT's characters")
@@ -155,6 +157,8 @@ def main(args):
     from ..train import Trainer
     if args.device == "cuda" and not backend.cuda_available():
         raise SystemExit("--device cuda: no GPU found (CuPy missing or no device); use --device cpu")
+    if args.dtype == "bf16" and args.device != "cuda":
+        raise SystemExit("--dtype bf16 runs on the GPU only (--device cuda); the CPU trains in float32")
     world = distributed.init(args.device)  # under mpirun: this rank; else a world of one
     print = _print if world.is_main else (lambda *a, **k: None)  # noqa: A001 - rank 0 alone prints
     cfg, kind, vocab_size = build_config(args)

@@ -21,6 +21,7 @@ import importlib
 import numpy as np
 
 from .. import backend, cuda
+from ..autocast import is_low_precision
 from ..autograd import Function
 from ..backend import array_module
 
@@ -40,6 +41,7 @@ QUERY_BLOCK_MIN_T = 256
 # The flash kernel's CuPy glue: flash_attention_forward / flash_attention_backward.
 FLASH_GLUE = "tinygrad_llm.cuda.attention"
 FLASH_DTYPES = ("float32", "bfloat16")
+FLASH_HEAD_DIMS = (32, 64, 128)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,12 +300,14 @@ def attention_backward_cpu(do, o, qs, k, v, scale, causal=True, segment_ids=None
 # The flash kernel on the GPU
 # ---------------------------------------------------------------------------------------------
 
-def flash_kernels(q):
-    """The flash kernel's glue module when it serves q (a CuPy float32 or bfloat16 array, the
-    hand-written kernels enabled), else None: float64 (the gradchecks) and the CPU take the
-    query-block loop."""
+def flash_kernels(q, k, v):
+    """The flash kernel's glue module when it serves q, k, v (CuPy float32 or bfloat16, a head dim
+    it is built for, v as wide as k, the hand-written kernels enabled), else None: float64 (the
+    gradchecks), other head dims and the CPU take the query-block loop."""
     cp = backend._cupy
-    if cp is None or not cuda.enabled() or not isinstance(q, cp.ndarray) or q.dtype.name not in FLASH_DTYPES:
+    if (cp is None or not cuda.enabled() or not isinstance(q, cp.ndarray)
+            or q.dtype.name not in FLASH_DTYPES or q.shape[-1] not in FLASH_HEAD_DIMS
+            or v.shape[-1] != q.shape[-1]):
         return None
     try:
         return importlib.import_module(FLASH_GLUE)
@@ -360,39 +364,51 @@ def check_segment_ids(segment_ids, q, k):
 def _attend(ctx, q, k, v, causal, scale, segment_ids, out=None):
     """Forward of both ops: o written into out (any strides) or a new (B, H, Tq, Dv) array; saves
     what backward needs and says in ctx.flash which path ran."""
-    flash = flash_kernels(q)
+    flash = flash_kernels(q, k, v)
     ctx.flash = flash is not None
     if ctx.flash:
         q, k, v = _contiguous(q, k, v)
         o, lse = flash.flash_attention_forward(q, k, v, causal, scale, segment_ids=segment_ids)
         ctx.save_for_backward(q, k, v, o, lse, segment_ids)
-        if out is None:
-            return o
-        out[...] = o
-        return out
-    o, qs, Es, inv_rowsum, lse = attention_forward_cpu(q, k, v, causal, scale, segment_ids, out=out)
+        return _into(out, o)
+    ctx.low_precision = q.dtype if is_low_precision(q.dtype) else None
+    if ctx.low_precision is not None:  # no bfloat16 loop: float32 inside, the result rounded
+        q, k, v = (a.astype(np.float32) for a in (q, k, v))
+    o, qs, Es, inv_rowsum, lse = attention_forward_cpu(q, k, v, causal, scale, segment_ids,
+                                                       out=None if ctx.low_precision else out)
     if sum(E.nbytes for E in Es) > SAVE_PROBS_MAX_BYTES:
         Es, inv_rowsum = None, None  # backward rebuilds P from the log-sum-exp per row
     ctx.save_for_backward(o, qs, k, v, Es, inv_rowsum, lse, segment_ids)
-    return o
+    return o if ctx.low_precision is None else _into(out, o.astype(ctx.low_precision))
+
+
+def _into(out, a):
+    """a, or a copied into out (a strided view of the caller's buffer) when one is given."""
+    if out is None:
+        return a
+    out[...] = a
+    return out
 
 
 def _attend_backward(ctx, do, out=None):
     """(dq, dk, dv) of _attend, written into out's buffers when given."""
     if ctx.flash:
         q, k, v, o, lse, segment_ids = ctx.saved
-        flash = flash_kernels(q)
         (do,) = _contiguous(do)
-        grads = flash.flash_attention_backward(do, q, k, v, o, lse, ctx.causal, ctx.scale,
-                                               segment_ids=segment_ids)
-        if out is None:
-            return grads
-        for buffer, grad in zip(out, grads):
-            buffer[...] = grad
-        return out
-    o, qs, k, v, Es, inv_rowsum, lse, segment_ids = ctx.saved
-    return attention_backward_cpu(do, o, qs, k, v, ctx.scale, ctx.causal, segment_ids, Es=Es,
-                                  inv_rowsum=inv_rowsum, lse=lse, out=out)
+        grads = flash_kernels(q, k, v).flash_attention_backward(do, q, k, v, o, lse, ctx.causal,
+                                                                ctx.scale, segment_ids=segment_ids)
+    elif ctx.low_precision is not None:
+        o, qs, k, v, Es, inv_rowsum, lse, segment_ids = ctx.saved
+        grads = attention_backward_cpu(do.astype(np.float32), o, qs, k, v, ctx.scale, ctx.causal,
+                                       segment_ids, Es=Es, inv_rowsum=inv_rowsum, lse=lse)
+        grads = [g.astype(ctx.low_precision) for g in grads]
+    else:
+        o, qs, k, v, Es, inv_rowsum, lse, segment_ids = ctx.saved
+        return attention_backward_cpu(do, o, qs, k, v, ctx.scale, ctx.causal, segment_ids, Es=Es,
+                                      inv_rowsum=inv_rowsum, lse=lse, out=out)
+    if out is None:
+        return tuple(grads)
+    return tuple(_into(buffer, grad) for buffer, grad in zip(out, grads))
 
 
 class ScaledDotProductAttention(Function):
