@@ -135,7 +135,7 @@ ROOMS = [
     {"backend", "autograd", "tensor", "ops", "functional", "gradcheck", "cuda", "kernels", "blas",
      "files", "distributed", "autocast"},
     {"nn", "optim", "study", "data_parallel"},
-    {"tokenizer", "models", "data", "train", "parallel", "checkpoint", "safetensors", "config"},
+    {"tokenizer", "models", "data", "train", "parallel", "checkpoint", "safetensors", "config", "finetune"},
     {"cli", "__main__", "__init__"},
 ]
 

@@ -7,6 +7,7 @@ from .autocast import compute_dtype as _compute_dtype
 from .autocast import is_low_precision as _is_low_precision
 from .ops.elementwise import Cast
 from .ops.linear import Linear
+from .ops.lora import LoRALinear
 
 
 def _autocast(decider, *tensors):
@@ -30,6 +31,13 @@ def linear(x, weight, bias=None):
     autocast (GPU) all three are cast to bfloat16 first: the output is bfloat16."""
     x, weight, bias = _autocast(weight, x, weight, bias)
     return Linear.apply(x, weight) if bias is None else Linear.apply(x, weight, bias)
+
+
+def lora_linear(x, weight, lora_A, lora_B, scale, bias=None):
+    """y = x @ weight^T + bias + scale * (x @ lora_A^T) @ lora_B^T, as one op (ops/lora.py):
+    lora_A (rank, in), lora_B (out, rank)."""
+    tensors = (x, weight, lora_A, lora_B) if bias is None else (x, weight, lora_A, lora_B, bias)
+    return LoRALinear.apply(*tensors, scale=float(scale))
 
 
 # --- fused neural-network ops (ops/softmax.py, cross_entropy.py, norm.py, activation.py, ...) ---

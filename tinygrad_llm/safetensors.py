@@ -12,9 +12,18 @@ Nothing is ever unpickled: a file can only describe arrays, never run code.
 
     >>> save_file({"w": np.ones((2, 3), np.float32)}, "m.safetensors", metadata={"step": "10"})
     >>> tensors, metadata = load_file("m.safetensors")
+
+Big checkpoints are read memory-mapped instead (`open_mapped`): each tensor is a read-only view of
+the file's pages, copied once into wherever it is going (`copy_into`: a model's parameter), and its
+pages are then handed back (`release`), so loading never holds a second copy of the weights.
+
+    >>> with open_mapped("model.safetensors") as f:
+    ...     f.copy_into(param.data, "h.0.attn.c_attn.weight", transpose=True); f.release("h.0...")
 """
 import json
+import mmap
 import struct
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +140,90 @@ def load_file(path, keys=None, bf16_to="float32"):
                 arr = _decode_bf16(arr).astype(bf16_to, copy=False)
             out[name] = arr.astype(arr.dtype.newbyteorder("="), copy=True)
     return out, metadata
+
+
+class MappedFile:
+    """A validated safetensors file mapped read-only into memory (see open_mapped).
+
+    view(name) is the tensor as stored (F16 as float16, BF16 as raw uint16 bits), a view of the
+    mapped pages: reading it costs page faults, not a copy. Pages a process has read count in its
+    RSS until released, so a loader calls release(name) once a tensor has been copied.
+    """
+
+    def __init__(self, path, header, metadata, start, mm):
+        self.path, self.header, self.metadata, self._start, self._mm = path, header, metadata, start, mm
+
+    def keys(self):
+        return list(self.header)
+
+    def dtype(self, name):
+        return self._info(name)["dtype"]
+
+    def shape(self, name):
+        return tuple(self._info(name)["shape"])
+
+    def _info(self, name):
+        if name not in self.header:
+            raise KeyError(f"{self.path}: no tensor named {name!r}; it has {sorted(self.header)[:8]}...")
+        return self.header[name]
+
+    def view(self, name):
+        info = self._info(name)
+        dtype = DTYPES[info["dtype"]]
+        count = int(np.prod(info["shape"], dtype=np.int64))
+        if count == 0:
+            return np.empty(info["shape"], dtype)
+        offset = self._start + info["data_offsets"][0]
+        return np.frombuffer(self._mm, dtype=dtype, count=count, offset=offset).reshape(info["shape"])
+
+    def copy_into(self, dst, name, transpose=False):
+        """dst[...] = the tensor (transposed if asked), converting its dtype on the way: one pass
+        over the mapped bytes and no temporary the size of the tensor.
+
+        BF16 into float32 writes the 16 stored bits into the high half of each float32 word in
+        place (dst viewed as uint32, then shifted): bfloat16 is exactly float32's top half.
+        """
+        src = self.view(name)
+        src = src.T if transpose else src
+        if tuple(dst.shape) != src.shape:
+            raise ValueError(f"{self.path}: tensor {name!r} has shape {src.shape}"
+                             f"{' (transposed)' if transpose else ''}, the destination {tuple(dst.shape)}")
+        if self.dtype(name) != "BF16":
+            dst[...] = src  # F16 -> float32 and friends: NumPy casts while it copies
+        elif dst.dtype == np.float32 and dst.flags.c_contiguous:
+            bits = dst.view(np.uint32)
+            bits[...] = src
+            bits <<= 16
+        else:
+            dst[...] = _decode_bf16(src)  # other destinations: a temporary float32, then a cast
+        return dst
+
+    def release(self, name):
+        """Drop the tensor's pages from this process (they stay in the OS page cache)."""
+        begin, end = self._info(name)["data_offsets"]
+        page = mmap.PAGESIZE
+        lo = (self._start + begin) // page * page
+        if end > begin and hasattr(self._mm, "madvise"):
+            self._mm.madvise(mmap.MADV_DONTNEED, lo, self._start + end - lo)
+
+    def close(self):
+        try:
+            self._mm.close()
+        except BufferError:  # a caller still holds a view: the mapping lives until it is dropped
+            pass
+
+
+@contextmanager
+def open_mapped(path):
+    """A MappedFile for a safetensors file, validated like load_file; unmapped on exit."""
+    header, metadata, start, _ = read_header(path)
+    with open(path, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped = MappedFile(Path(path), header, metadata, start, mm)
+    try:
+        yield mapped
+    finally:
+        mapped.close()
 
 
 def _dtype_name(arr):

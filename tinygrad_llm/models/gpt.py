@@ -195,7 +195,7 @@ class GPT(nn.Module):
     """The model: idx (B, T) token ids -> logits (B, T, vocab_size), and the loss given targets."""
     config_class = GPTConfig  # what a loader (hf.py) builds from a checkpoint's config
 
-    def __init__(self, config, dtype=None):
+    def __init__(self, config, dtype=None, init=True):
         super().__init__()
         if isinstance(config, dict):
             config = GPTConfig.from_dict(config)
@@ -207,7 +207,8 @@ class GPT(nn.Module):
             # fewer parameters, and rare tokens' rows learn from both ends
             self.lm_head.weight = self.transformer.wte.weight
         self._rope_cache = None
-        self.reset_parameters()
+        if init:  # a loader that overwrites every weight skips the (float64, model-sized) draws
+            self.reset_parameters()
 
     def reset_parameters(self):
         """GPT-2's initialisation: N(0, 0.02) for weights, zero biases, unit norm gains, and the
@@ -251,6 +252,21 @@ class GPT(nn.Module):
         """(logits (B, T, vocab_size), mean cross-entropy or None). With a KVCache, idx are the
         next tokens after the cached ones."""
         cfg = self.config
+        x = self.hidden_states(idx, cache)  # (B, T, C)
+        B, T = x.shape[:2]
+        logits = F.linear(x, self.lm_head.weight)  # (B, T, V)
+        if targets is None:
+            return logits, None
+        tgt = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
+        if tgt.shape != (B, T):
+            raise ValueError(f"GPT: targets of shape {tgt.shape} do not match idx of shape {(B, T)}")
+        loss = F.cross_entropy(logits.reshape(B * T, cfg.vocab_size), Tensor(tgt.reshape(B * T)))
+        return logits, loss
+
+    def hidden_states(self, idx, cache=None):
+        """The final-norm output (B, T, n_embd) that the language-model head (or a classifier's
+        head, see classifier.py) reads."""
+        cfg = self.config
         data = self._check_idx(idx)
         B, T = data.shape
         start = cache.length if cache is not None else 0
@@ -271,15 +287,7 @@ class GPT(nn.Module):
             x = block(x, rope, cache)
         if cache is not None:
             cache.advance(T)
-        x = self.transformer.ln_f(x)
-        logits = F.linear(x, self.lm_head.weight)  # (B, T, V)
-        if targets is None:
-            return logits, None
-        tgt = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
-        if tgt.shape != (B, T):
-            raise ValueError(f"GPT: targets of shape {tgt.shape} do not match idx of shape {(B, T)}")
-        loss = F.cross_entropy(logits.reshape(B * T, cfg.vocab_size), Tensor(tgt.reshape(B * T)))
-        return logits, loss
+        return self.transformer.ln_f(x)
 
     # ------------------------------------------------------------------------------- generation
     @no_grad()
@@ -339,9 +347,17 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------------------ checkpoints
     @classmethod
     def from_safetensors(cls, path, dtype=None):
-        """A Hugging Face GPT-2 checkpoint (a directory with config.json and model.safetensors)."""
+        """A Hugging Face GPT-2 checkpoint (a directory with config.json and model.safetensors),
+        memory-mapped: each tensor is copied once, into its parameter (see hf.py)."""
         from .hf import load_hf_gpt2
         return load_hf_gpt2(cls, path, dtype=dtype)
+
+    def save_pretrained(self, directory):
+        """Write config.json and model.safetensors in Hugging Face's GPT-2 layout, which
+        transformers.GPT2LMHeadModel.from_pretrained(directory) loads. Configs GPT-2 cannot
+        express (RoPE, RMSNorm, SwiGLU, grouped-query attention) are refused by name."""
+        from .hf import save
+        return save(self, directory)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None):

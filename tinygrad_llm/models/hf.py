@@ -1,13 +1,19 @@
-"""Loading Hugging Face GPT-2 checkpoints (config.json + model.safetensors) into our GPT.
+"""Hugging Face GPT-2 checkpoints (config.json + model.safetensors): loading into our GPT, and
+writing our GPT back out so `transformers.GPT2LMHeadModel.from_pretrained(dir)` reads it.
 
 What differs from our layout, and how each difference is met:
   - HF's Conv1D stores c_attn, c_proj and c_fc weights as (in, out); ours are (out, in) like
-    nn.Linear, so those four matrices are transposed on the way in.
+    nn.Linear, so those four matrices are transposed on the way in and on the way out.
   - The original gpt2 files name keys "h.0.attn..." with no "transformer." prefix;
     save_pretrained writes "transformer.h.0.attn...". Both are accepted.
   - lm_head.weight is usually absent (it is tied to wte); when present it must equal wte.
   - Older files carry attn.bias (the causal mask) and attn.masked_bias: buffers, not weights,
     which our attention does not need; they are skipped.
+
+Loading is memory-mapped: the model is built without initialising its weights, then each tensor
+of the file is copied once, straight from the mapped pages into its parameter (transposed and
+converted from F16/BF16 on the way), and its pages are released. Peak memory is the model plus
+the pages of one tensor, not the model plus a second copy of the file.
 """
 import json
 from pathlib import Path
@@ -15,36 +21,46 @@ from pathlib import Path
 import numpy as np
 
 from .. import safetensors
+from ..files import atomic_write_text
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 SKIPPED = (".attn.bias", ".attn.masked_bias")  # the dot: "c_attn.bias" is a real weight
+GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu")  # our F.gelu(approximate="tanh") is gelu_new
 
 
 def _config_from_hf(hf, GPTConfig):
     act = hf.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
+    if act not in GELU_NAMES:
         raise ValueError(f"config.json: activation_function {act!r} is not a GELU this model has")
     return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
                      n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
                      mlp_hidden=hf.get("n_inner") or 4 * hf["n_embd"],
-                     norm_eps=hf.get("layer_norm_epsilon", 1e-5), bias=True, dropout=0.0)
+                     norm_eps=hf.get("layer_norm_epsilon", 1e-5), bias=True, dropout=0.0,
+                     tie_weights=hf.get("tie_word_embeddings", True))
+
+
+def _our_name(key):
+    """HF key -> our parameter name, or None for the buffers we skip."""
+    name = key[len("transformer."):] if key.startswith("transformer.") else key
+    if name.endswith(SKIPPED):
+        return None
+    return name if name == "lm_head.weight" else "transformer." + name
 
 
 def hf_state_to_ours(tensors):
     """HF GPT-2 tensor names/layouts -> our state dict (float32 arrays, GPT-2 names)."""
     out = {}
     for key, arr in tensors.items():
-        name = key[len("transformer."):] if key.startswith("transformer.") else key
-        if name.endswith(SKIPPED):
+        name = _our_name(key)
+        if name is None:
             continue
         if name.endswith(CONV1D):
             arr = arr.T  # Conv1D (in, out) -> Linear (out, in)
-        arr = np.ascontiguousarray(arr, dtype=np.float32)  # F16/BF16 files widen to float32
-        out[name if name == "lm_head.weight" else "transformer." + name] = arr
+        out[name] = np.ascontiguousarray(arr, dtype=np.float32)  # F16/BF16 files widen to float32
     return out
 
 
-def load_hf_gpt2(cls, path, dtype=None):
+def _paths(path):
     path = Path(path)
     directory, weights = (path, path / "model.safetensors") if path.is_dir() else (path.parent, path)
     config_path = directory / "config.json"
@@ -54,21 +70,33 @@ def load_hf_gpt2(cls, path, dtype=None):
     if not weights.exists():
         raise FileNotFoundError(f"{weights} not found (only safetensors weights are read: "
                                 "pytorch_model.bin is a pickle and is never loaded)")
+    return config_path, weights
+
+
+def load_hf_gpt2(cls, path, dtype=None):
+    config_path, weights = _paths(path)
     config = _config_from_hf(json.loads(config_path.read_text()), cls.config_class)
-    tensors, _ = safetensors.load_file(weights)
-    state = hf_state_to_ours(tensors)
-    lm_head = state.pop("lm_head.weight", None)
-    if lm_head is not None and not np.array_equal(lm_head, state.get("transformer.wte.weight")):
-        raise ValueError(f"{weights}: lm_head.weight differs from wte.weight, but GPT-2 ties them")
-    model = cls(config, dtype=dtype)
-    own = set(model.state_dict())
-    expected = {k for k in own if k != "lm_head.weight"}
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(f"{weights} does not fit GPT-2 {config.n_layer} layers / {config.n_embd} wide: "
-                         f"missing {missing[:6]}, unexpected {unexpected[:6]}")
-    state["lm_head.weight"] = state["transformer.wte.weight"]
-    model.load_state_dict(state)
+    with safetensors.open_mapped(weights) as f:
+        names = {}  # our name -> HF key
+        for key in f.keys():
+            name = _our_name(key)
+            if name is not None:
+                names[name] = key
+        tied = config.tie_weights
+        if tied and "lm_head.weight" in names:
+            head, wte = f.view(names.pop("lm_head.weight")), f.view(names.get("transformer.wte.weight", ""))
+            if head.shape != wte.shape or head.dtype != wte.dtype or not np.array_equal(head, wte):
+                raise ValueError(f"{weights}: lm_head.weight differs from wte.weight, but GPT-2 ties them")
+            del head, wte  # views into the mapping: drop them so it can close
+        model = cls(config, dtype=dtype, init=False)
+        params = dict(model.named_parameters())  # tied: lm_head.weight is wte's, listed once
+        missing, unexpected = sorted(set(params) - set(names)), sorted(set(names) - set(params))
+        if missing or unexpected:
+            raise ValueError(f"{weights} does not fit GPT-2 {config.n_layer} layers / {config.n_embd} wide: "
+                             f"missing {missing[:6]}, unexpected {unexpected[:6]}")
+        for name, key in names.items():
+            f.copy_into(params[name].data, key, transpose=name.endswith(CONV1D))
+            f.release(key)
     return model
 
 
@@ -81,3 +109,64 @@ def to_hf_state(state_dict):
         arr = np.asarray(arr)
         out[name] = np.ascontiguousarray(arr.T) if name.endswith(CONV1D) else arr
     return out
+
+
+# ------------------------------------------------------------------------------------------ export
+def check_exportable(config):
+    """Raise a ValueError naming every option GPT-2's layout cannot express."""
+    problems = []
+    if config.pos != "learned":
+        problems.append(f"pos={config.pos!r} (GPT-2 learns absolute positions: pos='learned')")
+    if config.norm != "layernorm":
+        problems.append(f"norm={config.norm!r} (GPT-2 uses LayerNorm: norm='layernorm')")
+    if config.mlp != "gelu":
+        problems.append(f"mlp={config.mlp!r} (GPT-2's MLP is one GELU layer: mlp='gelu')")
+    if config.n_kv_head != config.n_head:
+        problems.append(f"n_kv_head={config.n_kv_head} with n_head={config.n_head} (grouped-query "
+                        "attention; GPT-2 has one k/v head per query head)")
+    if problems:
+        raise ValueError("save_pretrained: Hugging Face's GPT-2 layout cannot express " + "; ".join(problems))
+
+
+def hf_config(config):
+    """config.json for transformers' GPT2LMHeadModel, from our GPTConfig."""
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
+            "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,
+            "n_inner": config.mlp_hidden, "activation_function": "gelu_new",
+            "layer_norm_epsilon": config.norm_eps, "resid_pdrop": config.dropout,
+            "embd_pdrop": config.dropout, "attn_pdrop": 0.0,  # our fused attention has no dropout
+            "tie_word_embeddings": config.tie_weights, "torch_dtype": "float32"}
+
+
+def save(model, directory):
+    """Write model (our GPT) as a Hugging Face GPT-2 directory: config.json + model.safetensors.
+
+    GPT-2 always has biases: a model built with bias=False gets zero biases, which compute the
+    same thing. A model with LoRA adapters must merge them first (nn.merge_lora): GPT-2's layout
+    has no place for them.
+    """
+    config = model.config
+    check_exportable(config)
+    state = model.state_dict()
+    adapters = [k for k in state if ".lora_" in k]
+    if adapters and not all(getattr(m, "merged", True) for m in model.modules()):
+        raise ValueError(f"save_pretrained: the model has unmerged LoRA adapters ({adapters[0]}, ...); "
+                         "call nn.merge_lora(model) first, or save them alone with save_adapters")
+    state = {k: v for k, v in state.items() if ".lora_" not in k}
+    if not config.bias:  # fill the slots GPT-2 has with zeros
+        C = config.n_embd
+        widths = {"attn.c_attn.bias": 3 * C, "attn.c_proj.bias": C, "mlp.c_fc.bias": config.mlp_hidden,
+                  "mlp.c_proj.bias": C, "ln_1.bias": C, "ln_2.bias": C}
+        for i in range(config.n_layer):
+            for suffix, n in widths.items():
+                state.setdefault(f"transformer.h.{i}.{suffix}", np.zeros(n, np.float32))
+        state.setdefault("transformer.ln_f.bias", np.zeros(C, np.float32))
+    tensors = to_hf_state(state)
+    if not config.tie_weights:
+        tensors["lm_head.weight"] = state["lm_head.weight"]
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    safetensors.save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    atomic_write_text(directory / "config.json", json.dumps(hf_config(config), indent=2) + "\n")
+    return directory
