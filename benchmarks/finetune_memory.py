@@ -171,7 +171,8 @@ def main(argv=None):
         print("transformers/torch not installed: the load rows show ours alone "
               "(pip install torch==2.13.0 transformers for the comparison)")
     results = {"load": [], "optimizer": []}
-    print(f"\n{'model':>6} {'loader':>12} {'RSS after import':>17} {'peak RSS':>9} {'load':>7} {'ratio':>6}")
+    print(f"\n{'model':>6} {'loader':>12} {'RSS after import':>17} {'peak RSS':>9} {'peak - import':>14} "
+          f"{'load':>7} {'peak ratio':>10}")
     for name in sizes:
         d = write_checkpoint(name, work)
         ours = measure_load("ours", d)
@@ -189,7 +190,7 @@ def main(argv=None):
                 ratio = f"{ours['peak_mb'] / theirs['peak_mb']:.2f}x"
                 r["ratio_vs_transformers"] = ours["peak_mb"] / theirs["peak_mb"]
             print(f"{name:>6} {r['kind']:>12} {r['after_import_mb']:>14.0f} MB {r['peak_mb']:>6.0f} MB "
-                  f"{r['load_s']:>6.2f}s {ratio:>6}", flush=True)
+                  f"{r['peak_mb'] - r['after_import_mb']:>11.0f} MB {r['load_s']:>6.2f}s {ratio:>10}", flush=True)
     print(f"\noptimizer (AdamW) and step on GPT-2 {step_size}, batch {args.batch} x {args.seq} tokens:")
     print(f"{'mode':>10} {'trainable':>12} {'optimizer state':>16} {'grads':>9} {'step':>8}")
     rows = optimizer_and_step(step_size, args.rank, args.alpha, args.batch, args.seq, 1 if args.quick else args.steps)
