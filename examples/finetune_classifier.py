@@ -51,9 +51,8 @@ SPEAKER = re.compile(r"[A-Z][A-Za-z' ]*:")
 
 def load_init(path, tokenizer=None):
     """(GPT, tokenizer) from a Hugging Face GPT-2 directory or one of our runs / checkpoints."""
-    from tinygrad_llm.cli.train import load_tokenizer
     from tinygrad_llm.models import GPT
-    from tinygrad_llm.tokenizer import BPETokenizer
+    from tinygrad_llm.tokenizer import BPETokenizer, load_tokenizer
     from tinygrad_llm.train import load_model
     p = Path(path)
     if p.is_dir() and (p / "config.json").exists():  # Hugging Face layout
