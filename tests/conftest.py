@@ -1,5 +1,8 @@
 """Shared fixtures: the device list every op test runs over, and where the shared data lives."""
+import ctypes
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +54,18 @@ def data_dir():
 def _seed():
     tl.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def emulator_lib(tmp_path_factory):
+    """tests/kernel_emulator.cpp built once per run: the CUDA kernels on the host (see its header)."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not found: the host emulator of the kernels needs a C++20 compiler")
+    so = tmp_path_factory.mktemp("emu") / "kernel_emulator.so"
+    src = Path(__file__).with_name("kernel_emulator.cpp")
+    run = subprocess.run([gxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
+                          "-Wno-unknown-pragmas", str(src), "-o", str(so)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, f"g++ failed on the kernels:\n{run.stderr}"
+    return ctypes.CDLL(str(so))

@@ -1,7 +1,11 @@
 // A host-side emulator for the kernels in tinygrad_llm/kernels: each CUDA thread of a block runs
 // as an OS thread, __syncthreads is a block barrier, warp shuffles exchange through a per-warp
-// slot array between two warp barriers, and blocks run one after another (so `__shared__`
-// becomes a function-local static). It runs the real kernel sources, unmodified, so the tests can
+// slot array between two warp barriers, __syncwarp is a warp barrier, and blocks run one after
+// another (so `__shared__` becomes a function-local static). The tensor-core instruction
+// mma.sync.m16n8k16 (bf16 in, float32 out) is modelled the same way: each lane deposits its
+// fragment registers, and each lane then computes its four outputs from the whole warp's
+// fragments, decoded with the PTX ISA's layout, so a kernel that puts an element in the wrong
+// register gets the wrong answer here too. It runs the real kernel sources, unmodified, so the tests can
 // check the kernels' logic (reductions, packs, tails, index arithmetic) and the glue's launch
 // arguments on a machine without a GPU. Speed is not the point: small sizes only.
 //
@@ -9,6 +13,7 @@
 // block xyz, dynamic shared bytes; args[i] points at the i-th argument's value and sizes[i] is its byte size, checked
 // against the kernel's parameter list (a Python int passed where the kernel takes a 4-byte int
 // fails here, as it would corrupt the launch on a GPU).
+#include <atomic>
 #include <barrier>
 #include <condition_variable>
 #include <functional>
@@ -39,6 +44,8 @@ struct double2 { double x, y; };
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 inline double2 make_double2(double a, double b) { return {a, b}; }
 inline float __int_as_float(int v) { float f; std::memcpy(&f, &v, 4); return f; }
+inline float __uint_as_float(unsigned v) { float f; std::memcpy(&f, &v, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned v; std::memcpy(&v, &f, 4); return v; }
 inline double __longlong_as_double(long long v) { double d; std::memcpy(&d, &v, 8); return d; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
@@ -52,6 +59,7 @@ static std::unique_ptr<std::barrier<>> block_barrier;
 struct Warp {
     std::unique_ptr<std::barrier<>> bar;
     unsigned char slot[32][8];
+    unsigned frag[32][6];  // mma fragments: A's four registers, then B's two
 };
 static std::vector<Warp> warps;
 
@@ -61,6 +69,36 @@ template <typename T> T* dynamic_smem() { return reinterpret_cast<T*>(dynamic_sh
 inline int flat_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
 
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { warps[flat_tid() >> 5].bar->arrive_and_wait(); }
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, d = a b + c in place on c. Lane
+// (g = lane / 4, t = lane % 4) holds A(g + 8 (r & 1), 2t + 8 (r >> 1) + h) in half h of a[r],
+// B(2t + 8 r + h, g) in half h of b[r], and C(g + 8 (e >> 1), 2t + (e & 1)) in c[e]. The products
+// of two bf16 values are exact in float; they are added in k order.
+static std::atomic<long> emulated_mma_count{0};
+extern "C" long emu_mma_count() { return emulated_mma_count.load(); }
+void tgl_emulated_mma_m16n8k16_bf16(float* c, const unsigned* a, const unsigned* b) {
+    const int tid = flat_tid(), lane = tid & 31, g = lane >> 2, t = lane & 3;
+    Warp& w = warps[tid >> 5];
+    std::memcpy(w.frag[lane], a, 16);
+    std::memcpy(w.frag[lane] + 4, b, 8);
+    w.bar->arrive_and_wait();
+    auto half = [](unsigned reg, int h) { return __uint_as_float((h ? reg >> 16 : reg & 0xffffu) << 16); };
+    auto A = [&](int row, int k) {
+        return half(w.frag[(row & 7) * 4 + (k & 7) / 2][(row >> 3) + 2 * (k >> 3)], k & 1);
+    };
+    auto B = [&](int k, int col) { return half(w.frag[col * 4 + (k & 7) / 2][4 + (k >> 3)], k & 1); };
+    float d[4];
+    for (int e = 0; e < 4; ++e) {
+        const int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+        float acc = c[e];
+        for (int k = 0; k < 16; ++k) acc += A(row, k) * B(k, col);
+        d[e] = acc;
+    }
+    w.bar->arrive_and_wait();  // every lane has read the fragments before they change
+    std::memcpy(c, d, 16);
+    if (lane == 0) ++emulated_mma_count;
+}
 
 template <typename T> T __shfl_xor_sync(unsigned, T v, int mask) {
     const int tid = flat_tid(), lane = tid & 31;
@@ -145,6 +183,7 @@ template <class F> void launch(const int* cfg, F body) {
 #include "../tinygrad_llm/kernels/cross_entropy.cu"
 #include "../tinygrad_llm/kernels/gelu.cu"
 #include "../tinygrad_llm/kernels/adamw.cu"
+#include "../tinygrad_llm/kernels/attention.cu"
 
 template <class F> struct Launcher;
 template <class... A> struct Launcher<void (*)(A...)> {
@@ -199,3 +238,16 @@ EXPORT2(cross_entropy_backward)
 EXPORT2(gelu_forward)
 EXPORT2(gelu_backward)
 EXPORT2(adamw_step)
+
+// attention: emu_attention_<kernel>_<float|double|bf16>_<D>
+#define EXPORT_ATTN(name, T, tname, D)                                                          \
+    extern "C" int emu_##name##_##tname##_##D(const int* cfg, const int* sizes, int n, void** a) { \
+        auto k = &name<T, D>;                                                                   \
+        return Launcher<decltype(k)>::run(k, cfg, sizes, n, a);                                 \
+    }
+#define EXPORT_ATTN_ALL(T, tname, D)                                                  \
+    EXPORT_ATTN(attention_forward, T, tname, D) EXPORT_ATTN(attention_backward_prep, T, tname, D) \
+    EXPORT_ATTN(attention_backward_dq, T, tname, D) EXPORT_ATTN(attention_backward_dkdv, T, tname, D)
+EXPORT_ATTN_ALL(float, float, 32) EXPORT_ATTN_ALL(float, float, 64) EXPORT_ATTN_ALL(float, float, 128)
+EXPORT_ATTN_ALL(double, double, 32) EXPORT_ATTN_ALL(double, double, 64) EXPORT_ATTN_ALL(double, double, 128)
+EXPORT_ATTN_ALL(tgl::bf16, bf16, 32) EXPORT_ATTN_ALL(tgl::bf16, bf16, 64) EXPORT_ATTN_ALL(tgl::bf16, bf16, 128)

@@ -80,22 +80,8 @@ def test_serves_only_gpu_arrays_and_obeys_the_switch():
 
 
 # --- the kernel runner: the host emulator everywhere, the GPU when there is one ----------------
-EMULATOR_SRC = Path(__file__).with_name("kernel_emulator.cpp")
 _CTYPES = {np.int32: ctypes.c_int32, np.int64: ctypes.c_int64, np.uint64: ctypes.c_uint64,
            np.float32: ctypes.c_float, np.float64: ctypes.c_double}
-
-
-@pytest.fixture(scope="session")
-def emulator_lib(tmp_path_factory):
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("g++ not found: the host emulator of the kernels needs a C++20 compiler")
-    so = tmp_path_factory.mktemp("emu") / "kernel_emulator.so"
-    run = subprocess.run([gxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
-                          "-Wno-unknown-pragmas", str(EMULATOR_SRC), "-o", str(so)],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, f"g++ failed on the kernels:\n{run.stderr}"
-    return ctypes.CDLL(str(so))
 
 
 class _Emulated:

@@ -11,10 +11,11 @@ without CuPy: nothing here touches CuPy until an op hands it a CuPy array.
 
 Layout: runtime.py compiles, caches and launches (and holds the registry of kernel files); each
 kernel family has a module of its own (softmax.py, layernorm.py, cross_entropy.py, gelu.py,
-adamw.py) that registers its .cu file and wraps its launches.
+adamw.py, attention.py) that registers its .cu file and wraps its launches.
 """
-from . import adamw, cross_entropy, gelu, layernorm, runtime, softmax
+from . import adamw, attention, cross_entropy, gelu, layernorm, runtime, softmax
 from .adamw import adamw_step
+from .attention import flash_attention_backward, flash_attention_forward
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import layer_norm_backward, layer_norm_forward
@@ -26,5 +27,6 @@ KERNEL_FILES = runtime.kernel_files()  # every family module above has registere
 
 __all__ = ["serves", "set_enabled", "enabled", "module", "kernel", "softmax_forward",
            "softmax_backward", "layer_norm_forward", "layer_norm_backward", "cross_entropy_forward",
-           "cross_entropy_backward", "gelu_forward", "gelu_backward", "adamw_step", "KERNEL_DIR",
+           "cross_entropy_backward", "gelu_forward", "gelu_backward", "adamw_step",
+           "flash_attention_forward", "flash_attention_backward", "KERNEL_DIR",
            "KERNEL_FILES", "KERNELS", "FLOAT_ONLY", "kernel_source"]
