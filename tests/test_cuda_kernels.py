@@ -226,6 +226,38 @@ def test_softmax_kernel_extreme_rows(kx, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C", [300, 1100, 1101])  # the warp kernel; the block kernel, packed and scalar
+def test_softmax_kernel_nan_in_nan_out(kx, dtype, C):
+    """A NaN anywhere in a row makes the whole row NaN, as in NumPy, on every kernel path."""
+    from tinygrad_llm.ops.softmax import softmax_forward_ref
+    x = np.random.default_rng(31).standard_normal((3, C)).astype(dtype)
+    x[1, C // 2] = np.nan
+    y = kx.host(cuda.softmax_forward(kx.asarray(x)))
+    want = softmax_forward_ref(x)
+    assert np.isnan(want[1]).all() and np.isnan(y[1]).all()
+    np.testing.assert_allclose(y[[0, 2]], want[[0, 2]], **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V", [1100, 1101])  # packed and scalar loads
+def test_cross_entropy_kernel_nan_in_nan_out(kx, dtype, V):
+    """A NaN logit gives a NaN loss and NaN gradients for its row (not a finite loss that skips
+    it); the other rows are untouched."""
+    from tinygrad_llm.ops.cross_entropy import cross_entropy_forward_ref
+    x = np.random.default_rng(32).standard_normal((3, V)).astype(dtype)
+    x[1, 5] = np.nan
+    t = np.array([0, 3, 7])
+    loss, lse = cuda.cross_entropy_forward(kx.asarray(x), kx.asarray(t))
+    loss_r = cross_entropy_forward_ref(x, t, t != -100)[0]
+    loss, lse = kx.host(loss), kx.host(lse)
+    assert np.isnan(loss_r[1]) and np.isnan(loss[1]) and np.isnan(lse[1])
+    np.testing.assert_allclose(loss[[0, 2]], loss_r[[0, 2]], **TOL[dtype])
+    dx = kx.host(cuda.cross_entropy_backward(kx.asarray(x), kx.asarray(t), kx.asarray(lse),
+                                             kx.asarray(np.ones(3, dtype))))
+    assert np.isnan(dx[1]).all() and np.isfinite(dx[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", ROW_SHAPES)
 @pytest.mark.parametrize("affine", ["wb", "w", "b", ""])
 def test_layer_norm_kernel(kx, dtype, shape, affine):

@@ -103,6 +103,9 @@ template <typename T> __device__ __forceinline__ T block_sum(T v, T* scratch) {
 // exactly: m = max(m1, m2), s = s1 exp(m1 - m) + s2 exp(m2 - m). This is what lets softmax and
 // cross-entropy find the max and the sum in ONE pass over a row (Milakov & Gimelshein, 2018).
 // An empty summary is (-inf, 0); the guard keeps exp(-inf - -inf) = NaN out of it.
+// A NaN value makes s NaN, and a NaN s stays NaN through every later add and merge (NaN times
+// anything, plus anything), so a row holding a NaN gives NaN out, as NumPy does: every
+// comparison with NaN is false, so without its own branch a NaN would be skipped silently.
 template <typename T> __device__ __forceinline__ T rescale(T s, T m_old, T m_new) {
     return m_old == m_new ? s : s * exp_(m_old - m_new);
 }
@@ -113,6 +116,8 @@ template <typename T> __device__ __forceinline__ void online_add(T& m, T& s, T v
         m = v;
     } else if (v > neg_inf<T>()) {
         s += exp_(v - m);
+    } else if (v != v) {
+        s = v;
     }
 }
 
@@ -142,6 +147,29 @@ template <typename T> __device__ __forceinline__ void block_online(T& m, T& s, T
     s = lane < n_warps ? scratch[32 + lane] : T(0);
     warp_online(m, s);
     __syncthreads();
+}
+
+// The online (max, sum-of-exp) summary of one row of C values, merged over the block: every
+// thread gets (m, s). Softmax and cross-entropy both start with this one pass over the row.
+// vec: the row may be read in 16-byte packs (C a multiple of the pack, the buffer aligned).
+// scratch holds 64 values.
+template <typename T>
+__device__ __forceinline__ void row_online_stats(const T* __restrict__ xr, int C, bool vec, T& m,
+                                                 T& s, T* scratch) {
+    constexpr int P = Pack<T>::N;
+    m = neg_inf<T>();
+    s = T(0);
+    if (vec) {
+        for (int i = threadIdx.x * P; i < C; i += blockDim.x * P) {
+            T v[P];
+            load_pack(xr + i, v);
+#pragma unroll
+            for (int k = 0; k < P; ++k) online_add(m, s, v[k]);
+        }
+    } else {
+        for (int i = threadIdx.x; i < C; i += blockDim.x) online_add(m, s, xr[i]);
+    }
+    block_online(m, s, scratch);
 }
 
 }  // namespace tgl

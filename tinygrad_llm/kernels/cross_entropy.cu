@@ -35,18 +35,8 @@ __global__ void cross_entropy_forward(const T* __restrict__ logits,
     constexpr int P = Pack<T>::N;
     const bool vec = (V % P == 0) && aligned16(logits);
 
-    T m = neg_inf<T>(), s = T(0);
-    if (vec) {
-        for (int i = threadIdx.x * P; i < V; i += blockDim.x * P) {
-            T v[P];
-            load_pack(xr + i, v);
-#pragma unroll
-            for (int k = 0; k < P; ++k) online_add(m, s, v[k]);
-        }
-    } else {
-        for (int i = threadIdx.x; i < V; i += blockDim.x) online_add(m, s, xr[i]);
-    }
-    block_online(m, s, scratch);
+    T m, s;
+    row_online_stats(xr, V, vec, m, s, scratch);
 
     if (threadIdx.x == 0) {
         const T row_lse = m + log_(s);

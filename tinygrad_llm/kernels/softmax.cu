@@ -32,18 +32,8 @@ __global__ void softmax_forward(const T* __restrict__ x, T* __restrict__ y, int 
     constexpr int P = Pack<T>::N;
     const bool vec = (C % P == 0) && aligned16(x) && aligned16(y);
 
-    T m = neg_inf<T>(), s = T(0);
-    if (vec) {
-        for (int i = threadIdx.x * P; i < C; i += blockDim.x * P) {
-            T v[P];
-            load_pack(xr + i, v);
-#pragma unroll
-            for (int k = 0; k < P; ++k) online_add(m, s, v[k]);
-        }
-    } else {
-        for (int i = threadIdx.x; i < C; i += blockDim.x) online_add(m, s, xr[i]);
-    }
-    block_online(m, s, scratch);
+    T m, s;
+    row_online_stats(xr, C, vec, m, s, scratch);
     const T inv = T(1) / s;
 
     if (vec) {
