@@ -63,29 +63,36 @@ def torch_of(cp):
     return torch
 
 
-def cases(cp, torch, dtype):
-    """(name, shape, bytes moved, ours, cupy reference, torch or None) for every kernel."""
-    from tinygrad_llm.ops import activation as A
-    from tinygrad_llm.ops import cross_entropy as CE
-    from tinygrad_llm.ops import norm as N
-    from tinygrad_llm.ops import softmax as S
-    rng = cp.random.default_rng(0)
-    s = np.dtype(dtype).itemsize
+# Every family's cases are generators: their arrays are built only when the family is selected
+# (--only), one size at a time, and freed before the next size is built (all of them at once
+# would take 15-20 GB).
+def _setup(cp, torch, dtype):
     T = (lambda a: torch.from_dlpack(a)) if torch else None
-    out = []
+    return cp.random.default_rng(0), np.dtype(dtype).itemsize, T
+
+
+def softmax_cases(cp, torch, dtype):
+    """(name, shape, bytes moved, ours, cupy reference, torch or None) for each softmax size."""
+    from tinygrad_llm.ops import softmax as S
+    rng, s, T = _setup(cp, torch, dtype)
     for shape in ((4096, 1024), (65536, 1024), (8192, 50304)):
         x = rng.standard_normal(shape, dtype=dtype)
         dy = rng.standard_normal(shape, dtype=dtype)
         y = cuda.softmax_forward(x)
         n = x.size
         tx, ty, tdy = (T(x), T(y), T(dy)) if torch else (None,) * 3
-        out.append(("softmax fwd", shape, 2 * n * s, lambda x=x: cuda.softmax_forward(x),
-                    lambda x=x: S.softmax_forward_ref(x),
-                    (lambda tx=tx: torch.softmax(tx, -1)) if torch else None))
-        out.append(("softmax bwd", shape, 3 * n * s, lambda y=y, dy=dy: cuda.softmax_backward(y, dy),
-                    lambda y=y, dy=dy: S.softmax_backward_ref(y, dy),
-                    (lambda ty=ty, tdy=tdy: torch._softmax_backward_data(tdy, ty, -1, ty.dtype))
-                    if torch else None))
+        yield ("softmax fwd", shape, 2 * n * s, lambda x=x: cuda.softmax_forward(x),
+               lambda x=x: S.softmax_forward_ref(x),
+               (lambda tx=tx: torch.softmax(tx, -1)) if torch else None)
+        yield ("softmax bwd", shape, 3 * n * s, lambda y=y, dy=dy: cuda.softmax_backward(y, dy),
+               lambda y=y, dy=dy: S.softmax_backward_ref(y, dy),
+               (lambda ty=ty, tdy=tdy: torch._softmax_backward_data(tdy, ty, -1, ty.dtype))
+               if torch else None)
+
+
+def layer_norm_cases(cp, torch, dtype):
+    from tinygrad_llm.ops import norm as N
+    rng, s, T = _setup(cp, torch, dtype)
     for shape in ((8192, 768), (65536, 768), (16384, 4096)):
         C = shape[1]
         x = rng.standard_normal(shape, dtype=dtype)
@@ -96,16 +103,21 @@ def cases(cp, torch, dtype):
         if torch:
             tx, tw, tb, tdy = T(x), T(w), T(b), T(dy)
             _, tmean, trstd = torch.native_layer_norm(tx, (C,), tw, tb, 1e-5)
-        out.append(("layer_norm fwd", shape, 3 * n * s, lambda x=x, w=w, b=b: cuda.layer_norm_forward(x, w, b),
-                    lambda x=x, w=w, b=b: N.layer_norm_forward_ref(x, w, b),
-                    (lambda tx=tx, tw=tw, tb=tb: torch.native_layer_norm(tx, (C,), tw, tb, 1e-5))
-                    if torch else None))
-        out.append(("layer_norm bwd", shape, 3 * n * s,
-                    lambda dy=dy, xhat=xhat, rstd=rstd, w=w: cuda.layer_norm_backward(dy, xhat, rstd, w),
-                    lambda dy=dy, xhat=xhat, rstd=rstd, w=w: (N.layer_norm_backward_ref(dy, xhat, rstd, w),
-                                                              N._param_grads(dy, xhat, True, True)),
-                    (lambda tdy=tdy, tx=tx, tm=tmean, tr=trstd, tw=tw, tb=tb, C=C: torch.ops.aten.native_layer_norm_backward(
-                        tdy, tx, (C,), tm, tr, tw, tb, [True, True, True])) if torch else None))
+        yield ("layer_norm fwd", shape, 3 * n * s, lambda x=x, w=w, b=b: cuda.layer_norm_forward(x, w, b),
+               lambda x=x, w=w, b=b: N.layer_norm_forward_ref(x, w, b),
+               (lambda tx=tx, tw=tw, tb=tb: torch.native_layer_norm(tx, (C,), tw, tb, 1e-5))
+               if torch else None)
+        yield ("layer_norm bwd", shape, 3 * n * s,
+               lambda dy=dy, xhat=xhat, rstd=rstd, w=w: cuda.layer_norm_backward(dy, xhat, rstd, w),
+               lambda dy=dy, xhat=xhat, rstd=rstd, w=w: (N.layer_norm_backward_ref(dy, xhat, rstd, w),
+                                                         N._param_grads(dy, xhat, True, True)),
+               (lambda tdy=tdy, tx=tx, tm=tmean, tr=trstd, tw=tw, tb=tb, C=C: torch.ops.aten.native_layer_norm_backward(
+                   tdy, tx, (C,), tm, tr, tw, tb, [True, True, True])) if torch else None)
+
+
+def cross_entropy_cases(cp, torch, dtype):
+    from tinygrad_llm.ops import cross_entropy as CE
+    rng, s, T = _setup(cp, torch, dtype)
     for shape in ((8192, 50304), (16384, 50304)):
         N_, V = shape
         x = rng.standard_normal(shape, dtype=dtype)
@@ -116,9 +128,9 @@ def cases(cp, torch, dtype):
         n = x.size
         if torch:
             tx, tt = T(x).requires_grad_(), T(t)
-        out.append(("cross_entropy fwd", shape, n * s, lambda x=x, t=t: cuda.cross_entropy_forward(x, t),
-                    lambda x=x, t=t, valid=valid: CE.cross_entropy_forward_ref(x, t, valid),
-                    (lambda tx=tx, tt=tt: torch.nn.functional.cross_entropy(tx.detach(), tt)) if torch else None))
+        yield ("cross_entropy fwd", shape, n * s, lambda x=x, t=t: cuda.cross_entropy_forward(x, t),
+               lambda x=x, t=t, valid=valid: CE.cross_entropy_forward_ref(x, t, valid),
+               (lambda tx=tx, tt=tt: torch.nn.functional.cross_entropy(tx.detach(), tt)) if torch else None)
 
         def ref_fb(x=x, t=t, valid=valid, g=g):
             _, e, r = CE.cross_entropy_forward_ref(x, t, valid)
@@ -127,21 +139,30 @@ def cases(cp, torch, dtype):
         def torch_fb(tx=tx if torch else None, tt=tt if torch else None):
             tx.grad = None
             torch.nn.functional.cross_entropy(tx, tt).backward()
-        out.append(("cross_entropy fwd+bwd", shape, 3 * n * s,
-                    lambda x=x, t=t, g=g: cuda.cross_entropy_backward(x, t, cuda.cross_entropy_forward(x, t)[1], g),
-                    ref_fb, torch_fb if torch else None))
+        yield ("cross_entropy fwd+bwd", shape, 3 * n * s,
+               lambda x=x, t=t, g=g: cuda.cross_entropy_backward(x, t, cuda.cross_entropy_forward(x, t)[1], g),
+               ref_fb, torch_fb if torch else None)
+
+
+def gelu_cases(cp, torch, dtype):
+    from tinygrad_llm.ops import activation as A
+    rng, s, T = _setup(cp, torch, dtype)
     for n in (8192 * 3072, 65536 * 3072):
         x = rng.standard_normal(n, dtype=dtype)
         dy = rng.standard_normal(n, dtype=dtype)
         h = A.gelu_tanh_forward_ref(x)[1]
         tx, tdy = (T(x), T(dy)) if torch else (None, None)
-        out.append(("gelu fwd", (n,), 2 * n * s, lambda x=x: cuda.gelu_forward(x),
-                    lambda x=x: A.gelu_tanh_forward_ref(x),
-                    (lambda tx=tx: torch.nn.functional.gelu(tx, approximate="tanh")) if torch else None))
-        out.append(("gelu bwd", (n,), 3 * n * s, lambda x=x, dy=dy: cuda.gelu_backward(x, dy),
-                    lambda x=x, dy=dy, h=h: A.gelu_tanh_backward_ref(dy, x, h),
-                    (lambda tx=tx, tdy=tdy: torch.ops.aten.gelu_backward(tdy, tx, approximate="tanh"))
-                    if torch else None))
+        yield ("gelu fwd", (n,), 2 * n * s, lambda x=x: cuda.gelu_forward(x),
+               lambda x=x: A.gelu_tanh_forward_ref(x),
+               (lambda tx=tx: torch.nn.functional.gelu(tx, approximate="tanh")) if torch else None)
+        yield ("gelu bwd", (n,), 3 * n * s, lambda x=x, dy=dy: cuda.gelu_backward(x, dy),
+               lambda x=x, dy=dy, h=h: A.gelu_tanh_backward_ref(dy, x, h),
+               (lambda tx=tx, tdy=tdy: torch.ops.aten.gelu_backward(tdy, tx, approximate="tanh"))
+               if torch else None)
+
+
+def adamw_cases(cp, torch, dtype):
+    rng, s, T = _setup(cp, torch, dtype)
     n = 124_000_000  # GPT-2 small's parameters in one flat bucket
     p, g, m, v = (rng.standard_normal(n, dtype=dtype) for _ in range(4))
     v = cp.abs(v)
@@ -159,10 +180,24 @@ def cases(cp, torch, dtype):
     if torch:
         tp, tg, tm, tv = T(p.copy()), T(g), T(m.copy()), T(v.copy())
         tstep = torch.tensor([1.0], device="cuda")
-    out.append(("adamw step", (n,), 7 * n * s,
-                lambda: cuda.adamw_step([p], [g], [m], [v], 1e-3, 0.9, 0.95, 1e-8, 0.1, 1),
-                adam_ref, adam_torch if torch else None))
-    return out
+    yield ("adamw step", (n,), 7 * n * s,
+           lambda: cuda.adamw_step([p], [g], [m], [v], 1e-3, 0.9, 0.95, 1e-8, 0.1, 1),
+           adam_ref, adam_torch if torch else None)
+
+
+FAMILIES = {"softmax": softmax_cases, "layer_norm": layer_norm_cases,
+            "cross_entropy": cross_entropy_cases, "gelu": gelu_cases, "adamw": adamw_cases}
+
+
+def cases(cp, torch, dtype, only=None):
+    """The selected cases, built lazily: a family is built only when some --only prefix can match
+    one of its case names ("layer_norm" or "layer_norm bwd" select layer norm, "adam" AdamW)."""
+    for family, build in FAMILIES.items():
+        if only and not any(o.startswith(family) or family.startswith(o) for o in only):
+            continue
+        for case in build(cp, torch, dtype):
+            if not only or any(case[0].startswith(o) for o in only):
+                yield case
 
 
 def main():
@@ -185,9 +220,7 @@ def main():
              f"{'cupy/ours':>9s} {'torch/ours':>10s}"
     print(header)
     print("-" * len(header))
-    for kname, shape, nbytes, ours, ref, tfn in cases(cp, torch, np.dtype(args.dtype)):
-        if args.only and not any(kname.startswith(o) for o in args.only):
-            continue
+    for kname, shape, nbytes, ours, ref, tfn in cases(cp, torch, np.dtype(args.dtype), args.only):
         fns = {"ours": ours, "cupy": ref}
         if tfn is not None:
             try:  # private torch entry points move between versions: skip the column, not the run

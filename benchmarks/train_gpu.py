@@ -39,6 +39,21 @@ def torch_model(cfg):
     return torch_step(build_torch(cfg).cuda(), lr=3e-4, betas=(0.9, 0.95), fused=True)
 
 
+def time_interleaved(runners, steps, warmup, synchronize, clock=time.perf_counter):
+    """Seconds per step of each runner, the runners interleaved step by step (the same clocks and
+    neighbours for all). Each timed step ends with a device synchronisation: work a runner left
+    queued on the GPU would otherwise be charged to the runner after it."""
+    times = {k: [] for k in runners}
+    for i in range(warmup + steps):
+        for k, run in runners.items():
+            t0 = clock()
+            run(i)
+            synchronize()
+            if i >= warmup:
+                times[k].append(clock() - t0)
+    return times
+
+
 def bench(name, steps, warmup):
     cfg = CONFIGS[name]
     cp = backend.cupy()
@@ -66,13 +81,7 @@ def bench(name, steps, warmup):
             return step_torch(*torch_batches[i % 4])
         runners["torch tf32"] = lambda i: run_torch(i, True)
         runners["torch fp32"] = lambda i: run_torch(i, False)
-    times = {k: [] for k in runners}
-    for i in range(warmup + steps):
-        for k, run in runners.items():  # interleaved: the same clocks and neighbours for all
-            t0 = time.perf_counter()
-            run(i)
-            if i >= warmup:
-                times[k].append(time.perf_counter() - t0)
+    times = time_interleaved(runners, steps, warmup, cp.cuda.Device().synchronize)
     backend.set_tf32(True)
     tok = B * T
     tps = {k: tok / float(np.median(v)) for k, v in times.items()}
