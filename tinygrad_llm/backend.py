@@ -51,16 +51,29 @@ class DeviceError(RuntimeError):
     """A device is unknown, unavailable, or two devices were mixed in one op."""
 
 
+def cupy_distributions():
+    """The installed CuPy distributions (cupy-cuda12x, cupy-cuda13x, cupy, ...): two of them
+    install over each other's files, and the CuPy that imports is then a mix of both."""
+    from importlib import metadata
+    names = {(d.metadata["Name"] or "").lower() for d in metadata.distributions()}
+    return sorted(n for n in names if n == "cupy" or n.startswith("cupy-cuda") or n.startswith("cupy-rocm"))
+
+
 def cupy():
     """Import CuPy on first use, with an error that says what to install when it is missing."""
     global _cupy
     if _cupy is None:
+        dists = cupy_distributions()
+        if len(dists) > 1:
+            raise DeviceError(f"device 'cuda': several CuPy packages are installed ({', '.join(dists)}); "
+                              "they overwrite each other's files: pip uninstall all but the one "
+                              "matching the driver's CUDA version")
         try:
             import cupy as cp
         except ImportError as e:
             raise DeviceError(
-                "device 'cuda' needs CuPy: pip install 'tinygrad-llm[gpu]' (cupy-cuda12x) "
-                f"on a machine with an NVIDIA GPU ({e})") from None
+                "device 'cuda' needs CuPy: pip install 'tinygrad-llm[cuda12]' (or [cuda13], by the "
+                f"driver's CUDA version) on a machine with an NVIDIA GPU ({e})") from None
         try:
             count = cp.cuda.runtime.getDeviceCount()
         except Exception as e:  # noqa: BLE001 - CuPy raises its own CUDA error types
