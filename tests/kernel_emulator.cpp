@@ -184,6 +184,7 @@ template <class F> void launch(const int* cfg, F body) {
 #include "../tinygrad_llm/kernels/gelu.cu"
 #include "../tinygrad_llm/kernels/adamw.cu"
 #include "../tinygrad_llm/kernels/attention.cu"
+#include "../tinygrad_llm/kernels/embedding.cu"
 
 template <class F> struct Launcher;
 template <class... A> struct Launcher<void (*)(A...)> {
@@ -251,3 +252,4 @@ EXPORT2(adamw_step)
 EXPORT_ATTN_ALL(float, float, 32) EXPORT_ATTN_ALL(float, float, 64) EXPORT_ATTN_ALL(float, float, 128)
 EXPORT_ATTN_ALL(double, double, 32) EXPORT_ATTN_ALL(double, double, 64) EXPORT_ATTN_ALL(double, double, 128)
 EXPORT_ATTN_ALL(tgl::bf16, bf16, 32) EXPORT_ATTN_ALL(tgl::bf16, bf16, 64) EXPORT_ATTN_ALL(tgl::bf16, bf16, 128)
+EXPORT2(embedding_backward)

@@ -75,7 +75,9 @@ def _loss_value(loss):
     if not isinstance(loss, Tensor) or loss.data.size != 1:
         raise ValueError(f"loss_backward: loss_fn must return a one-element Tensor, got "
                          f"{type(loss).__name__} {getattr(loss, 'shape', '')}")
-    return loss.item()
+    # on the GPU the loss stays a device scalar: reading it would stall every step, so the
+    # caller reads it when it logs it (cuda/syncs.py)
+    return loss.item() if backend.device_of(loss.data) == "cpu" else loss.data
 
 
 def _backward(loss, weight, leaf_sink=None):
@@ -88,7 +90,8 @@ def _backward(loss, weight, leaf_sink=None):
 
 def loss_backward(loss_fn, inputs, targets, shards=None, scale=1.0, ignore_index=-100):
     """Backpropagate scale * loss_fn(inputs, targets) with the batch cut into row shards that run
-    at the same time, one thread each; returns the batch's loss (a float, before scale).
+    at the same time, one thread each; returns the batch's loss before scale (a float on the CPU,
+    a 0-d device array on the GPU: read it when it is logged).
 
     loss_fn(inputs_rows, targets_rows) -> one-element Tensor: the mean of a per-target loss over
     the targets that are not ignore_index (as cross_entropy's reduction="mean"). inputs and

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import backend, distributed, parallel
 from .autocast import check_training_dtype, training_precision
+from .cuda import syncs
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DictConfig
 from .data import TokenData, bits_per_byte
@@ -292,11 +293,13 @@ class Trainer:
                 lv = parallel.loss_backward(lambda xs, ys: self.model(xs, ys)[1], self._dev(x), self._dev(y),
                                             shards=cfg.shards or None, scale=1.0 / cfg.grad_accum)
             total += lv
-        loss = self.world.mean(total / cfg.grad_accum)  # every rank sees the same value
-        # a non-finite loss stops every rank here, before the optimizer can apply its gradients
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss} at step {self.step}: training diverged (try a "
-                                   f"lower lr than {cfg.lr}); the last good checkpoint is kept")
+        loss = total / cfg.grad_accum
+        if self.world.size > 1 or isinstance(loss, float):
+            loss = self.world.mean(loss)  # every rank sees the same value
+            # a non-finite loss stops every rank here, before the optimizer can apply its gradients
+            self._check_finite(loss)
+        # else one GPU: the loss stays a device scalar (a host read here would stall every step);
+        # it is read, and checked, when it is logged, and no checkpoint is saved before that
         self.dp.sync_gradients()
         health = self._health() if cfg.health_every and self.step % cfg.health_every == 0 else None
         if cfg.grad_clip > 0:
@@ -304,6 +307,11 @@ class Trainer:
         self.dp.step()
         self.optimizer.zero_grad()
         return loss, health
+
+    def _check_finite(self, loss):
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss} at step {self.step}: training diverged (try a "
+                                   f"lower lr than {self.cfg.lr}); the last good checkpoint is kept")
 
     def _time_frac(self):
         if not self.cfg.max_seconds:
@@ -343,7 +351,8 @@ class Trainer:
             try:
                 while self.step < cfg.max_iters:
                     t0 = time.perf_counter()
-                    loss, health = self.train_step()
+                    with syncs.deferred_checks():  # device value checks wait for the logged read
+                        loss, health = self.train_step()
                     dt = time.perf_counter() - t0
                     self.elapsed += dt
                     self.step += 1
@@ -355,7 +364,17 @@ class Trainer:
                         val_loss, val_bpb = self.evaluate(full=last and cfg.final_eval == "full")
                         self.last_val = {"step": self.step, "val_loss": val_loss, "val_bpb": val_bpb}
                     if self.step % cfg.log_every == 0 or do_eval or health is not None:
-                        ms = 1000 * float(np.median(window)) if window else 0.0
+                        t_read = time.perf_counter()
+                        loss = syncs.read(loss)  # on the GPU the step's one host sync
+                        self._check_finite(loss)
+                        # on the GPU the steps' time ends when the queued work does: the read's
+                        # wait is theirs, so the window is averaged, not its median taken
+                        waited = time.perf_counter() - t_read
+                        if window and self.cfg.device != "cpu":
+                            window[-1] += waited
+                            self.elapsed += waited
+                        average = np.mean if self.cfg.device != "cpu" else np.median
+                        ms = 1000 * float(average(window)) if window else 0.0
                         tps = tokens_per_step / (ms / 1000) if ms else 0.0
                         lr = self.optimizer.param_groups[0]["lr"]
                         line = (f"step {self.step:5d} | loss {loss:.4f} | lr {lr:.2e} | "
@@ -371,6 +390,9 @@ class Trainer:
                         emit(record)
                         window = []
                     if do_eval or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                        if not isinstance(loss, float):  # never save a step whose loss is unread
+                            loss = syncs.read(loss)
+                            self._check_finite(loss)
                         self.save()
                     if last:
                         break

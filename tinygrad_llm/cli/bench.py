@@ -4,7 +4,9 @@ as the training loop runs it (on the CPU, the batch in one row shard per core: p
     python -m tinygrad_llm bench                            # nanoGPT's CPU Shakespeare model
     python -m tinygrad_llm bench --n-layer 6 --n-embd 384 --n-head 6 --block-size 256 --profile
 
-Prints the median ms/step and tokens/s; benchmarks/train_cpu.py compares against PyTorch.
+Prints the median ms/step and tokens/s; benchmarks/train_cpu.py compares against PyTorch. On the
+GPU it also counts the host syncs of one step that does not log its loss and of one that does,
+with the file:line of each (cuda/syncs.py): the training step's target is 0 and 1.
 """
 import time
 
@@ -37,6 +39,7 @@ def main(args):
     from ..autocast import training_precision
     if args.dtype == "bf16" and args.device != "cuda":
         raise SystemExit("--dtype bf16 runs on the GPU only (--device cuda); the CPU trains in float32")
+    from ..cuda import syncs
     backend.manual_seed(0)
     cfg = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                     n_head=args.n_head, n_embd=args.n_embd)
@@ -48,26 +51,34 @@ def main(args):
     x = Tensor(backend.to_device(rng.integers(0, cfg.vocab_size, (B, T)), args.device))
     y = Tensor(backend.to_device(rng.integers(0, cfg.vocab_size, (B, T)), args.device))
 
-    def step():
-        # the loss comes back as a float: on the GPU that waits for it, so the time is the step's
-        with training_precision(args.dtype, args.device):
-            loss = parallel.loss_backward(lambda a, b: model(a, b)[1], x, y, shards=args.shards or None)
-        optim.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad()
-        return loss
+    def step(log=True):
+        """One training step as the loop runs it; log=False leaves the loss on the device."""
+        with syncs.deferred_checks():
+            with training_precision(args.dtype, args.device):
+                loss = parallel.loss_backward(lambda a, b: model(a, b)[1], x, y, shards=args.shards or None)
+            optim.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad()
+        return syncs.read(loss) if log else loss
+
+    def wait():  # the GPU runs behind the host: a step's time ends when its work is done
+        if args.device == "cuda":
+            backend.cupy().cuda.Device().synchronize()
 
     for _ in range(args.warmup):
         step()
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        step()
+        step(log=False)
+        wait()
         times.append(time.perf_counter() - t0)
     ms = 1000 * float(np.median(times))
     print(f"GPT {cfg.n_layer}x{cfg.n_embd} (heads {cfg.n_head}, T={T}, B={B}, vocab {cfg.vocab_size}, "
           f"{model.num_parameters():,} params) on {args.device} in {args.dtype}: {ms:.1f} ms/step (median of {args.steps}), "
           f"{B * T / ms * 1000:,.0f} tokens/s")
+    if args.device == "cuda":
+        report_syncs(step, wait, syncs)
     if args.profile:
         import cProfile
         import pstats
@@ -78,3 +89,19 @@ def main(args):
         pr.disable()
         pstats.Stats(pr).sort_stats("tottime").print_stats(20)
     return 0
+
+
+def report_syncs(step, wait, syncs):
+    """Print the host syncs of a step that does not log and of one that does, by file:line."""
+    wait()
+    with syncs.counting() as quiet:
+        step(log=False)
+    wait()
+    with syncs.counting() as logged:
+        step(log=True)
+    print(f"host syncs per step: {quiet.total} when the loss is not logged, {logged.total} when it "
+          "is (target: 0 and 1)")
+    for name, count in (("not logged", quiet), ("logged", logged)):
+        for line in count.lines():
+            print(f"  {name:10s} {line}")
+    return quiet, logged

@@ -11,12 +11,13 @@ without CuPy: nothing here touches CuPy until an op hands it a CuPy array.
 
 Layout: runtime.py compiles, caches and launches (and holds the registry of kernel files); each
 kernel family has a module of its own (softmax.py, layernorm.py, cross_entropy.py, gelu.py,
-adamw.py, attention.py) that registers its .cu file and wraps its launches.
+adamw.py, attention.py, embedding.py) that registers its .cu file and wraps its launches.
 """
-from . import adamw, attention, cross_entropy, gelu, layernorm, runtime, softmax
+from . import adamw, attention, cross_entropy, embedding, gelu, layernorm, runtime, softmax
 from .adamw import adamw_step
 from .attention import flash_attention_backward, flash_attention_forward
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
+from .embedding import embedding_backward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import layer_norm_backward, layer_norm_forward
 from .runtime import (FLOAT_ONLY, KERNEL_DIR, KERNELS, enabled, kernel, kernel_source, module,
@@ -27,6 +28,6 @@ KERNEL_FILES = runtime.kernel_files()  # every family module above has registere
 
 __all__ = ["serves", "set_enabled", "enabled", "module", "kernel", "softmax_forward",
            "softmax_backward", "layer_norm_forward", "layer_norm_backward", "cross_entropy_forward",
-           "cross_entropy_backward", "gelu_forward", "gelu_backward", "adamw_step",
-           "flash_attention_forward", "flash_attention_backward", "KERNEL_DIR",
+           "cross_entropy_backward", "embedding_backward", "gelu_forward", "gelu_backward",
+           "adamw_step", "flash_attention_forward", "flash_attention_backward", "KERNEL_DIR",
            "KERNEL_FILES", "KERNELS", "FLOAT_ONLY", "kernel_source"]

@@ -19,6 +19,7 @@ from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
 from ..config import DictConfig
+from ..cuda import syncs
 from ..ops.rope import rope_tables
 from ..tensor import Tensor
 
@@ -273,10 +274,10 @@ class GPT(nn.Module):
         if start + T > cfg.block_size:
             raise ValueError(f"GPT: a sequence of length {start + T} is longer than block_size "
                              f"{cfg.block_size}; crop it to the last {cfg.block_size} tokens")
-        lo, hi = int(data.min()), int(data.max())
-        if lo < 0 or hi >= cfg.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"GPT: token id {bad} is outside the vocabulary [0, {cfg.vocab_size})")
+        # on the GPU a device flag, read with the logged loss (a host read here would stall every step)
+        syncs.check((data < 0).any() | (data >= cfg.vocab_size).any(),
+                    lambda: f"GPT: token id {syncs.out_of_range(data, cfg.vocab_size)} is outside the "
+                            f"vocabulary [0, {cfg.vocab_size})")
         x = self.transformer.wte(Tensor(data))  # (B, T, C)
         if cfg.pos == "learned":
             x = x + self.transformer.wpe.weight[start:start + T]  # (T, C) broadcast over B

@@ -7,6 +7,7 @@ column: the one-hot matrix is never built.
 import numpy as np
 
 from .. import cuda
+from ..cuda import syncs
 from ..autograd import Function
 from ..backend import array_module
 from .blocks import by_blocks
@@ -25,7 +26,8 @@ def exp_rows(x):
     with np.errstate(over="ignore", under="ignore"):
         e = xp.exp(x)
     s = e.sum(axis=-1, keepdims=True)
-    if bool(((s >= 1e-30) & (s <= 1e30)).all()):
+    # the test is a host read: on the GPU the max pass is cheaper than a sync
+    if xp is np and bool(((s >= 1e-30) & (s <= 1e30)).all()):
         return e, xp.reciprocal(s, out=s), 0
     m = x.max(axis=-1, keepdims=True)
     xp.subtract(x, m, out=e)
@@ -45,10 +47,12 @@ def check_targets(logits_shape, targets, ignore_index, name="cross_entropy"):
     V = logits_shape[-1]
     valid = targets != ignore_index
     bad = valid & ((targets < 0) | (targets >= V))
-    if bool(bad.any()):
+
+    def describe():
         where = tuple(int(i[0]) for i in xp.nonzero(bad))
-        raise ValueError(f"{name}: target {int(targets[where])} at index {where} is outside "
-                         f"[0, {V}) (and is not ignore_index={ignore_index})")
+        return (f"{name}: target {int(targets[where])} at index {where} is outside "
+                f"[0, {V}) (and is not ignore_index={ignore_index})")
+    syncs.check(bad.any(), describe)  # on the GPU a device flag, read with the logged loss
     return valid
 
 
@@ -128,14 +132,25 @@ class CrossEntropy(Function):
         total = xp.asarray(loss.sum())
         if reduction == "sum":
             return total
-        ctx.n_valid = int(valid.sum())
-        # all rows ignored: 0 / 0 = nan, as in PyTorch
-        return total / total.dtype.type(ctx.n_valid) if ctx.n_valid else total * np.nan
+        if xp is np:
+            ctx.n_valid = int(valid.sum())
+            # all rows ignored: 0 / 0 = nan, as in PyTorch
+            return total / total.dtype.type(ctx.n_valid) if ctx.n_valid else total * np.nan
+        # on the GPU the count stays on the device (reading it would be a sync every step):
+        # 0 / 0 gives the same nan; backward recounts the saved mask
+        with np.errstate(invalid="ignore"):
+            return total / valid.sum().astype(total.dtype)
 
     @staticmethod
     def backward(ctx, dy):
         shape, t_shape, reduction, eps = ctx.meta
-        scale = 1 if reduction != "mean" else (1.0 / ctx.n_valid if ctx.n_valid else 0.0)
+        valid = ctx.saved[3]
+        if reduction != "mean":
+            scale = 1
+        elif array_module(valid) is np:
+            scale = 1.0 / ctx.n_valid if ctx.n_valid else 0.0
+        else:  # a device scalar: with no row counting, every row's gradient is 0 anyway
+            scale = (1 / array_module(valid).maximum(valid.sum(), 1)).astype(ctx.saved[0].dtype)
         if ctx.fused:
             logits, lse, t, valid = ctx.saved
             # per row for "none"; otherwise one scale for every row, which the kernel broadcasts

@@ -1,8 +1,10 @@
 """Embedding lookup as one op; its backward is a scatter-add of rows over repeated ids."""
 import numpy as np
 
+from .. import backend, cuda
 from ..autograd import Function
 from ..backend import array_module
+from ..cuda import syncs
 
 
 def embedding_forward_ref(ids, weight):
@@ -29,8 +31,10 @@ def embedding_backward_ref(ids, dy, V):
     if N == 0:
         return dw
     if xp is not np:
-        # on the GPU one atomic scatter-add kernel (CuPy's add.at) does it; the rank rounds below
-        # need maximum.accumulate, which CuPy does not implement (only add/multiply accumulate)
+        # the GPU's deterministic path is the kernel (cuda/embedding.py, the same order as the
+        # rank rounds below); with the kernels off, CuPy's add.at (atomics: the sums' order, and
+        # so their last bits, may change from run to run). The rank rounds need
+        # maximum.accumulate, which CuPy does not implement.
         xp.add.at(dw, ids, dy)
         return dw
     order = xp.argsort(ids, kind="stable")
@@ -61,10 +65,10 @@ class Embedding(Function):
         if weight.ndim != 2:
             raise ValueError(f"embedding: weight must be (num_embeddings, dim), got shape {weight.shape}")
         V = weight.shape[0]
-        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= V):
-            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-            raise ValueError(f"embedding: id {bad} is outside [0, {V}) for a weight of shape "
-                             f"{weight.shape}")
+        if ids.size:  # on the GPU a device flag, read with the logged loss (cuda/syncs.py)
+            syncs.check((ids < 0).any() | (ids >= V).any(),
+                        lambda: f"embedding: id {syncs.out_of_range(ids, V)} is outside [0, {V}) "
+                                f"for a weight of shape {weight.shape}")
         ctx.save_for_backward(ids)
         ctx.V = V
         return embedding_forward_ref(ids, weight)
@@ -72,4 +76,8 @@ class Embedding(Function):
     @staticmethod
     def backward(ctx, dy):
         (ids,) = ctx.saved
+        if backend.device_of(dy) == "cuda":
+            dy = backend.cupy().ascontiguousarray(dy)
+            if cuda.serves(dy):  # deterministic: no float atomics
+                return cuda.embedding_backward(ids, dy, ctx.V)
         return embedding_backward_ref(ids, dy, ctx.V)

@@ -46,7 +46,8 @@ def newton_schulz5(G, steps=5, eps=1e-7, coeffs=NS_COEFFS, work=None):
         bufs = work[key]
     X, Y, A, B = bufs
     flat = G.reshape(-1)
-    norm = math.sqrt(float(xp.vdot(flat, flat)))
+    # a Python float on the CPU; on the GPU a device scalar (a host read would stall the step)
+    norm = math.sqrt(float(xp.vdot(flat, flat))) if xp is np else xp.sqrt(xp.vdot(flat, flat))
     xp.divide(G.T if tall else G, norm + eps, out=X)  # X: C-contiguous (r, cols), r <= cols
     for _ in range(steps):
         # A = X X^T and A^2 = A A^T (A is symmetric): NumPy sends a product of an array with its
