@@ -32,9 +32,9 @@ import numpy as np
 
 from . import backend, distributed, parallel
 from .autocast import check_training_dtype, training_precision
-from .cuda import syncs
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DictConfig
+from .cuda import syncs
 from .data import TokenData, bits_per_byte
 from .data_parallel import DataParallel, seed_rank
 from .models import GPT, GPTConfig
