@@ -4,6 +4,7 @@
     python examples/train_shakespeare.py --tokenizer char  # nanoGPT's character-level setup
     python examples/train_shakespeare.py --device cuda     # nanoGPT's GPU recipe (6 x 384, T=256)
     python examples/train_shakespeare.py --resume          # continue from out/shakespeare
+    mpirun -n 2 python examples/train_shakespeare.py       # data parallel over 2 MPI ranks (".[dist]")
 
 Same as `python -m tinygrad_llm train`; all flags: --help.
 """

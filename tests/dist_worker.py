@@ -68,7 +68,7 @@ def main():
     world = distributed.init()
     if scenario == "main":  # the checks that need no second launch, in one job
         gradients(out)
-        train(out / "dp")
+        train(out / "dp", final_eval="full")
         for opt in ("adamw", "muon"):
             for zero in (0, 1):
                 t = Trainer(train_config(out / f"{opt}_zero{zero}", optimizer=opt, zero=zero, max_iters=5,

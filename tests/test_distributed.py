@@ -110,7 +110,7 @@ class TwoRankData(dist_worker.TokenData):
 def test_two_ranks_train_like_one_process_on_their_batches(main_run, tmp_path):
     from tinygrad_llm.train import Trainer
     # eval: the 2 ranks score 4 batches of 2 rows (2 each), the same windows as 2 batches of 4
-    cfg = dist_worker.train_config(tmp_path, batch_size=4, eval_iters=2)
+    cfg = dist_worker.train_config(tmp_path, batch_size=4, eval_iters=2, final_eval="full")
     Trainer(cfg, data=TwoRankData(cfg.seed), log=lambda m: None).run()
     two, one = metrics(main_run / "dp" / "metrics.jsonl"), metrics(tmp_path / "metrics.jsonl")
     assert sorted(two) == sorted(one) == list(range(1, 9))
@@ -166,6 +166,16 @@ def test_resume_of_a_two_rank_run_is_exact(main_run):
     b = load_checkpoint(main_run / "resume" / "ckpt.safetensors")["model"]
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@needs_mpi
+def test_a_two_rank_checkpoint_is_refused_on_one_rank(main_run, tmp_path):
+    from tinygrad_llm.train import Trainer
+    shutil.copy(main_run / "full" / "ckpt.safetensors", tmp_path / "ckpt.safetensors")
+    t = Trainer(dist_worker.train_config(tmp_path, model={**dist_worker.MODEL, "dropout": 0.1}),
+                data=dist_worker.make_data(3), log=lambda m: None)
+    with pytest.raises(ValueError, match="written by 2 rank"):
+        t.run(resume=True)
 
 
 @needs_mpi

@@ -11,7 +11,9 @@ per buffer: a few large messages instead of one per parameter.
 
 ZeRO-1 (zero=1, llm.c's and DeepSpeed's stage 1): the optimizer state is split across ranks.
 Each flat buffer is cut into one contiguous block of whole parameters per rank (whole, so Muon
-still sees each matrix entire); then per step
+still sees each matrix entire; the cuts are placed over all buffers end to end, so each rank's
+blocks add up to about 1/N of the parameters even where one buffer is mostly one big matrix); then
+per step
     reduce-scatter   each rank receives the summed gradient of its own block only
     clip             the global norm from every rank's sum of squares (one scalar all-reduce)
     update           each rank steps its block with the optimizer state of its block only
@@ -21,6 +23,7 @@ all-reduce); optimizer memory per rank drops to about 1/N. Checkpoints gather th
 and save it in the ordinary layout, so a run may resume with or without ZeRO.
 """
 import math
+import os
 
 import numpy as np
 
@@ -60,7 +63,19 @@ class DataParallel:
             raise ValueError(f"zero={zero}: only ZeRO stage 1 (or 0: off) is implemented")
         self.world, self.model, self.optimizer, self.zero = world, model, optimizer, zero
         self.params = list(model.parameters())
-        self.shards = [ZeroShard(o, group, b, world) for o, group, b in flat_buckets(optimizer)] if zero else []
+        self.shards = []
+        if zero:  # the buffers' parameters end to end, weighted by the state they keep (AdamW
+            # two arrays, Muon one), cut once: each rank's blocks balance over all buffers
+            buckets = flat_buckets(optimizer)
+            offsets, first = [0], []
+            for o, _, b in buckets:
+                first.append(len(offsets) - 1)
+                for size in b.sizes:
+                    offsets.append(offsets[-1] + size * max(len(o.state_names), 1))
+            edges = partition(offsets, world.size)
+            for (o, group, b), i0 in zip(buckets, first):
+                mine = [min(max(e - i0, 0), len(b.sizes)) for e in edges]  # clipped to this buffer
+                self.shards.append(ZeroShard(o, group, b, world, mine))
 
     @property
     def active(self):
@@ -166,10 +181,10 @@ class ZeroShard:
     """One flat bucket under ZeRO-1: this rank's block of it as a FlatBucket of its own (data a
     view of the bucket's, grad and optimizer state its own arrays of the block's size)."""
 
-    def __init__(self, optimizer, group, bucket, world):
+    def __init__(self, optimizer, group, bucket, world, edges):
+        """edges[r]: the index of the bucket's first parameter in rank r's block (edges[-1]: all)."""
         self.optimizer, self.group, self.bucket, self.world = optimizer, group, bucket, world
         self.names = tuple(optimizer.state_names)
-        edges = partition(bucket.offsets, world.size)
         self.counts = [bucket.offsets[edges[r + 1]] - bucket.offsets[edges[r]] for r in range(world.size)]
         i0, i1 = edges[world.rank], edges[world.rank + 1]
         self.lo, self.hi = bucket.offsets[i0], bucket.offsets[i1]
@@ -234,6 +249,22 @@ def _block_bucket(bucket, i0, i1, names):
     s.step = bucket.step
     s._scratch = {}
     return s
+
+
+# --------------------------------------------------------------------------------- CPU cores
+def share_cores(world):
+    """Ranks that share a machine split its cores: each gets usable_cores // ranks-on-this-machine
+    row-shard threads, BLAS threads and optimizer threads, instead of every rank taking them all
+    (2 ranks x 2 threads on 2 cores only wait on each other). $TINYGRAD_LLM_SHARDS, when set, wins."""
+    if world.local_size == 1:
+        return
+    from . import blas, parallel
+    from .optim import flat
+    cores = max(1, parallel.usable_cores() // world.local_size)
+    os.environ.setdefault("TINYGRAD_LLM_SHARDS", str(cores))
+    if blas.available():
+        blas.set_threads(cores)
+    flat.THREADS = min(flat.THREADS, cores)
 
 
 # ------------------------------------------------------------------------------ per-rank RNG

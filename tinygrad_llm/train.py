@@ -36,7 +36,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DictConfig
 from .cuda import syncs
 from .data import TokenData, bits_per_byte
-from .data_parallel import DataParallel, seed_rank
+from .data_parallel import DataParallel, seed_rank, share_cores
 from .models import GPT, GPTConfig
 from .tensor import Tensor
 
@@ -151,6 +151,7 @@ class Trainer:
         cfg.validate()
         self.world = distributed.init(cfg.device)
         distributed.check_same(self.world, cfg.to_dict())
+        share_cores(self.world)
         self.log = log or (lambda msg: print(msg, flush=True))
         if not self.world.is_main:  # rank 0 alone prints
             self.log = lambda msg: None
