@@ -8,6 +8,8 @@ One idea per file:
     io.py         save / load as versioned JSON, plus a readable .vocab view
     char.py       CharTokenizer: nanoGPT's one id per character
     corpus.py     the token file: encoding a corpus into flat uint16/uint32 ids, reading it back
+    documents.py  the documents of a corpus (.txt and .jsonl files, folders, globs), in batches
+    shards.py     encoding a corpus into fixed-size shards on every core, resumably
     cli.py        `python -m tinygrad_llm tokenize train | encode`
 
     >>> from tinygrad_llm.tokenizer import BPETokenizer
