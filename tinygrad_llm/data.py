@@ -17,6 +17,19 @@ from pathlib import Path
 import numpy as np
 
 
+def open_token_data(path, val_fraction=0.1, seed=0, rank=0, world_size=1):
+    """A ShardData for a folder of shards (shard_data.py), else a TokenData for one token file.
+
+    rank / world_size split each batch of a shard folder between the processes of a distributed
+    run; a single token file is sampled from the seed alone (each rank seeds its own)."""
+    from .shard_data import ShardData, is_shard_folder
+    if is_shard_folder(path):
+        return ShardData(path, seed=seed, rank=rank, world_size=world_size)
+    if Path(path).is_dir():
+        raise FileNotFoundError(f"{path} is a folder without shards (.bin files with .bin.json sidecars)")
+    return TokenData(path, val_fraction, seed=seed)
+
+
 class TokenData:
     """Train/val token streams over one token file (or an in-memory id array)."""
 

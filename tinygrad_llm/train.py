@@ -10,7 +10,8 @@ eval_every steps the loss on a fixed set of validation batches and its bits per 
 (loss in nats x tokens / (bytes x ln 2)), which compares runs across tokenizers.
 
 Checkpoints (<out_dir>/ckpt.safetensors, see checkpoint.py) hold the weights, the optimizer
-state, both RNG states (initialisation/dropout and the data sampler) and the step, so a resumed
+state, the RNG state of initialisation/dropout, the data sampler's state (its RNG state, or its
+position in a shard folder: shard_data.py) and the step, so a resumed
 run draws the same batches and produces bit-identical losses. Ctrl-C saves one and exits; a
 non-finite loss stops the run and leaves the last good checkpoint untouched.
 
@@ -35,7 +36,7 @@ from .autocast import check_training_dtype, training_precision
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DictConfig
 from .cuda import syncs
-from .data import TokenData, bits_per_byte
+from .data import bits_per_byte, open_token_data
 from .data_parallel import DataParallel, seed_rank, share_cores
 from .models import GPT, GPTConfig
 from .tensor import Tensor
@@ -45,7 +46,7 @@ CKPT_NAME = "ckpt.safetensors"
 
 @dataclass
 class TrainConfig(DictConfig):
-    data: str = ""               # token file written by tokenizer.encode_file (.bin + .bin.json)
+    data: str = ""               # token file (.bin + .bin.json) or shard folder (tokenize encode)
     out_dir: str = "out/run"     # checkpoints and metrics.jsonl
     model: dict = field(default_factory=dict)  # GPTConfig fields; vocab_size defaults to the data's
     batch_size: int = 12
@@ -157,7 +158,8 @@ class Trainer:
             self.log = lambda msg: None
         backend.keep_freed_memory()  # a step's temporaries stay mapped between steps (see backend)
         backend.manual_seed(cfg.seed)
-        self.data = data if data is not None else TokenData(cfg.data, cfg.val_fraction, seed=cfg.seed)
+        self.data = data if data is not None else open_token_data(
+            cfg.data, cfg.val_fraction, seed=cfg.seed, rank=self.world.rank, world_size=self.world.size)
         model_cfg = dict(cfg.model)
         if "vocab_size" not in model_cfg:
             model_cfg["vocab_size"] = int(self.data.meta.get("vocab_size") or 0) or None
@@ -233,13 +235,15 @@ class Trainer:
         losses, weights = [], []
         with no_grad(), training_precision(self.cfg.dtype, self.cfg.device):
             if full:
-                val = np.asarray(self.data.splits["val"], dtype=np.int64)
+                val = self.data.splits["val"]  # may be a memmap far larger than memory: read by rows
                 n = (len(val) - 1) // T
-                x_all, y_all = val[:n * T].reshape(n, T), val[1:n * T + 1].reshape(n, T)  # (n, T)
                 for i in range(self.world.rank * B, n, self.world.size * B):  # this rank's share
-                    _, loss = self.model(self._dev(x_all[i:i + B]), self._dev(y_all[i:i + B]))
+                    rows = min(B, n - i)
+                    chunk = np.asarray(val[i * T:(i + rows) * T + 1], dtype=np.int64)
+                    x, y = chunk[:-1].reshape(rows, T), chunk[1:].reshape(rows, T)  # (rows, T)
+                    _, loss = self.model(self._dev(x), self._dev(y))
                     losses.append(loss.item())
-                    weights.append(min(B, n - i))
+                    weights.append(rows)
             else:
                 for x, y in self.eval_batches[self.world.rank::self.world.size]:
                     _, loss = self.model(self._dev(x), self._dev(y))
@@ -251,10 +255,11 @@ class Trainer:
             val_loss = loss_sum / weight_sum
         else:
             val_loss = float(np.average(losses, weights=weights))
-        if full and self.decode_bytes is not None:  # the bytes of exactly the tokens scored
-            n_tok = n * T
-            n_bytes = len(self.decode_bytes(val[1:n * T + 1].tolist()))
-            return val_loss, bits_per_byte(val_loss, n_tok, n_bytes)
+        if full and self.decode_bytes is not None:  # the bytes of exactly the tokens scored, by pieces
+            piece = 1 << 20
+            n_bytes = sum(len(self.decode_bytes(np.asarray(val[lo + 1:min(lo + piece, n * T) + 1]).tolist()))
+                          for lo in range(0, n * T, piece))
+            return val_loss, bits_per_byte(val_loss, n * T, n_bytes)
         return val_loss, val_loss / (self.bytes_per_token * math.log(2))
 
     def _dev(self, arr):

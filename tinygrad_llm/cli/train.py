@@ -5,8 +5,9 @@ in ~/.cache/tinygrad_llm/, else download it into that cache), train
 a byte-level BPE tokenizer on it (or a char-level vocabulary with --tokenizer char), encode it,
 train a GPT on the CPU, then print the validation loss, bits per byte and a sample.
 
---data may also name a token file (.bin with its .bin.json sidecar, from `tokenize encode`);
-then --tokenizer-file names the tokenizer that wrote it (for bits per byte and the sample).
+--data may also name a token file (.bin with its .bin.json sidecar, from `tokenize encode`) or a
+folder of shards (`tokenize encode --out DIR`); then --tokenizer-file names the tokenizer that
+wrote it (its JSON file, or GPT-2's folder), for the sample and --doc-mask.
 """
 import argparse
 import os
@@ -45,7 +46,7 @@ TRAIN_KEYS = ("batch_size", "grad_accum", "max_iters", "max_seconds", "optimizer
 
 
 def add_arguments(parser):
-    parser.add_argument("--data", help="text file or token file (.bin); default: tiny Shakespeare")
+    parser.add_argument("--data", help="text file, token file (.bin) or shard folder; default: tiny Shakespeare")
     parser.add_argument("--out-dir", default="out/shakespeare", help="checkpoints, metrics.jsonl, tokenizer")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="cuda selects nanoGPT's GPU Shakespeare config")
@@ -55,7 +56,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--tokenizer", choices=("bpe", "char"), help="byte-level BPE or nanoGPT's characters")
     parser.add_argument("--vocab-size", type=int, help="BPE vocabulary size")
-    parser.add_argument("--tokenizer-file", help="tokenizer of a pre-encoded --data token file")
+    parser.add_argument("--tokenizer-file",
+                        help="tokenizer of a pre-encoded --data (its JSON file, or GPT-2's folder)")
     for key, typ in [("max_iters", int), ("batch_size", int), ("grad_accum", int), ("block_size", int),
                      ("n_layer", int), ("n_head", int), ("n_kv_head", int), ("n_embd", int),
                      ("max_seconds", float), ("dropout", float), ("lr", float), ("muon_lr", float), ("warmup_iters", int),
@@ -163,9 +165,11 @@ def main(args):
     print = _print if world.is_main else (lambda *a, **k: None)  # noqa: A001 - rank 0 alone prints
     cfg, kind, vocab_size = build_config(args)
     data_path = find_text(args.data)
-    if data_path.suffix == ".bin":
+    if data_path.suffix == ".bin" or data_path.is_dir():
         if not args.tokenizer_file:
-            raise SystemExit("--data is a token file: pass --tokenizer-file for the tokenizer that wrote it")
+            raise SystemExit(f"--data {data_path} is pre-encoded: pass --tokenizer-file for the tokenizer "
+                             "that wrote it")
+        from ..tokenizer import load_tokenizer
         bin_path, tok = data_path, load_tokenizer(args.tokenizer_file)
     else:
         print(f"data: {data_path}", flush=True)

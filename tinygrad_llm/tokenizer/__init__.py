@@ -33,7 +33,10 @@ __all__ = ["BPETokenizer", "CharTokenizer", "TokenizerError", "TokenizerFileErro
 
 
 def load_tokenizer(path):
-    """A saved tokenizer of either kind: a CharTokenizer file ({"type": "char"}) or a BPETokenizer."""
+    """A saved tokenizer of either kind: a CharTokenizer file ({"type": "char"}) or a BPETokenizer;
+    a folder is GPT-2's (encoder.json and vocab.bpe)."""
+    if Path(path).is_dir():
+        return BPETokenizer.from_gpt2(Path(path) / "encoder.json", Path(path) / "vocab.bpe")
     try:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
