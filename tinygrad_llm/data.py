@@ -97,6 +97,17 @@ class TokenData:
         self.rng = np.random.Generator(bitgen)
 
 
+def document_segments(ids, eot_id):
+    """Segment ids (B, T) of token windows (B, T): each <|endoftext|> opens a new document.
+
+    The count of separators up to and including each position: tokens before the first
+    separator (the end of a document the window starts inside) are segment 0, the separator and
+    the document after it segment 1, and so on. Equal ids = same document, so attention masked
+    by them (GPT's segment_ids) keeps each document to itself.
+    """
+    return (ids == eot_id).cumsum(axis=-1, dtype=ids.dtype if ids.dtype.kind == "i" else None)
+
+
 def bits_per_byte(loss_nats, num_tokens, num_bytes):
     """Cross-entropy in nats per token -> bits per byte of text: loss * tokens / (bytes * ln 2)."""
     return float(loss_nats) * num_tokens / (num_bytes * np.log(2.0))

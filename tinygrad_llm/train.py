@@ -36,7 +36,7 @@ from .autocast import check_training_dtype, training_precision
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DictConfig
 from .cuda import syncs
-from .data import bits_per_byte, open_token_data
+from .data import bits_per_byte, document_segments, open_token_data
 from .data_parallel import DataParallel, seed_rank, share_cores
 from .models import GPT, GPTConfig
 from .tensor import Tensor
@@ -79,6 +79,8 @@ class TrainConfig(DictConfig):
     shards: int = 0              # CPU: each micro-batch's rows in this many shards on their own
                                  # threads (parallel.py); 0: one per core
     zero: int = 0                # under mpirun: 1 shards the optimizer state across ranks (ZeRO-1)
+    doc_mask: bool = False       # attention stays within each document (<|endoftext|> separates
+                                 # them; the data must say its id: a shard folder does)
 
     def validate(self):
         if self.optimizer not in ("adamw", "muon"):
@@ -166,6 +168,10 @@ class Trainer:
             if model_cfg["vocab_size"] is None:
                 raise ValueError("TrainConfig.model needs vocab_size (the data does not say)")
         self.model_config = GPTConfig.from_dict(model_cfg)
+        self.eot_id = self.data.meta.get("eot_id")
+        if cfg.doc_mask and self.eot_id is None:
+            raise ValueError("doc_mask needs the id of <|endoftext|>, which this data does not give; "
+                             "encode the corpus into shards (`tokenize encode --out DIR`)")
         self.model = GPT(self.model_config)
         if cfg.device != "cpu":
             self.model.to(cfg.device)
@@ -241,12 +247,12 @@ class Trainer:
                     rows = min(B, n - i)
                     chunk = np.asarray(val[i * T:(i + rows) * T + 1], dtype=np.int64)
                     x, y = chunk[:-1].reshape(rows, T), chunk[1:].reshape(rows, T)  # (rows, T)
-                    _, loss = self.model(self._dev(x), self._dev(y))
+                    loss = self._loss(self._dev(x), self._dev(y))
                     losses.append(loss.item())
                     weights.append(rows)
             else:
                 for x, y in self.eval_batches[self.world.rank::self.world.size]:
-                    _, loss = self.model(self._dev(x), self._dev(y))
+                    loss = self._loss(self._dev(x), self._dev(y))
                     losses.append(loss.item())
                     weights.append(1)
         self.model.train()
@@ -261,6 +267,13 @@ class Trainer:
                           for lo in range(0, n * T, piece))
             return val_loss, bits_per_byte(val_loss, n * T, n_bytes)
         return val_loss, val_loss / (self.bytes_per_token * math.log(2))
+
+    def _loss(self, x, y):
+        """The model's mean loss on (x, y); with doc_mask each document attends only to itself."""
+        if not self.cfg.doc_mask:
+            return self.model(x, y)[1]
+        ids = x.data if isinstance(x, Tensor) else x
+        return self.model(x, y, segment_ids=document_segments(ids, self.eot_id))[1]
 
     def _dev(self, arr):
         return Tensor(backend.to_device(arr, self.cfg.device) if self.cfg.device != "cpu" else arr)
@@ -296,7 +309,7 @@ class Trainer:
         for _ in range(cfg.grad_accum):
             x, y = self.data.get_batch("train", cfg.batch_size, T)
             with training_precision(cfg.dtype, cfg.device):
-                lv = parallel.loss_backward(lambda xs, ys: self.model(xs, ys)[1], self._dev(x), self._dev(y),
+                lv = parallel.loss_backward(self._loss, self._dev(x), self._dev(y),
                                             shards=cfg.shards or None, scale=1.0 / cfg.grad_accum)
             total += lv
         loss = total / cfg.grad_accum

@@ -42,7 +42,7 @@ PRESETS = {
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "n_kv_head", "pos", "norm", "mlp", "bias")
 TRAIN_KEYS = ("batch_size", "grad_accum", "max_iters", "max_seconds", "optimizer", "lr", "muon_lr", "warmup_iters",
               "schedule", "min_lr_ratio", "weight_decay", "beta2", "eval_every", "eval_iters",
-              "log_every", "checkpoint_every", "seed", "device", "dtype", "health_every", "shards", "zero")
+              "log_every", "checkpoint_every", "seed", "device", "dtype", "health_every", "shards", "zero", "doc_mask")
 
 
 def add_arguments(parser):
@@ -73,6 +73,8 @@ def add_arguments(parser):
     parser.add_argument("--norm", choices=("layernorm", "rmsnorm"))
     parser.add_argument("--mlp", choices=("gelu", "swiglu"))
     parser.add_argument("--no-bias", dest="bias", action="store_false", default=None)
+    parser.add_argument("--doc-mask", action="store_true", default=None,
+                        help="attention within each document only (needs a shard folder as --data)")
     parser.add_argument("--sample-tokens", type=int, default=None, help="length of the final sample (0: none)")
     parser.add_argument("--quiet", action="store_true", help="no per-step log lines")
 

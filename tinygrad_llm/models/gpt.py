@@ -101,12 +101,14 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias, dtype=dtype)
         self.dropout = config.dropout
 
-    def forward(self, x, rope=None, cache=None):
+    def forward(self, x, rope=None, cache=None, segment_ids=None):
         B, T, C = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, self.hs
+        # segment_ids (B, T): a token attends only to earlier tokens of its own segment (document)
+        docs = {} if segment_ids is None else {"segment_ids": segment_ids}
         qkv = self.c_attn(x)  # (B, T, (nh + 2 nkv) hs)
         if rope is None and cache is None:  # training, learned positions: heads split by strides
-            y = F.qkv_attention(qkv, nh, nkv)  # (B, T, C)
+            y = F.qkv_attention(qkv, nh, nkv, **docs)  # (B, T, C)
             y = self.c_proj(y)
             return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
         qkv = qkv.reshape(B, T, nh + 2 * nkv, hs).transpose(0, 2, 1, 3)  # (B, nh + 2 nkv, T, hs)
@@ -117,7 +119,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:  # generation: keep k, v of every position seen so far
             k, v = cache.append(k, v)
             causal = T > 1  # one new query may look at every cached position
-        y = F.scaled_dot_product_attention(q, k, v, causal=causal)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, causal=causal, **docs)  # (B, nh, T, hs)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C): heads side by side again
         y = self.c_proj(y)
         # dropout on the residual branch only (the fused attention keeps no probability matrix)
@@ -154,8 +156,8 @@ class Block(nn.Module):
         self.ln_2 = _norm(config, dtype)
         self.mlp = MLP(config, dtype)
 
-    def forward(self, x, rope=None, cache=None):
-        x = x + self.attn(self.ln_1(x), rope, cache)
+    def forward(self, x, rope=None, cache=None, segment_ids=None):
+        x = x + self.attn(self.ln_1(x), rope, cache, segment_ids)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -249,11 +251,22 @@ class GPT(nn.Module):
             raise ValueError(f"GPT: idx must be (B, T) integer token ids, got {data.dtype} {data.shape}")
         return data
 
-    def forward(self, idx, targets=None, cache=None):
+    def _check_segments(self, segment_ids, B, T, cache):
+        seg = segment_ids.data if isinstance(segment_ids, Tensor) else segment_ids
+        if cache is not None:
+            raise ValueError("GPT: segment_ids are for training on packed documents, not for "
+                             "generation with a KV cache")
+        if tuple(seg.shape) != (B, T) or seg.dtype.kind not in "iu":
+            raise ValueError(f"GPT: segment_ids must be (B, T) = {(B, T)} integers, got {seg.dtype} "
+                             f"{tuple(seg.shape)}")
+        return seg
+
+    def forward(self, idx, targets=None, cache=None, segment_ids=None):
         """(logits (B, T, vocab_size), mean cross-entropy or None). With a KVCache, idx are the
-        next tokens after the cached ones."""
+        next tokens after the cached ones. segment_ids (B, T) integers keep attention within a
+        segment: documents packed into one row do not see each other (data.document_segments)."""
         cfg = self.config
-        x = self.hidden_states(idx, cache)  # (B, T, C)
+        x = self.hidden_states(idx, cache, segment_ids)  # (B, T, C)
         B, T = x.shape[:2]
         logits = F.linear(x, self.lm_head.weight)  # (B, T, V)
         if targets is None:
@@ -264,9 +277,9 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.reshape(B * T, cfg.vocab_size), Tensor(tgt.reshape(B * T)))
         return logits, loss
 
-    def hidden_states(self, idx, cache=None):
+    def hidden_states(self, idx, cache=None, segment_ids=None):
         """The final-norm output (B, T, n_embd) that the language-model head (or a classifier's
-        head, see classifier.py) reads."""
+        head, see classifier.py) reads; segment_ids as in forward."""
         cfg = self.config
         data = self._check_idx(idx)
         B, T = data.shape
@@ -284,8 +297,10 @@ class GPT(nn.Module):
         if cfg.dropout and self.training:
             x = F.dropout(x, cfg.dropout, training=True)
         rope = self._rope(start, T, x)
+        if segment_ids is not None:
+            segment_ids = self._check_segments(segment_ids, B, T, cache)
         for block in self.transformer.h:
-            x = block(x, rope, cache)
+            x = block(x, rope, cache, segment_ids)
         if cache is not None:
             cache.advance(T)
         return self.transformer.ln_f(x)
