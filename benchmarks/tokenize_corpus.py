@@ -17,7 +17,8 @@ is timed too and the ratio reported; it also checks the ids agree on a sample of
 
 train-rss: writes a synthetic shard folder of --gb GB of uint16 ids (100M-token shards, a 1M
 token val shard) and a 10 MB one, then trains a small GPT for --steps steps on each in a
-subprocess, and draws loader-only batches covering 1 GB of windows; it reports each
+subprocess (vocabulary 8192, T=256, batch 8: the model's own memory is small), and draws
+loader-only batches of 64 x 1024 ids adding up to the corpus's size; it reports each
 subprocess's peak RSS. Flat memory: the 1 GB corpus costs about what the 10 MB one does.
 """
 import argparse
@@ -159,7 +160,7 @@ def bench_encode(args):
 
 
 # ------------------------------------------------------------------------------------ train-rss
-def synthetic_shards(folder, train_tokens, val_tokens=1_000_000, shard_tokens=100_000_000, vocab=50257):
+def synthetic_shards(folder, train_tokens, val_tokens=1_000_000, shard_tokens=100_000_000, vocab=8192):
     """A shard folder of random uint16 ids, in encode_corpus's format."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -183,7 +184,7 @@ mode, folder, steps, out = sys.argv[1:5]
 t0 = time.perf_counter()
 if mode == "train":
     cfg = TrainConfig(data=folder, out_dir=out, model=dict(block_size=256, n_layer=2, n_head=4, n_embd=64),
-                      batch_size=16, max_iters=int(steps), warmup_iters=10, eval_every=0, eval_iters=5,
+                      batch_size=8, max_iters=int(steps), warmup_iters=10, eval_every=0, eval_iters=5,
                       final_eval="sample", log_every=10**9)
     Trainer(cfg, log=lambda m: None).run()
 else:

@@ -15,13 +15,15 @@ runner passes its own.
 State: the orders follow from the seed, so the position (epoch, shard, window) is the whole
 state of the sampler; state() gives it as JSON and set_state() resumes there exactly.
 
-Memory: each batch maps the shards it reads afresh and unmaps them once its windows are copied
-(as nanoGPT does), so the pages read stay in the page cache and not in this process: the
-resident size stays flat however large the corpus. A shard's window order (4 bytes a window) is
-the largest thing kept, and only for the shard being read.
+Memory: a window is read from its shard file straight into the batch (seek + readinto), so
+nothing of the corpus stays in the process: the resident size is flat however large the corpus,
+and the pages read live in the OS's page cache. (np.memmap, mapped afresh per batch as nanoGPT
+does, is flat between batches too, but on Linux 6.x a fault maps a whole page-cache folio: about
+1.4 MB per window of 1025 ids, 90 MB for a batch of 64, for the length of each gather.) A shard's
+window order (4 bytes a window) is the largest thing kept, and only for the shard being read.
 
 Validation is the val shard: get_batch("val", ..., rng=rng) draws random windows from it (the
-trainer's fixed evaluation batches), splits["val"] maps it whole for a full evaluation.
+trainer's fixed evaluation batches); splits["val"] reads it by slices, for a full evaluation.
 """
 from pathlib import Path
 
@@ -81,11 +83,8 @@ class ShardData:
 
     @property
     def splits(self):
-        """{"val": the val shard, mapped now}; train is many shards and has no single array."""
-        return {"val": self._map(self.val_path)}
-
-    def _map(self, path):
-        return np.memmap(path, dtype=self.dtype, mode="r")
+        """{"val": the val shard as a ShardFile}; train is many shards and has no single array."""
+        return {"val": ShardFile(self.val_path, self.dtype, self.val_size)}
 
     # ------------------------------------------------------------------------------- sampling
     def _shard_order(self, epoch):
@@ -155,9 +154,9 @@ class ShardData:
         groups = [(None, np.arange(len(starts)))] if shards is None else \
             [(s, np.flatnonzero(shards == s)) for s in np.unique(shards)]
         for s, rows in groups:
-            ids = self._map(self.val_path if s is None else self.train_paths[int(s)])
-            out[rows] = ids[starts[rows, None] + np.arange(T + 1)]  # (rows, T + 1) gather
-            del ids  # unmapped: the pages read leave this process
+            path = self.val_path if s is None else self.train_paths[int(s)]
+            size = self.val_size if s is None else int(self.train_sizes[int(s)])
+            ShardFile(path, self.dtype, size).read_windows(starts[rows], T + 1, out, rows)
         return out[:, :-1], out[:, 1:]
 
     # ----------------------------------------------------------------------------- bookkeeping
@@ -183,3 +182,43 @@ class ShardData:
                                                           state["window"])
         self._block_size = state["block_size"]
         self._order = self._perm = None
+
+
+class ShardFile:
+    """One shard's ids, read from its file on demand (never mapped): len(f), f[a:b], np.asarray(f)."""
+
+    def __init__(self, path, dtype, num_tokens):
+        self.path, self.dtype, self.n = Path(path), np.dtype(dtype), int(num_tokens)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError(f"ShardFile takes contiguous slices, got {key!r}")
+        lo, hi, _ = key.indices(self.n)
+        out = np.empty(max(hi - lo, 0), dtype=self.dtype)
+        with open(self.path, "rb", buffering=0) as f:
+            self._read(f, lo, out)
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
+
+    def read_windows(self, starts, length, out, rows):
+        """out[rows[i]] = ids[starts[i]:starts[i] + length], one read per window."""
+        buf = np.empty(length, dtype=self.dtype)
+        with open(self.path, "rb", buffering=0) as f:
+            for r, start in zip(rows, starts):
+                self._read(f, int(start), buf)
+                out[r] = buf
+
+    def _read(self, f, start, buf):
+        f.seek(start * self.dtype.itemsize)
+        view, done = memoryview(buf).cast("B"), 0
+        while done < len(view):  # a read may return less than asked; loop until the window is in
+            n = f.readinto(view[done:])
+            if not n:
+                raise ValueError(f"{self.path}: ends before id {start + len(buf)}; truncated since it was opened?")
+            done += n
