@@ -43,7 +43,7 @@ import numpy as np
 from .corpus import read_token_file, sidecar_path, token_dtype
 from .documents import BATCH_BYTES, EOT, DocumentError, corpus_files, document_batches, document_text
 from .errors import TokenizerError, TokenizerFileError
-from .io import atomic_write_text
+from ..files import atomic_write, atomic_write_text
 
 SHARD_TOKENS = 100_000_000
 
@@ -152,7 +152,7 @@ class ShardWriter:
             if i not in tok.inverse_special_tokens:
                 self.token_bytes[i] = len(b)
         self.index, self.position = index, list(position)  # next shard; next id's [doc, offset]
-        self.file = self.tmp = None
+        self.file = self.writing = None
         self.written = self.nbytes = 0
         self.tokens = 0  # written in this run
 
@@ -179,23 +179,20 @@ class ShardWriter:
         self.tokens += len(ids) - skip
 
     def _open(self):
-        path = self.out_dir / shard_name(self.index)
-        self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        self.file = open(self.tmp, "wb")
+        # files.atomic_write: a temporary file beside the shard, renamed onto it when closed cleanly
+        self.writing = atomic_write(self.out_dir / shard_name(self.index))
+        self.file = self.writing.__enter__()
         self.written = self.nbytes = 0
 
     def _close(self, last):
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        self.writing.__exit__(None, None, None)  # flushed, fsynced, renamed into place
         path = self.out_dir / shard_name(self.index)
-        os.replace(self.tmp, path)
         meta = {"dtype": np.dtype(self.dtype).name, "vocab_size": self.vocab_size,
                 "num_tokens": self.written, "source_bytes": self.nbytes, "tokenizer": self.tokenizer_name,
                 "split": "val" if self.index == 0 else "train", "shard": self.index,
                 "eot_id": self.eot_id, "end": self.position, "last": last, "settings": self.settings}
         atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2) + "\n")
-        self.file = self.tmp = None
+        self.file = self.writing = None
         self.index += 1
 
     def finish(self):
@@ -215,9 +212,9 @@ class ShardWriter:
     def abort(self):
         """Drop the unfinished shard (its temporary file); finished shards stay."""
         if self.file is not None:
-            self.file.close()
-            self.tmp.unlink(missing_ok=True)
-            self.file = self.tmp = None
+            stop = InterruptedError("the shard is not finished")
+            self.writing.__exit__(type(stop), stop, None)  # as if the block raised: file removed
+            self.file = self.writing = None
 
 
 def finished_shards(out_dir, settings):
