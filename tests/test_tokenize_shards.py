@@ -219,3 +219,22 @@ def test_sigint_then_resume_gives_the_uninterrupted_shards(tok, tmp_path):
         assert json.loads((a.parent / (a.name + ".json")).read_text()) == \
             json.loads((b.parent / (b.name + ".json")).read_text())
     assert not (tmp_path / "part" / shard_name(full["shards"])).exists()
+
+
+def test_encode_command_writes_shards_from_a_glob(tok, tmp_path, capsys):
+    from tinygrad_llm.__main__ import main
+    tok.save(tmp_path / "tok.json")
+    (tmp_path / "c").mkdir()
+    for i in range(3):
+        write_jsonl(tmp_path / "c" / f"part{i}.jsonl", [f"text {i} {j}" for j in range(4)], field="body")
+    argv = ["tokenize", "encode", "--tokenizer", str(tmp_path / "tok.json"), "--input",
+            str(tmp_path / "c" / "part*.jsonl"), "--out", str(tmp_path / "shards"), "--text-field", "body",
+            "--workers", "1", "--shard-tokens", "20", "--val-tokens", "10", "--quiet"]
+    assert main(argv) == 0
+    assert "12 documents" in capsys.readouterr().out
+    docs = [f"text {i} {j}" for i in range(3) for j in range(4)]
+    assert read_shards(tmp_path / "shards")[0] == reference_ids(tok, docs)
+    one_file = argv[:5] + [str(tmp_path / "c" / "part0.jsonl"), str(tmp_path / "c" / "part1.jsonl"),
+                           "--out", str(tmp_path / "x.bin")]
+    assert main(one_file) == 1
+    assert "one token file, from one --input file" in capsys.readouterr().err
