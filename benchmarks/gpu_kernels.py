@@ -82,10 +82,10 @@ def softmax_cases(cp, torch, dtype):
         n = x.size
         tx, ty, tdy = (T(x), T(y), T(dy)) if torch else (None,) * 3
         yield ("softmax fwd", shape, 2 * n * s, lambda x=x: cuda.softmax_forward(x),
-               lambda x=x: S.softmax_forward_ref(x),
+               lambda x=x: S.softmax_forward_cpu(x),
                (lambda tx=tx: torch.softmax(tx, -1)) if torch else None)
         yield ("softmax bwd", shape, 3 * n * s, lambda y=y, dy=dy: cuda.softmax_backward(y, dy),
-               lambda y=y, dy=dy: S.softmax_backward_ref(y, dy),
+               lambda y=y, dy=dy: S.softmax_backward_cpu(y, dy),
                (lambda ty=ty, tdy=tdy: torch._softmax_backward_data(tdy, ty, -1, ty.dtype))
                if torch else None)
 
@@ -104,12 +104,12 @@ def layer_norm_cases(cp, torch, dtype):
             tx, tw, tb, tdy = T(x), T(w), T(b), T(dy)
             _, tmean, trstd = torch.native_layer_norm(tx, (C,), tw, tb, 1e-5)
         yield ("layer_norm fwd", shape, 3 * n * s, lambda x=x, w=w, b=b: cuda.layer_norm_forward(x, w, b),
-               lambda x=x, w=w, b=b: N.layer_norm_forward_ref(x, w, b),
+               lambda x=x, w=w, b=b: N.layer_norm_forward_cpu(x, w, b),
                (lambda tx=tx, tw=tw, tb=tb: torch.native_layer_norm(tx, (C,), tw, tb, 1e-5))
                if torch else None)
         yield ("layer_norm bwd", shape, 3 * n * s,
                lambda dy=dy, xhat=xhat, rstd=rstd, w=w: cuda.layer_norm_backward(dy, xhat, rstd, w),
-               lambda dy=dy, xhat=xhat, rstd=rstd, w=w: (N.layer_norm_backward_ref(dy, xhat, rstd, w),
+               lambda dy=dy, xhat=xhat, rstd=rstd, w=w: (N.layer_norm_backward_cpu(dy, xhat, rstd, w),
                                                          N._param_grads(dy, xhat, True, True)),
                (lambda tdy=tdy, tx=tx, tm=tmean, tr=trstd, tw=tw, tb=tb, C=C: torch.ops.aten.native_layer_norm_backward(
                    tdy, tx, (C,), tm, tr, tw, tb, [True, True, True])) if torch else None)
@@ -129,12 +129,12 @@ def cross_entropy_cases(cp, torch, dtype):
         if torch:
             tx, tt = T(x).requires_grad_(), T(t)
         yield ("cross_entropy fwd", shape, n * s, lambda x=x, t=t: cuda.cross_entropy_forward(x, t),
-               lambda x=x, t=t, valid=valid: CE.cross_entropy_forward_ref(x, t, valid),
+               lambda x=x, t=t, valid=valid: CE.cross_entropy_forward_cpu(x, t, valid),
                (lambda tx=tx, tt=tt: torch.nn.functional.cross_entropy(tx.detach(), tt)) if torch else None)
 
         def ref_fb(x=x, t=t, valid=valid, g=g):
-            _, e, r = CE.cross_entropy_forward_ref(x, t, valid)
-            return CE.cross_entropy_backward_ref(e, r, t, valid, g)
+            _, e, r = CE.cross_entropy_forward_cpu(x, t, valid)
+            return CE.cross_entropy_backward_cpu(e, r, t, valid, g)
 
         def torch_fb(tx=tx if torch else None, tt=tt if torch else None):
             tx.grad = None
@@ -150,13 +150,13 @@ def gelu_cases(cp, torch, dtype):
     for n in (8192 * 3072, 65536 * 3072):
         x = rng.standard_normal(n, dtype=dtype)
         dy = rng.standard_normal(n, dtype=dtype)
-        h = A.gelu_tanh_forward_ref(x)[1]
+        h = A.gelu_tanh_forward_cpu(x)[1]
         tx, tdy = (T(x), T(dy)) if torch else (None, None)
         yield ("gelu fwd", (n,), 2 * n * s, lambda x=x: cuda.gelu_forward(x),
-               lambda x=x: A.gelu_tanh_forward_ref(x),
+               lambda x=x: A.gelu_tanh_forward_cpu(x),
                (lambda tx=tx: torch.nn.functional.gelu(tx, approximate="tanh")) if torch else None)
         yield ("gelu bwd", (n,), 3 * n * s, lambda x=x, dy=dy: cuda.gelu_backward(x, dy),
-               lambda x=x, dy=dy, h=h: A.gelu_tanh_backward_ref(dy, x, h),
+               lambda x=x, dy=dy, h=h: A.gelu_tanh_backward_cpu(dy, x, h),
                (lambda tx=tx, tdy=tdy: torch.ops.aten.gelu_backward(tdy, tx, approximate="tanh"))
                if torch else None)
 

@@ -203,26 +203,26 @@ def _too_big_to_emulate(kx, n, blocks=1):
 @pytest.mark.parametrize("shape", ROW_SHAPES)
 @pytest.mark.parametrize("misalign", [False, True])
 def test_softmax_kernel(kx, dtype, shape, misalign):
-    from tinygrad_llm.ops.softmax import softmax_backward_ref, softmax_forward_ref
+    from tinygrad_llm.ops.softmax import softmax_backward_cpu, softmax_forward_cpu
     _too_big_to_emulate(kx, int(np.prod(shape)), blocks=int(np.prod(shape[:-1])))
     x = _rand(kx, shape, dtype, 1, misalign, scale=3.0)
     dy = _rand(kx, shape, dtype, 2, misalign)
     y = cuda.softmax_forward(x)
-    want = softmax_forward_ref(kx.host(x))
+    want = softmax_forward_cpu(kx.host(x))
     _close(y, want, dtype, "softmax forward")
     dx = cuda.softmax_backward(y, dy)
-    _close(dx, softmax_backward_ref(want, kx.host(dy)), dtype, "softmax backward")
+    _close(dx, softmax_backward_cpu(want, kx.host(dy)), dtype, "softmax backward")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softmax_kernel_extreme_rows(kx, dtype):
     """Rows with -inf (masked attention) and huge values: the online max must not overflow."""
-    from tinygrad_llm.ops.softmax import softmax_forward_ref
+    from tinygrad_llm.ops.softmax import softmax_forward_cpu
     x = np.random.default_rng(3).standard_normal((4, 300)).astype(dtype) * 50
     x[0, 5:] = -np.inf  # a causal-mask row
     x[1, 0] = 1e4 if dtype == np.float32 else 1e300
     y = cuda.softmax_forward(kx.asarray(x))
-    _close(y, softmax_forward_ref(x), dtype, "softmax forward, extreme rows")
+    _close(y, softmax_forward_cpu(x), dtype, "softmax forward, extreme rows")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -261,7 +261,7 @@ def test_cross_entropy_kernel_nan_in_nan_out(kx, dtype, V):
 @pytest.mark.parametrize("shape", ROW_SHAPES)
 @pytest.mark.parametrize("affine", ["wb", "w", "b", ""])
 def test_layer_norm_kernel(kx, dtype, shape, affine):
-    from tinygrad_llm.ops.norm import _param_grads, layer_norm_backward_ref, layer_norm_forward_ref
+    from tinygrad_llm.ops.norm import _param_grads, layer_norm_backward_cpu, layer_norm_forward_cpu
     _too_big_to_emulate(kx, int(np.prod(shape)))
     if kx.emulated and affine in ("w", "b") and shape[-1] > 64:
         pytest.skip("one-sided affine: emulated on the narrow shapes only (time)")
@@ -272,11 +272,11 @@ def test_layer_norm_kernel(kx, dtype, shape, affine):
     dy = _rand(kx, x.shape, dtype, 7)
     host = kx.host
     y, xhat, rstd = cuda.layer_norm_forward(x, w, b, eps=1e-5)
-    y_r, xhat_r, rstd_r = layer_norm_forward_ref(host(x), host(w), host(b), 1e-5)
+    y_r, xhat_r, rstd_r = layer_norm_forward_cpu(host(x), host(w), host(b), 1e-5)
     for got, want, what in ((y, y_r, "y"), (xhat, xhat_r, "xhat"), (rstd, rstd_r, "rstd")):
         _close(got, want, dtype, f"layer norm forward {what}")
     dx, dw, db = cuda.layer_norm_backward(dy, xhat, rstd, w, need_db=b is not None)
-    _close(dx, layer_norm_backward_ref(host(dy), xhat_r, rstd_r, host(w)), dtype, "layer norm dx")
+    _close(dx, layer_norm_backward_cpu(host(dy), xhat_r, rstd_r, host(w)), dtype, "layer norm dx")
     dw_r, db_r = _param_grads(host(dy), xhat_r, w is not None, b is not None)
     # dw/db sum over the rows: the kernel adds in another order than NumPy's pairwise sum
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else TOL[dtype]
@@ -306,7 +306,7 @@ def test_layer_norm_kernel_param_grads_only(kx, C):
                                   (64, 129)])
 @pytest.mark.parametrize("misalign", [False, True])
 def test_cross_entropy_kernel(kx, dtype, N, V, misalign):
-    from tinygrad_llm.ops.cross_entropy import cross_entropy_backward_ref, cross_entropy_forward_ref
+    from tinygrad_llm.ops.cross_entropy import cross_entropy_backward_cpu, cross_entropy_forward_cpu
     _too_big_to_emulate(kx, N * V, blocks=N)
     rng = np.random.default_rng(8)
     x = _rand(kx, (N, V), dtype, 9, misalign, scale=4.0)
@@ -315,13 +315,13 @@ def test_cross_entropy_kernel(kx, dtype, N, V, misalign):
         t[::3] = -100  # ignored rows
     valid = t != -100
     loss, lse = cuda.cross_entropy_forward(x, kx.asarray(t), ignore_index=-100)
-    loss_r, e, r = cross_entropy_forward_ref(kx.host(x), t, valid)
+    loss_r, e, r = cross_entropy_forward_cpu(kx.host(x), t, valid)
     _close(loss, loss_r, dtype, "cross-entropy loss")
     _close(lse, -np.log(r), dtype, "cross-entropy lse")
     g = rng.standard_normal(N).astype(dtype)
     for dloss, g_rows in ((kx.asarray(g), g), (kx.asarray(g[0]), np.full(N, g[0], dtype))):
         dx = cuda.cross_entropy_backward(x, kx.asarray(t), lse, dloss, ignore_index=-100)
-        _close(dx, cross_entropy_backward_ref(e, r, t, valid, g_rows), dtype, "dlogits")
+        _close(dx, cross_entropy_backward_cpu(e, r, t, valid, g_rows), dtype, "dlogits")
 
 
 def test_cross_entropy_kernel_bad_target_poisons_the_loss(kx):
@@ -362,8 +362,8 @@ def test_gradcheck_embedding_through_the_kernel(kx):
 def test_gelu_kernel(kx, dtype, n, approximate, misalign):
     from tinygrad_llm.ops import activation as A
     _too_big_to_emulate(kx, n)
-    fwd, bwd = ((A.gelu_tanh_forward_ref, A.gelu_tanh_backward_ref) if approximate == "tanh" else
-                (A.gelu_exact_forward_ref, A.gelu_exact_backward_ref))
+    fwd, bwd = ((A.gelu_tanh_forward_cpu, A.gelu_tanh_backward_cpu) if approximate == "tanh" else
+                (A.gelu_exact_forward_cpu, A.gelu_exact_backward_cpu))
     x = _rand(kx, (n,), dtype, 11, misalign, scale=3.0)
     dy = _rand(kx, (n,), dtype, 12, misalign)
     # the reference evaluated in float64: in float32 its 1 + tanh(u) cancels for x < -4, where

@@ -8,8 +8,8 @@ from opcheck import SETTINGS, check, seeds, shapes, values
 
 import tinygrad_llm.functional as F
 from tinygrad_llm import Tensor
-from tinygrad_llm.ops.softmax import (log_softmax_backward_ref, log_softmax_forward_ref,
-                                      softmax_backward_ref, softmax_forward_ref)
+from tinygrad_llm.ops.softmax import (log_softmax_backward_cpu, log_softmax_forward_cpu,
+                                      softmax_backward_cpu, softmax_forward_cpu)
 
 
 def np_softmax(x, axis=-1):
@@ -62,14 +62,14 @@ def test_softmax_rows_sum_to_one_and_saves_only_y():
 def test_refs_are_plain_functions_on_the_last_axis():
     rng = np.random.default_rng(2)
     x, dy = rng.standard_normal((3, 7)), rng.standard_normal((3, 7))
-    y = softmax_forward_ref(x)
+    y = softmax_forward_cpu(x)
     np.testing.assert_allclose(y, np_softmax(x), rtol=1e-12)
     J = np.stack([np.diag(r) - np.outer(r, r) for r in y])  # (3, 7, 7)
-    np.testing.assert_allclose(softmax_backward_ref(y, dy), np.einsum("nij,nj->ni", J, dy), rtol=1e-10)
-    ly = log_softmax_forward_ref(x)
+    np.testing.assert_allclose(softmax_backward_cpu(y, dy), np.einsum("nij,nj->ni", J, dy), rtol=1e-10)
+    ly = log_softmax_forward_cpu(x)
     np.testing.assert_allclose(ly, np_log_softmax(x), rtol=1e-12)
     Jl = np.stack([np.eye(7) - np.outer(np.ones(7), r) for r in y])  # d logsm_i / d x_j
-    np.testing.assert_allclose(log_softmax_backward_ref(ly, dy), np.einsum("nij,ni->nj", Jl, dy),
+    np.testing.assert_allclose(log_softmax_backward_cpu(ly, dy), np.einsum("nij,ni->nj", Jl, dy),
                                rtol=1e-10)
 
 

@@ -2,7 +2,7 @@
 
 An op calls a kernel only where `serves(...)` says so:
 
-    y = cuda.softmax_forward(x) if cuda.serves(x) else softmax_forward_ref(x)
+    y = cuda.softmax_forward(x) if cuda.serves(x) else softmax_forward_cpu(x)
 
 `serves` is True only for C-contiguous CuPy float32/float64 arrays (RawKernel ignores strides)
 while the kernels are enabled; `TINYGRAD_LLM_KERNELS=0` in the environment, or

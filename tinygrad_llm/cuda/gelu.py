@@ -1,5 +1,5 @@
 """GELU, tanh or exact (kernels/gelu.cu): grid-stride elementwise kernels, 16-byte packs where
-the buffers allow. Matches ops/activation.py's gelu_*_ref functions."""
+the buffers allow. Matches ops/activation.py's gelu_*_cpu functions."""
 import numpy as np
 
 from . import runtime as rt

@@ -1,6 +1,6 @@
 """Layer norm over the last axis (kernels/layernorm.cu): one warp per row forward; a fused
 one-pass backward for rows up to 1024 wide (512 in float64), a dx kernel plus chunked dw/db sums
-beyond. Matches ops/norm.py's layer_norm_forward_ref, layer_norm_backward_ref and _param_grads."""
+beyond. Matches ops/norm.py's layer_norm_forward_cpu, layer_norm_backward_cpu and _param_grads."""
 import numpy as np
 
 from . import runtime as rt
@@ -15,7 +15,7 @@ rt.register(FILE, ("layernorm_forward", "layernorm_backward_dx", "layernorm_back
 
 
 def layer_norm_forward(x, weight=None, bias=None, eps=1e-5):
-    """(y, xhat, rstd) for x (N, C), like ops/norm.py's layer_norm_forward_ref."""
+    """(y, xhat, rstd) for x (N, C), like ops/norm.py's layer_norm_forward_cpu."""
     n_rows, C = rt.rows(x, "layer_norm")
     y, xhat = rt.empty(x.shape, x.dtype), rt.empty(x.shape, x.dtype)
     rstd = rt.empty(x.shape[:-1], x.dtype)

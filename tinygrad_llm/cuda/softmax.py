@@ -1,5 +1,5 @@
 """Softmax over the last axis (kernels/softmax.cu): one warp per row up to 1024 columns, one
-block per row beyond. Matches ops/softmax.py's softmax_forward_ref / softmax_backward_ref."""
+block per row beyond. Matches ops/softmax.py's softmax_forward_cpu / softmax_backward_cpu."""
 from . import runtime as rt
 
 FILE = "softmax.cu"
@@ -15,7 +15,7 @@ def _warp_j(C):
 
 
 def softmax_forward(x):
-    """Softmax over the last axis (matches ops/softmax.py's softmax_forward_ref)."""
+    """Softmax over the last axis (matches ops/softmax.py's softmax_forward_cpu)."""
     y = rt.empty(x.shape, x.dtype)
     n_rows, C = rt.rows(x, "softmax")
     if n_rows and C:

@@ -16,7 +16,7 @@
 // reads the row once more and writes dlogits directly, so a training step touches the logits
 // three times (matmul write, forward read, backward read) plus one dlogits write.
 //
-// Must match: cross_entropy_forward_ref / cross_entropy_backward_ref in
+// Must match: cross_entropy_forward_cpu / cross_entropy_backward_cpu in
 // tinygrad_llm/ops/cross_entropy.py with label_smoothing = 0 (the op keeps the reference path
 // for label smoothing).
 #include "common.cuh"

@@ -28,7 +28,7 @@
 // order: deterministic), and the block writes one partial row; column_sum folds the partials.
 // Traffic: dy, xhat read once, dx written once (plus a partial row per block).
 //
-// Must match: layer_norm_forward_ref, layer_norm_backward_ref and _param_grads (dw, db) in
+// Must match: layer_norm_forward_cpu, layer_norm_backward_cpu and _param_grads (dw, db) in
 // tinygrad_llm/ops/norm.py.
 #include "common.cuh"
 

@@ -17,7 +17,7 @@
 // once, the max and the sum are two warp reductions with no __syncthreads, and the loads stay
 // coalesced (consecutive lanes, consecutive addresses) with no alignment requirement.
 //
-// Must match: softmax_forward_ref / softmax_backward_ref in tinygrad_llm/ops/softmax.py.
+// Must match: softmax_forward_cpu / softmax_backward_cpu in tinygrad_llm/ops/softmax.py.
 #include "common.cuh"
 
 using namespace tgl;

@@ -56,7 +56,7 @@ def check_targets(logits_shape, targets, ignore_index, name="cross_entropy"):
     return valid
 
 
-def cross_entropy_forward_ref(x, t, valid, label_smoothing=0.0):
+def cross_entropy_forward_cpu(x, t, valid, label_smoothing=0.0):
     """Per-row loss for logits x (N, V) and targets t (N,): (loss (N,), e, r).
 
     loss_i = (1 - eps) (lse_i - x_i[t_i]) + eps (lse_i - mean_j x_ij), 0 where ignored.
@@ -80,7 +80,7 @@ def cross_entropy_forward_ref(x, t, valid, label_smoothing=0.0):
     return loss, e, r[:, 0]
 
 
-def cross_entropy_backward_ref(e, r, t, valid, g, label_smoothing=0.0):
+def cross_entropy_backward_cpu(e, r, t, valid, g, label_smoothing=0.0):
     """dx = g_i * (p - (1 - eps) onehot(t) - eps / V), p = e * r; g is each row's gradient (N,)."""
     xp = array_module(e)
     N, V = e.shape
@@ -122,7 +122,7 @@ class CrossEntropy(Function):
             ctx.save_for_backward(x2, lse, t, valid)  # (logits, lse, ...): unpacked by name below
             ctx.ignore_index = ignore_index
         else:
-            loss, e, r = by_blocks(lambda x, t, v: cross_entropy_forward_ref(x, t, v, label_smoothing),
+            loss, e, r = by_blocks(lambda x, t, v: cross_entropy_forward_cpu(x, t, v, label_smoothing),
                                    x2, t, valid)
             ctx.save_for_backward(e, r, t, valid)
         ctx.meta = (logits.shape, targets.shape, reduction, label_smoothing)
@@ -162,5 +162,5 @@ class CrossEntropy(Function):
             g = dy.reshape(-1)
         else:
             g = xp.full(t.shape, dy * scale, dtype=e.dtype)
-        return by_blocks(lambda e, r, t, v, g: cross_entropy_backward_ref(e, r, t, v, g, eps),
+        return by_blocks(lambda e, r, t, v, g: cross_entropy_backward_cpu(e, r, t, v, g, eps),
                          e, r, t, valid, g).reshape(shape)

@@ -3,7 +3,7 @@ from ..autograd import Function
 from ..backend import array_module, device_of, rng
 
 
-def dropout_mask_ref(shape, p, dtype, device="cpu"):
+def dropout_mask_cpu(shape, p, dtype, device="cpu"):
     """A mask of 0 and 1 / (1 - p) drawn from the device's seeded generator."""
     r = rng(device).random(shape, dtype=dtype)
     keep = r >= p
@@ -19,7 +19,7 @@ class Dropout(Function):
 
     @staticmethod
     def forward(ctx, x, p=0.5):
-        m = dropout_mask_ref(x.size, p, x.dtype, device_of(x)).reshape(x.shape)  # flat draw: 0-d too
+        m = dropout_mask_cpu(x.size, p, x.dtype, device_of(x)).reshape(x.shape)  # flat draw: 0-d too
         ctx.save_for_backward(m)
         return x * m
 

@@ -7,13 +7,13 @@ from ..backend import array_module
 from ..cuda import syncs
 
 
-def embedding_forward_ref(ids, weight):
+def embedding_forward_cpu(ids, weight):
     """y[..., :] = weight[ids[...], :] for weight (V, C)."""
     xp = array_module(weight)
     return xp.take(weight, ids, axis=0)
 
 
-def embedding_backward_ref(ids, dy, V):
+def embedding_backward_cpu(ids, dy, V):
     """dW (V, C): row v is the sum of dy over every position whose id is v.
 
     np.add.at does this one element at a time. Here the ids are sorted (stable) and each row gets
@@ -71,7 +71,7 @@ class Embedding(Function):
                                 f"for a weight of shape {weight.shape}")
         ctx.save_for_backward(ids)
         ctx.V = V
-        return embedding_forward_ref(ids, weight)
+        return embedding_forward_cpu(ids, weight)
 
     @staticmethod
     def backward(ctx, dy):
@@ -80,4 +80,4 @@ class Embedding(Function):
             dy = backend.cupy().ascontiguousarray(dy)
             if cuda.serves(dy):  # deterministic: no float atomics
                 return cuda.embedding_backward(ids, dy, ctx.V)
-        return embedding_backward_ref(ids, dy, ctx.V)
+        return embedding_backward_cpu(ids, dy, ctx.V)

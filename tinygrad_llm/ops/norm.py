@@ -16,7 +16,7 @@ def _rows(x):
     return x.reshape(-1, x.shape[-1])  # (N, C)
 
 
-def layer_norm_forward_ref(x, weight=None, bias=None, eps=1e-5, out=None):
+def layer_norm_forward_cpu(x, weight=None, bias=None, eps=1e-5, out=None):
     """(y, xhat, rstd) for x (N, C): xhat = (x - mean) * rstd, y = xhat * w + b (into out, if
     given: a tuple of the three)."""
     xp = array_module(x)
@@ -38,7 +38,7 @@ def layer_norm_forward_ref(x, weight=None, bias=None, eps=1e-5, out=None):
     return y, xhat, rstd
 
 
-def layer_norm_backward_ref(dy, xhat, rstd, weight=None, out=None):
+def layer_norm_backward_cpu(dy, xhat, rstd, weight=None, out=None):
     """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * w (three terms, per row)."""
     xp = array_module(dy)
     C = dy.shape[-1]
@@ -54,7 +54,7 @@ def layer_norm_backward_ref(dy, xhat, rstd, weight=None, out=None):
     return g
 
 
-def rms_norm_forward_ref(x, weight=None, eps=1e-6, out=None):
+def rms_norm_forward_cpu(x, weight=None, eps=1e-6, out=None):
     """(y, xhat, rstd) for x (N, C): xhat = x * rstd, y = xhat * w (into out, if given)."""
     xp = array_module(x)
     y, xhat, rstd = out if out is not None else (None, None, None)
@@ -86,7 +86,7 @@ def _times_weight(xp, a, weight, out):
     return out
 
 
-def rms_norm_backward_ref(dy, xhat, rstd, weight=None, out=None):
+def rms_norm_backward_cpu(dy, xhat, rstd, weight=None, out=None):
     """dx = rstd * (g - xhat * mean(g * xhat)) with g = dy * w."""
     xp = array_module(dy)
     g = _times_weight(xp, dy, weight, out)
@@ -136,7 +136,7 @@ class LayerNorm(Function):
         if cuda.serves(x2, weight, bias):
             y, xhat, rstd = cuda.layer_norm_forward(x2, weight, bias, eps)
         else:
-            y, xhat, rstd = by_blocks(lambda x, out=None: layer_norm_forward_ref(x, weight, bias, eps, out),
+            y, xhat, rstd = by_blocks(lambda x, out=None: layer_norm_forward_cpu(x, weight, bias, eps, out),
                                         x2, inplace=True)
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.layout = (x.shape, weight is not None, bias is not None)
@@ -153,7 +153,7 @@ class LayerNorm(Function):
                                                   has_w and need[1], has_b and need[-1])
             dx = dx.reshape(shape) if dx is not None else None
             return (dx,) + ((dw,) if has_w else ()) + ((db,) if has_b else ())
-        dx = by_blocks(lambda dy, xh, rs, out=None: layer_norm_backward_ref(dy, xh, rs, weight, out),
+        dx = by_blocks(lambda dy, xh, rs, out=None: layer_norm_backward_cpu(dy, xh, rs, weight, out),
                        dy2, xhat, rstd, inplace=True).reshape(shape) if need[0] else None
         dw, db = _param_grads(dy2, xhat, has_w and need[1], has_b and need[-1])
         return (dx,) + ((dw,) if has_w else ()) + ((db,) if has_b else ())
@@ -170,7 +170,7 @@ class RMSNorm(Function):
     @staticmethod
     def forward(ctx, x, weight=None, eps=1e-6):
         _check("rms_norm", x, weight=weight)
-        y, xhat, rstd = by_blocks(lambda x, out=None: rms_norm_forward_ref(x, weight, eps, out), _rows(x),
+        y, xhat, rstd = by_blocks(lambda x, out=None: rms_norm_forward_cpu(x, weight, eps, out), _rows(x),
                                   inplace=True)
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.x_shape = x.shape
@@ -181,7 +181,7 @@ class RMSNorm(Function):
         xhat, rstd, weight = ctx.saved
         need = ctx.needs_input_grad
         dy2 = _rows(dy)
-        dx = by_blocks(lambda dy, xh, rs, out=None: rms_norm_backward_ref(dy, xh, rs, weight, out),
+        dx = by_blocks(lambda dy, xh, rs, out=None: rms_norm_backward_cpu(dy, xh, rs, weight, out),
                        dy2, xhat, rstd, inplace=True).reshape(ctx.x_shape) if need[0] else None
         if weight is None:
             return dx

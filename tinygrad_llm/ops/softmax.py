@@ -1,6 +1,6 @@
 """Softmax and log-softmax over one axis, each one op with a hand-derived backward.
 
-The plain-xp forward/backward functions (`softmax_forward_ref`, ...) work on the last axis; the
+The plain-xp forward/backward functions (`softmax_forward_cpu`, ...) work on the last axis; the
 ops move another axis there first. They write into as few fresh arrays as possible: every pass
 after the first runs in place (`out=`), because each NumPy pass is a full sweep of memory and a
 fresh array costs page faults on top.
@@ -17,7 +17,7 @@ def _row_dot(a, b):
     return xp.einsum("...i,...i->...", a, b)[..., None]
 
 
-def softmax_forward_ref(x):
+def softmax_forward_cpu(x):
     """y = exp(x - shift) / sum exp(x - shift) over the last axis (stable for any finite x).
 
     The shift cancels in the ratio, so it is 0 when no row overflows or vanishes (see exp_rows)
@@ -28,14 +28,14 @@ def softmax_forward_ref(x):
     return y
 
 
-def softmax_backward_ref(y, dy):
+def softmax_backward_cpu(y, dy):
     """dx = y * (dy - sum(y * dy)) over the last axis."""
     dx = dy - _row_dot(y, dy)
     dx *= y
     return dx
 
 
-def log_softmax_forward_ref(x):
+def log_softmax_forward_cpu(x):
     """y = x - shift - log sum exp(x - shift) over the last axis (shift as in exp_rows)."""
     xp = array_module(x)
     _, r, shift = exp_rows(x)
@@ -47,7 +47,7 @@ def log_softmax_forward_ref(x):
     return y
 
 
-def log_softmax_backward_ref(y, dy):
+def log_softmax_backward_cpu(y, dy):
     """dx = dy - exp(y) * sum(dy) over the last axis."""
     xp = array_module(y)
     p = xp.exp(y)
@@ -86,7 +86,7 @@ class Softmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
         x, ctx.axis = _to_last(x, axis, "softmax")
-        y = cuda.softmax_forward(x) if cuda.serves(x) else _rowwise(softmax_forward_ref, x)
+        y = cuda.softmax_forward(x) if cuda.serves(x) else _rowwise(softmax_forward_cpu, x)
         ctx.save_for_backward(y)
         return _from_last(y, ctx.axis)
 
@@ -96,7 +96,7 @@ class Softmax(Function):
         dy = _to_last(dy, ctx.axis, "softmax")[0]
         if cuda.serves(y):
             return _from_last(cuda.softmax_backward(y, dy), ctx.axis)
-        return _from_last(_rowwise(softmax_backward_ref, y, dy), ctx.axis)
+        return _from_last(_rowwise(softmax_backward_cpu, y, dy), ctx.axis)
 
 
 class LogSoftmax(Function):
@@ -109,7 +109,7 @@ class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
         x, ctx.axis = _to_last(x, axis, "log_softmax")
-        y = _rowwise(log_softmax_forward_ref, x)
+        y = _rowwise(log_softmax_forward_cpu, x)
         ctx.save_for_backward(y)
         return _from_last(y, ctx.axis)
 
@@ -117,4 +117,4 @@ class LogSoftmax(Function):
     def backward(ctx, dy):
         (y,) = ctx.saved
         dy = _to_last(dy, ctx.axis, "log_softmax")[0]
-        return _from_last(_rowwise(log_softmax_backward_ref, y, dy), ctx.axis)
+        return _from_last(_rowwise(log_softmax_backward_cpu, y, dy), ctx.axis)
