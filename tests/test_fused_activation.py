@@ -100,3 +100,22 @@ def test_bad_arguments():
         F.gelu(Tensor([1.0]), approximate="erf")
     with pytest.raises(ValueError, match=r"gate \(2,\) and up \(3,\)"):
         F.swiglu(Tensor([1.0, 2.0]), Tensor([1.0, 2.0, 3.0]))
+
+
+def test_one_logistic_function_keeps_tiny_values_and_limits():
+    # sigmoid and GELU's h share 1 / (1 + exp(t)): exact limits, and no cancellation where the
+    # result is tiny (the tanh form 0.5 (1 + tanh) returns 0 there in float32)
+    from tinygrad_llm.ops.activation import gelu_tanh_forward_cpu
+    from tinygrad_llm.ops.elementwise import sigmoid_cpu
+    x = np.array([-200.0, -30.0, -17.0, 0.0, 17.0, 200.0], np.float32)
+    want = (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)  # 0 at -200: underflow
+    with np.errstate(over="raise"):  # the overflow to inf is expected and silenced inside
+        got = sigmoid_cpu(x)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=0)
+    assert got[0] == 0.0 and got[-1] == 1.0
+    xs = np.array([-9.0, -6.0, -5.0, -1.0, 0.5, 3.0], np.float32)
+    u = np.sqrt(2 / np.pi) * (xs.astype(np.float64) + 0.044715 * xs.astype(np.float64) ** 3)
+    h_want = (1.0 / (1.0 + np.exp(-2 * u))).astype(np.float32)
+    y, h = gelu_tanh_forward_cpu(xs)
+    np.testing.assert_allclose(h, h_want, rtol=1e-5, atol=0)  # relative, even at h ~ 1e-29
+    np.testing.assert_allclose(y, xs * h_want, rtol=1e-5, atol=0)

@@ -13,8 +13,9 @@
 // when unaligned) go through the scalar loop. Pure bandwidth: 1 read + 1 write forward,
 // 2 reads + 1 write backward; the backward recomputes tanh from x instead of saving it.
 //
-// Must match: gelu_tanh_forward_ref / gelu_tanh_backward_ref (approximate = 1) and
-// gelu_exact_forward_ref / gelu_exact_backward_ref (approximate = 0) in tinygrad_llm/ops/activation.py.
+// Must match: gelu_tanh_forward_cpu / gelu_tanh_backward_cpu (approximate = 1) and
+// gelu_exact_forward_cpu / gelu_exact_backward_cpu (approximate = 0) in tinygrad_llm/ops/activation.py,
+// which evaluate h by the same formula as gelu_h below (one_over_one_plus_exp in ops/elementwise.py).
 #include "common.cuh"
 
 using namespace tgl;

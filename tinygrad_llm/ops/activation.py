@@ -12,6 +12,7 @@ from .. import cuda
 from ..autograd import Function
 from ..backend import array_module
 from .blocks import by_blocks
+from .elementwise import one_over_one_plus_exp, sigmoid_cpu
 
 # W. J. Cody, "Rational Chebyshev approximations for the error function", Math. Comp. 23 (1969):
 # erf on |x| <= 0.46875, erfc on (0.46875, 4] and on (4, inf); near double precision on each.
@@ -78,21 +79,24 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-def gelu_tanh_forward_ref(x, out=None):
-    """(y, h) with h = 0.5 (1 + tanh(K (x + 0.044715 x^3))) and y = x h (into out=(y, h) if given)."""
+def gelu_tanh_forward_cpu(x, out=None):
+    """(y, h) with h = 0.5 (1 + tanh u), u = K (x + 0.044715 x^3), and y = x h (into out=(y, h)).
+
+    h is computed as 1 / (1 + exp(-2u)), the same number: no cancellation where tanh u is near -1
+    (x below about -4), which float32 would lose entirely (see one_over_one_plus_exp), and the
+    same formula as kernels/gelu.cu. (It is also faster: NumPy's exp beats its tanh.)
+    """
     xp = array_module(x)
     y, h = out if out is not None else (None, None)
     h = xp.multiply(x, x, out=h)
-    h *= _K * _C3
-    h += _K
-    h *= x
-    xp.tanh(h, out=h)
-    h += 1.0
-    h *= 0.5
+    h *= -2.0 * _K * _C3
+    h -= 2.0 * _K
+    h *= x  # -2u
+    one_over_one_plus_exp(h)
     return xp.multiply(x, h, out=y), h
 
 
-def gelu_tanh_backward_ref(dy, x, h, out=None):
+def gelu_tanh_backward_cpu(dy, x, h, out=None):
     """dx = dy * (h + 2 K x h (1 - h)(1 + 3 * 0.044715 x^2)), using 1 - tanh^2 = 4 h (1 - h)."""
     d = array_module(x).multiply(x, x, out=out)
     d *= 2.0 * _K * 3.0 * _C3
@@ -105,7 +109,7 @@ def gelu_tanh_backward_ref(dy, x, h, out=None):
     return d
 
 
-def gelu_exact_forward_ref(x, out=None):
+def gelu_exact_forward_cpu(x, out=None):
     """(y, h) with h = Phi(x) = 0.5 (1 + erf(x / sqrt 2)) and y = x h (into out=(y, h) if given)."""
     xp = array_module(x)
     y, h_out = out if out is not None else (None, None)
@@ -118,7 +122,7 @@ def gelu_exact_forward_ref(x, out=None):
     return xp.multiply(x, h, out=y), h
 
 
-def gelu_exact_backward_ref(dy, x, h, out=None):
+def gelu_exact_backward_cpu(dy, x, h, out=None):
     """dx = dy * (Phi(x) + x phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)."""
     xp = array_module(x)
     d = xp.multiply(x, x, out=out)
@@ -131,24 +135,13 @@ def gelu_exact_backward_ref(dy, x, h, out=None):
     return d
 
 
-def sigmoid_ref(x):
-    """1 / (1 + exp(-x)): exp(-x) overflows to inf for x < -88 (float32) and 1 / inf = 0 is the
-    right limit, while moderately negative x keep full relative precision (unlike 0.5 (1 + tanh))."""
-    xp = array_module(x)
-    s = xp.negative(x)
-    with np.errstate(over="ignore"):
-        xp.exp(s, out=s)
-    s += 1.0
-    return xp.reciprocal(s, out=s)
-
-
-def silu_forward_ref(x):
+def silu_forward_cpu(x):
     """(y, s) with s = sigmoid(x) and y = x s."""
-    s = sigmoid_ref(x)
+    s = sigmoid_cpu(x)
     return x * s, s
 
 
-def silu_backward_ref(dy, y, s):
+def silu_backward_cpu(dy, y, s):
     """dx = dy * s (1 + x (1 - s)) = dy * (s + y (1 - s)) for y = x s, s = sigmoid(x)."""
     xp = array_module(dy)
     d = y * s
@@ -163,14 +156,15 @@ class GELU(Function):
     Phi ~ h = 0.5 (1 + tanh(K (x + 0.044715 x^3))), K = sqrt(2 / pi).
 
     Backward: exact dx = dy (Phi + x phi); tanh dx = dy (h + 2 K x h (1 - h)(1 + 0.134145 x^2)).
-    Saved: x and h, so backward needs no tanh/erf.  Derivation: docs/backward.md#gelu
+    Saved: x and h, so backward needs no tanh/erf. The CPU and the GPU compute h alike, as
+    1 / (1 + exp(-2u)) (gelu_tanh_forward_cpu says why).  Derivation: docs/backward.md#gelu
     """
 
     @staticmethod
     def forward(ctx, x, approximate="tanh"):
         if approximate not in ("tanh", "none"):
             raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
-        fwd = gelu_tanh_forward_ref if approximate == "tanh" else gelu_exact_forward_ref
+        fwd = gelu_tanh_forward_cpu if approximate == "tanh" else gelu_exact_forward_cpu
         x1 = x.reshape(-1)  # flat (a view): a 0-d input would turn the in-place passes into scalars
         if cuda.serves(x1):  # the kernel's backward recomputes h from x: nothing else is saved
             y, h = cuda.gelu_forward(x1, approximate), None
@@ -185,7 +179,7 @@ class GELU(Function):
         x, h = ctx.saved
         if h is None:
             return cuda.gelu_backward(x, dy.reshape(-1), ctx.approximate).reshape(dy.shape)
-        bwd = gelu_tanh_backward_ref if ctx.approximate == "tanh" else gelu_exact_backward_ref
+        bwd = gelu_tanh_backward_cpu if ctx.approximate == "tanh" else gelu_exact_backward_cpu
         return by_blocks(bwd, dy.reshape(-1), x, h, inplace=True).reshape(dy.shape)
 
 
@@ -198,26 +192,26 @@ class SiLU(Function):
     @staticmethod
     def forward(ctx, x):
         x1 = x.reshape(-1)  # flat, as in GELU
-        y, s = silu_forward_ref(x1)  # no blocks: measured no faster for this short chain
+        y, s = silu_forward_cpu(x1)  # no blocks: measured no faster for this short chain
         ctx.save_for_backward(y, s)
         return y.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
         y, s = ctx.saved
-        return silu_backward_ref(dy.reshape(-1), y, s).reshape(dy.shape)
+        return silu_backward_cpu(dy.reshape(-1), y, s).reshape(dy.shape)
 
 
-def swiglu_forward_ref(gate, up):
+def swiglu_forward_cpu(gate, up):
     """(y, a, s) with s = sigmoid(gate), a = silu(gate) = gate s and y = a up."""
-    s = sigmoid_ref(gate)
+    s = sigmoid_cpu(gate)
     a = gate * s
     return a * up, a, s
 
 
-def swiglu_backward_ref(dy, a, up, s):
+def swiglu_backward_cpu(dy, a, up, s):
     """(dgate, dup) = (dy up (s + a (1 - s)), dy a) with a = silu(gate)."""
-    return silu_backward_ref(dy * up, a, s), dy * a
+    return silu_backward_cpu(dy * up, a, s), dy * a
 
 
 class SwiGLU(Function):
@@ -234,7 +228,7 @@ class SwiGLU(Function):
             raise ValueError(f"swiglu: gate {gate.shape} and up {up.shape} must have the same shape")
         shape = gate.shape
         gate, up = gate.reshape(-1), up.reshape(-1)  # flat, as in GELU
-        y, a, s = swiglu_forward_ref(gate, up)
+        y, a, s = swiglu_forward_cpu(gate, up)
         ctx.save_for_backward(a, up, s)
         return y.reshape(shape)
 
@@ -242,5 +236,5 @@ class SwiGLU(Function):
     def backward(ctx, dy):
         a, up, s = ctx.saved
         need_g, need_u = ctx.needs_input_grad
-        dgate, dup = swiglu_backward_ref(dy.reshape(-1), a, up, s)
+        dgate, dup = swiglu_backward_cpu(dy.reshape(-1), a, up, s)
         return (dgate.reshape(dy.shape) if need_g else None), (dup.reshape(dy.shape) if need_u else None)

@@ -264,17 +264,37 @@ class Tanh(Function):
         return dy * (1 - y * y)
 
 
+def one_over_one_plus_exp(t):
+    """1 / (1 + exp(t)) = sigmoid(-t), computed in place in t (a float array of our own).
+
+    The one formulation of the logistic function in the package (sigmoid, SiLU, SwiGLU, the GELU
+    tanh form's h, and the GPU's gelu.cu), chosen for its numerics: exp(t) overflowing to inf
+    gives 1 / inf = 0, the right limit, and no step cancels, so a result near 0 keeps its full
+    relative precision. The other common form, 0.5 (1 - tanh(t / 2)), subtracts two numbers
+    near 1 there and keeps none (float32: every digit lost below about 1e-8).
+    """
+    xp = array_module(t)
+    with np.errstate(over="ignore"):
+        xp.exp(t, out=t)
+    t += 1.0
+    return xp.reciprocal(t, out=t)
+
+
+def sigmoid_cpu(x):
+    """sigmoid(x) = 1 / (1 + exp(-x)), a fresh array (see one_over_one_plus_exp for the numerics)."""
+    xp = array_module(x)
+    return one_over_one_plus_exp(xp.negative(x, out=xp.empty_like(x)))  # out=: a 0-d x stays an array
+
+
 class Sigmoid(Function):
-    """y = 1 / (1 + e^-x), computed as (1 + tanh(x/2)) / 2 so no exp overflows.   dx = y (1 - y) dy.
+    """y = 1 / (1 + e^-x).   dx = y (1 - y) dy.
 
     Keeps y.  Derivation: docs/backward.md#sigmoid
     """
 
     @staticmethod
     def forward(ctx, x):
-        y = array_module(x).tanh(x * 0.5)
-        y += 1
-        y *= 0.5
+        y = sigmoid_cpu(x)
         ctx.save_for_backward(y)
         return y
 
