@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from tinygrad_llm import optim
 from tinygrad_llm.checkpoint import load_checkpoint
 from tinygrad_llm.data import TokenData
 from tinygrad_llm.train import TrainConfig, Trainer, lr_factor
@@ -128,12 +129,19 @@ def test_grad_accum_matches_one_big_batch(tmp_path):
 
 
 def test_schedules():
+    # the trainer's schedules are optim/schedules.py's: warmup (s + 1) / (w + 1) as nanoGPT
     c = TrainConfig(max_iters=100, warmup_iters=10, min_lr_ratio=0.1)
-    assert lr_factor(0, c) == pytest.approx(0.1) and lr_factor(9, c) == pytest.approx(1.0)
+    cosine = optim.warmup_cosine(10, 100, floor=0.1)
+    assert [lr_factor(s, c) for s in range(0, 120, 7)] == [cosine(s) for s in range(0, 120, 7)]
+    assert lr_factor(0, c) == pytest.approx(1 / 11) and lr_factor(9, c) == pytest.approx(10 / 11)
     assert lr_factor(10, c) == pytest.approx(1.0) and lr_factor(100, c) == pytest.approx(0.1)
     assert lr_factor(55, c) == pytest.approx(0.55)  # cosine midpoint
     w = TrainConfig(max_iters=100, warmup_iters=10, schedule="wsd", decay_frac=0.2, min_lr_ratio=0.0)
-    assert lr_factor(79, w) == 1.0 and lr_factor(99, w) == pytest.approx(0.0) and lr_factor(89, w) == pytest.approx(0.5)
+    assert lr_factor(79, w) == 1.0 and lr_factor(100, w) == 0.0 and lr_factor(90, w) == pytest.approx(0.5)
+    k = TrainConfig(max_iters=100, warmup_iters=10, schedule="constant")
+    assert lr_factor(4, k) == pytest.approx(5 / 11) and lr_factor(10, k) == lr_factor(99, k) == 1.0
+    short = TrainConfig(max_iters=5, warmup_iters=10, schedule="wsd")  # shorter than its warmup
+    assert [lr_factor(s, short) for s in range(5)] == pytest.approx([(s + 1) / 11 for s in range(5)])
     with pytest.raises(ValueError, match="optimizer='sgdx'"):
         Trainer(TrainConfig(optimizer="sgdx"), data=make_data())
 

@@ -100,27 +100,36 @@ class TrainConfig(DictConfig):
             check_training_dtype(self.dtype, self.device)
         except ValueError as e:
             raise ValueError(f"TrainConfig: {e}") from None
+        if self.schedule == "wsd" and not (0.0 <= self.decay_frac < 1.0 or self.warmup_iters == 0):
+            raise ValueError(f"TrainConfig: wsd with a warmup needs 0 <= decay_frac < 1, got {self.decay_frac}")
 
 
-def lr_factor(step, cfg, time_frac=0.0):
-    """The schedule as a multiple of the peak lr at `step` (0-based).
+def lr_schedule(cfg):
+    """The step -> multiplier-of-the-peak-lr function of cfg.schedule, from optim/schedules.py.
+
+    A run shorter than its warmup never leaves the warmup: the schedule is stretched to fit it.
+    """
+    from .optim import schedules
+    w = cfg.warmup_iters
+    if cfg.schedule == "constant":
+        return schedules.constant(w)
+    total = max(cfg.max_iters, w + 1)
+    if cfg.schedule == "wsd":
+        while total - round(cfg.decay_frac * total) < w:  # the decay may not start inside the warmup
+            total += 1
+        return schedules.wsd(w, total, decay=cfg.decay_frac, floor=cfg.min_lr_ratio)
+    return schedules.warmup_cosine(w, total, floor=cfg.min_lr_ratio)
+
+
+def lr_factor(step, cfg, time_frac=0.0, schedule=None):
+    """The multiple of the peak lr at `step` (0-based): lr_schedule(cfg), or `schedule` if given.
 
     time_frac (the part of cfg.max_seconds used) moves the decay along as if max_iters were
     spread over the time budget, so a run cut short by time still ends at the minimum lr.
     """
-    if step < cfg.warmup_iters:
-        return (step + 1) / cfg.warmup_iters
-    if cfg.schedule == "constant":
-        return 1.0
-    step = max(step, time_frac * cfg.max_iters)
-    lo = cfg.min_lr_ratio
-    if cfg.schedule == "wsd":
-        decay_start = cfg.max_iters - int(cfg.decay_frac * cfg.max_iters)
-        if step < decay_start:
-            return 1.0
-        return 1.0 - (1.0 - lo) * (step - decay_start + 1) / max(cfg.max_iters - decay_start, 1)
-    progress = (step - cfg.warmup_iters) / max(cfg.max_iters - cfg.warmup_iters, 1)
-    return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    if step >= cfg.warmup_iters:
+        step = max(step, time_frac * cfg.max_iters)
+    return (schedule or lr_schedule(cfg))(step)
 
 
 def build_optimizer(model, cfg):
@@ -159,6 +168,7 @@ class Trainer:
         if not self.world.is_main:  # rank 0 alone prints
             self.log = lambda msg: None
         backend.keep_freed_memory()  # a step's temporaries stay mapped between steps (see backend)
+        self.lr_schedule = lr_schedule(cfg)
         backend.manual_seed(cfg.seed)
         self.data = data if data is not None else open_token_data(
             cfg.data, cfg.val_fraction, seed=cfg.seed, rank=self.world.rank, world_size=self.world.size)
@@ -300,9 +310,10 @@ class Trainer:
             return {"error": f"{type(e).__name__}: {e}"}
 
     def train_step(self):
-        """One optimizer step; returns the mean loss of its micro-batches."""
+        """One optimizer step; returns (loss, health): the mean loss of its micro-batches (a float,
+        the same on every rank) and gradient_health's report on steps that take one, else None."""
         cfg, T = self.cfg, self.model_config.block_size
-        factor = lr_factor(self.step, cfg, self._time_frac())
+        factor = lr_factor(self.step, cfg, self._time_frac(), self.lr_schedule)
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
         total = 0.0

@@ -15,8 +15,17 @@ Its state_dict (step and base lrs) goes into checkpoints, so a resumed run conti
 import math
 
 
-def constant():
-    return lambda step: 1.0
+def linear_warmup(step, warmup):
+    """(step + 1) / (warmup + 1) during the warmup, as nanoGPT: step 0 already moves, and step
+    `warmup`, the first after it, is at 1. Every schedule here starts with it."""
+    return (step + 1) / (warmup + 1)
+
+
+def constant(warmup=0):
+    """1 after a linear warmup of `warmup` steps (none by default)."""
+    if warmup < 0:
+        raise ValueError(f"constant: need warmup >= 0, got {warmup}")
+    return lambda step: linear_warmup(step, warmup) if step < warmup else 1.0
 
 
 def warmup_cosine(warmup, total, floor=0.1):
@@ -27,7 +36,7 @@ def warmup_cosine(warmup, total, floor=0.1):
 
     def fn(step):
         if step < warmup:
-            return (step + 1) / (warmup + 1)
+            return linear_warmup(step, warmup)
         if step > total:
             return floor
         ratio = (step - warmup) / (total - warmup)
@@ -55,7 +64,7 @@ def wsd(warmup, total, decay=0.2, floor=0.0, shape="linear"):
 
     def fn(step):
         if step < warmup:
-            return (step + 1) / (warmup + 1)
+            return linear_warmup(step, warmup)
         if step < start:
             return 1.0
         if step >= total:
