@@ -8,6 +8,14 @@ import numpy as np
 
 from . import autograd, backend
 from .autograd import Context
+from .ops.elementwise import (Abs, Add, Clip, Div, Exp, Log, MaskedFill, Maximum, Minimum, Mul, Neg, Pow,
+                              PowScalar, ReLU, Sigmoid, Sqrt, Sub, Tanh, Where)
+from .ops.matmul import MatMul
+from .ops.movement import (Cat, Expand, GetItem, Reshape, Stack, Transpose, flattened_shape,
+                           normalize_axis, normalize_index, squeezed_shape, unsqueezed_shape)
+from .ops.movement import chunk as _chunk
+from .ops.movement import split as _split
+from .ops.reduce import LogSumExp, Max, Mean, Min, Sum, Var
 
 
 class Tensor:
@@ -267,26 +275,26 @@ class Tensor:
         return Tensor(xp.asarray(value, dtype=dtype))
 
     # arithmetic (broadcasting like NumPy; see ops/elementwise.py)
-    def __add__(self, other): return E.Add.apply(self, self._const(other))
-    def __radd__(self, other): return E.Add.apply(self._const(other), self)
-    def __sub__(self, other): return E.Sub.apply(self, self._const(other))
-    def __rsub__(self, other): return E.Sub.apply(self._const(other), self)
-    def __mul__(self, other): return E.Mul.apply(self, self._const(other))
-    def __rmul__(self, other): return E.Mul.apply(self._const(other), self)
-    def __truediv__(self, other): return E.Div.apply(self, self._const(other))
-    def __rtruediv__(self, other): return E.Div.apply(self._const(other), self)
-    def __neg__(self): return E.Neg.apply(self)
+    def __add__(self, other): return Add.apply(self, self._const(other))
+    def __radd__(self, other): return Add.apply(self._const(other), self)
+    def __sub__(self, other): return Sub.apply(self, self._const(other))
+    def __rsub__(self, other): return Sub.apply(self._const(other), self)
+    def __mul__(self, other): return Mul.apply(self, self._const(other))
+    def __rmul__(self, other): return Mul.apply(self._const(other), self)
+    def __truediv__(self, other): return Div.apply(self, self._const(other))
+    def __rtruediv__(self, other): return Div.apply(self._const(other), self)
+    def __neg__(self): return Neg.apply(self)
     def __pos__(self): return self
-    def __matmul__(self, other): return M.MatMul.apply(self, self._const(other))
-    def __rmatmul__(self, other): return M.MatMul.apply(self._const(other), self)
+    def __matmul__(self, other): return MatMul.apply(self, self._const(other))
+    def __rmatmul__(self, other): return MatMul.apply(self._const(other), self)
 
     def __pow__(self, exponent):
         if isinstance(exponent, Tensor):
-            return E.Pow.apply(self, exponent)
-        return E.PowScalar.apply(self, exponent=exponent)
+            return Pow.apply(self, exponent)
+        return PowScalar.apply(self, exponent=exponent)
 
     def __rpow__(self, base):
-        return E.Pow.apply(self._const(base), self)
+        return Pow.apply(self._const(base), self)
 
     # comparisons: boolean tensors, outside the graph
     def _compare(self, other, op):
@@ -301,39 +309,39 @@ class Tensor:
     def __ne__(self, other): return self._compare(other, lambda a, b: a != b)
 
     # elementwise functions
-    def exp(self): return E.Exp.apply(self)
-    def log(self): return E.Log.apply(self)
-    def sqrt(self): return E.Sqrt.apply(self)
-    def abs(self): return E.Abs.apply(self)
-    def tanh(self): return E.Tanh.apply(self)
-    def sigmoid(self): return E.Sigmoid.apply(self)
-    def relu(self): return E.ReLU.apply(self)
+    def exp(self): return Exp.apply(self)
+    def log(self): return Log.apply(self)
+    def sqrt(self): return Sqrt.apply(self)
+    def abs(self): return Abs.apply(self)
+    def tanh(self): return Tanh.apply(self)
+    def sigmoid(self): return Sigmoid.apply(self)
+    def relu(self): return ReLU.apply(self)
     def pow(self, exponent): return self ** exponent
-    def maximum(self, other): return E.Maximum.apply(self, self._const(other))
-    def minimum(self, other): return E.Minimum.apply(self, self._const(other))
+    def maximum(self, other): return Maximum.apply(self, self._const(other))
+    def minimum(self, other): return Minimum.apply(self, self._const(other))
 
     def clip(self, min=None, max=None):  # noqa: A002 - NumPy's names
-        return E.Clip.apply(self, lo=min, hi=max)
+        return Clip.apply(self, lo=min, hi=max)
 
     clamp = clip
 
     def masked_fill(self, mask, value):
         """Where mask is true, value; elsewhere self. The mask broadcasts to self's shape."""
         mask = mask.data if isinstance(mask, Tensor) else mask
-        return E.MaskedFill.apply(self, mask=mask, value=value)
+        return MaskedFill.apply(self, mask=mask, value=value)
 
     # reductions (axis=None, an int or a tuple of ints; NumPy's keepdims)
-    def sum(self, axis=None, keepdims=False): return R.Sum.apply(self, axis=axis, keepdims=keepdims)
-    def mean(self, axis=None, keepdims=False): return R.Mean.apply(self, axis=axis, keepdims=keepdims)
-    def max(self, axis=None, keepdims=False): return R.Max.apply(self, axis=axis, keepdims=keepdims)
-    def min(self, axis=None, keepdims=False): return R.Min.apply(self, axis=axis, keepdims=keepdims)
+    def sum(self, axis=None, keepdims=False): return Sum.apply(self, axis=axis, keepdims=keepdims)
+    def mean(self, axis=None, keepdims=False): return Mean.apply(self, axis=axis, keepdims=keepdims)
+    def max(self, axis=None, keepdims=False): return Max.apply(self, axis=axis, keepdims=keepdims)
+    def min(self, axis=None, keepdims=False): return Min.apply(self, axis=axis, keepdims=keepdims)
 
     def var(self, axis=None, keepdims=False, correction=0):
         """Variance with NumPy's default (correction=0, i.e. ddof=0)."""
-        return R.Var.apply(self, axis=axis, keepdims=keepdims, correction=correction)
+        return Var.apply(self, axis=axis, keepdims=keepdims, correction=correction)
 
     def logsumexp(self, axis=None, keepdims=False):
-        return R.LogSumExp.apply(self, axis=axis, keepdims=keepdims)
+        return LogSumExp.apply(self, axis=axis, keepdims=keepdims)
 
     def argmax(self, axis=None, keepdims=False):
         return Tensor(self.data.argmax(axis=axis, keepdims=keepdims))
@@ -344,75 +352,62 @@ class Tensor:
     # movement (see ops/movement.py)
     def reshape(self, *shape):
         shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return V.Reshape.apply(self, shape=shape)
+        return Reshape.apply(self, shape=shape)
 
     view = reshape
 
     def transpose(self, *axes):
         """Permute axes like np.transpose; transpose(0, 1) on a 2-D tensor swaps them."""
         axes = tuple(axes[0]) if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-        return V.Transpose.apply(self, axes=axes or None)
+        return Transpose.apply(self, axes=axes or None)
 
     permute = transpose
 
     @property
     def T(self):
-        return V.Transpose.apply(self, axes=None)
+        return Transpose.apply(self, axes=None)
 
     def swapaxes(self, axis1, axis2):
         axes = list(range(self.ndim))
-        a1, a2 = V.normalize_axis(axis1, self.ndim), V.normalize_axis(axis2, self.ndim)
+        a1, a2 = normalize_axis(axis1, self.ndim), normalize_axis(axis2, self.ndim)
         axes[a1], axes[a2] = axes[a2], axes[a1]
-        return V.Transpose.apply(self, axes=tuple(axes))
+        return Transpose.apply(self, axes=tuple(axes))
 
     def expand(self, *shape):
         """Broadcast to `shape` (np.broadcast_to); -1 keeps a dimension as it is."""
         shape = tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return V.Expand.apply(self, shape=shape)
+        return Expand.apply(self, shape=shape)
 
     broadcast_to = expand
 
     def squeeze(self, axis=None):
         """Drop size-1 axes (all of them, or those named); a reshape, so its backward is one too."""
-        return V.Reshape.apply(self, shape=V.squeezed_shape(self.shape, axis))
+        return Reshape.apply(self, shape=squeezed_shape(self.shape, axis))
 
     def unsqueeze(self, axis):
-        return V.Reshape.apply(self, shape=V.unsqueezed_shape(self.shape, axis))
+        return Reshape.apply(self, shape=unsqueezed_shape(self.shape, axis))
 
     def flatten(self, start_axis=0, end_axis=-1):
-        return V.Reshape.apply(self, shape=V.flattened_shape(self.shape, start_axis, end_axis))
+        return Reshape.apply(self, shape=flattened_shape(self.shape, start_axis, end_axis))
 
     def __getitem__(self, index):
         if isinstance(index, tuple):  # the ops index with arrays: a Tensor in the index gives its own
             index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
         elif isinstance(index, Tensor):
             index = index.data
-        return V.GetItem.apply(self, index=V.normalize_index(index, self.shape))
+        return GetItem.apply(self, index=normalize_index(index, self.shape))
 
     def split(self, split_size_or_sections, axis=0):
         """Pieces of size split_size (the last may be smaller), or of the sizes listed (torch.split)."""
-        return V.split(self, split_size_or_sections, axis)
+        return _split(self, split_size_or_sections, axis)
 
     def chunk(self, chunks, axis=0):
         """`chunks` pieces of near-equal size along axis (torch.chunk)."""
-        return V.chunk(self, chunks, axis)
+        return _chunk(self, chunks, axis)
 
 
 autograd.Tensor = Tensor  # Function.apply builds its outputs without importing this module
 
-
-def _wrap_array(data):
-    """A fresh constant tensor around an array, skipping __init__'s conversions."""
-    t = Tensor.__new__(Tensor)
-    t.data, t.grad, t._ctx, t.requires_grad = data, None, None, False
-    return t
-
-
-# The ops import Function from autograd, never Tensor at import time, so they load after Tensor.
-from .ops import elementwise as E  # noqa: E402
-from .ops import matmul as M  # noqa: E402
-from .ops import movement as V  # noqa: E402
-from .ops import reduce as R  # noqa: E402
 
 __all__ = ["Tensor", "Context", "cat", "stack", "where"]
 
@@ -422,7 +417,7 @@ def cat(tensors, axis=0):
     tensors = list(tensors)
     if not tensors:
         raise ValueError("cat: needs at least one tensor")
-    return V.Cat.apply(*tensors, axis=axis)
+    return Cat.apply(*tensors, axis=axis)
 
 
 def stack(tensors, axis=0):
@@ -430,7 +425,7 @@ def stack(tensors, axis=0):
     tensors = list(tensors)
     if not tensors:
         raise ValueError("stack: needs at least one tensor")
-    return V.Stack.apply(*tensors, axis=axis)
+    return Stack.apply(*tensors, axis=axis)
 
 
 def where(cond, a, b):
@@ -438,4 +433,4 @@ def where(cond, a, b):
     cond = cond.data if isinstance(cond, Tensor) else cond
     ref = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else Tensor(a)
     xp = backend.array_module(ref.data)
-    return E.Where.apply(ref._const(a), ref._const(b), cond=xp.asarray(cond, dtype=bool))
+    return Where.apply(ref._const(a), ref._const(b), cond=xp.asarray(cond, dtype=bool))

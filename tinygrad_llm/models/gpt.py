@@ -110,7 +110,7 @@ class CausalSelfAttention(nn.Module):
         if rope is None and cache is None:  # training, learned positions: heads split by strides
             y = F.qkv_attention(qkv, nh, nkv, **docs)  # (B, T, C)
             y = self.c_proj(y)
-            return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
+            return F.dropout(y, self.dropout, self.training)
         qkv = qkv.reshape(B, T, nh + 2 * nkv, hs).transpose(0, 2, 1, 3)  # (B, nh + 2 nkv, T, hs)
         q, k, v = qkv[:, :nh], qkv[:, nh:nh + nkv], qkv[:, nh + nkv:]  # (B, nh|nkv, T, hs)
         if rope is not None:
@@ -123,7 +123,7 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C): heads side by side again
         y = self.c_proj(y)
         # dropout on the residual branch only (the fused attention keeps no probability matrix)
-        return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
+        return F.dropout(y, self.dropout, self.training)
 
 
 class MLP(nn.Module):
@@ -143,7 +143,7 @@ class MLP(nn.Module):
             H = h.shape[-1] // 2
             h = F.swiglu(h[..., :H], h[..., H:])  # silu(gate) * value
         y = self.c_proj(h)
-        return F.dropout(y, self.dropout, training=True) if self.dropout and self.training else y
+        return F.dropout(y, self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -294,8 +294,7 @@ class GPT(nn.Module):
         x = self.transformer.wte(Tensor(data))  # (B, T, C)
         if cfg.pos == "learned":
             x = x + self.transformer.wpe.weight[start:start + T]  # (T, C) broadcast over B
-        if cfg.dropout and self.training:
-            x = F.dropout(x, cfg.dropout, training=True)
+        x = F.dropout(x, cfg.dropout, self.training)
         rope = self._rope(start, T, x)
         if segment_ids is not None:
             segment_ids = self._check_segments(segment_ids, B, T, cache)
