@@ -127,8 +127,13 @@ def test_zero1_gives_the_parameters_of_plain_data_parallelism(main_run, opt):
     plain = load_checkpoint(main_run / f"{opt}_zero0" / "ckpt.safetensors")
     zero = load_checkpoint(main_run / f"{opt}_zero1" / "ckpt.safetensors")
     assert plain["step"] == zero["step"] == 5
+    # not atol at float32 rounding: Adam divides each gradient by its own RMS, so an element whose
+    # gradient is mostly rounding noise (c_attn's key bias has an exact gradient of 0: softmax
+    # ignores a shift of a whole row) moves by rounding noise scaled up to a fraction of lr per step,
+    # differently in two runs that sum in different orders; 1e-6 is a thousandth of one step
+    lr = dist_worker.train_config("unused").lr
     for name, w in plain["model"].items():
-        np.testing.assert_allclose(zero["model"][name], w, rtol=1e-5, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(zero["model"][name], w, rtol=1e-5, atol=1e-3 * lr, err_msg=name)
     init = dist_worker.Trainer(dist_worker.train_config("unused", optimizer=opt), data=dist_worker.make_data(3))
     start = {k: np.array(v) for k, v in init.model.state_dict().items()}
     assert any(not np.allclose(start[k], w) for k, w in plain["model"].items())  # they did train
