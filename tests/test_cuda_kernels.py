@@ -229,11 +229,11 @@ def test_softmax_kernel_extreme_rows(kx, dtype):
 @pytest.mark.parametrize("C", [300, 1100, 1101])  # the warp kernel; the block kernel, packed and scalar
 def test_softmax_kernel_nan_in_nan_out(kx, dtype, C):
     """A NaN anywhere in a row makes the whole row NaN, as in NumPy, on every kernel path."""
-    from tinygrad_llm.ops.softmax import softmax_forward_ref
+    from tinygrad_llm.ops.softmax import softmax_forward_cpu
     x = np.random.default_rng(31).standard_normal((3, C)).astype(dtype)
     x[1, C // 2] = np.nan
     y = kx.host(cuda.softmax_forward(kx.asarray(x)))
-    want = softmax_forward_ref(x)
+    want = softmax_forward_cpu(x)
     assert np.isnan(want[1]).all() and np.isnan(y[1]).all()
     np.testing.assert_allclose(y[[0, 2]], want[[0, 2]], **TOL[dtype])
 
@@ -243,12 +243,12 @@ def test_softmax_kernel_nan_in_nan_out(kx, dtype, C):
 def test_cross_entropy_kernel_nan_in_nan_out(kx, dtype, V):
     """A NaN logit gives a NaN loss and NaN gradients for its row (not a finite loss that skips
     it); the other rows are untouched."""
-    from tinygrad_llm.ops.cross_entropy import cross_entropy_forward_ref
+    from tinygrad_llm.ops.cross_entropy import cross_entropy_forward_cpu
     x = np.random.default_rng(32).standard_normal((3, V)).astype(dtype)
     x[1, 5] = np.nan
     t = np.array([0, 3, 7])
     loss, lse = cuda.cross_entropy_forward(kx.asarray(x), kx.asarray(t))
-    loss_r = cross_entropy_forward_ref(x, t, t != -100)[0]
+    loss_r = cross_entropy_forward_cpu(x, t, t != -100)[0]
     loss, lse = kx.host(loss), kx.host(lse)
     assert np.isnan(loss_r[1]) and np.isnan(loss[1]) and np.isnan(lse[1])
     np.testing.assert_allclose(loss[[0, 2]], loss_r[[0, 2]], **TOL[dtype])
@@ -336,12 +336,12 @@ def test_cross_entropy_kernel_bad_target_poisons_the_loss(kx):
 def test_embedding_backward_kernel_is_the_cpu_sum_bit_for_bit(kx, dtype, N, V, C):
     """No float atomics: every run adds each id's rows in position order, as the CPU does, so the
     result is the CPU's to the last bit and the same every time."""
-    from tinygrad_llm.ops.embedding import embedding_backward_ref
+    from tinygrad_llm.ops.embedding import embedding_backward_cpu
     rng = np.random.default_rng(33)
     ids = rng.integers(0, V, N)
     ids[: N // 2] = ids[0]  # one long run of a single id
     dy = _rand(kx, (N, C), dtype, 34, scale=3.0)
-    want = embedding_backward_ref(ids, kx.host(dy), V)
+    want = embedding_backward_cpu(ids, kx.host(dy), V)
     first = kx.host(cuda.embedding_backward(kx.asarray(ids), dy, V))
     np.testing.assert_array_equal(first, want)
     np.testing.assert_array_equal(kx.host(cuda.embedding_backward(kx.asarray(ids), dy, V)), first)

@@ -1,6 +1,6 @@
 """Deterministic embedding backward (kernels/embedding.cu): the ids sorted by (id, position), then
 one block per id run adds its rows in position order. Matches ops/embedding.py's
-embedding_backward_ref bit for bit."""
+embedding_backward_cpu bit for bit."""
 import numpy as np
 
 from .. import backend

@@ -57,7 +57,7 @@
 // Shared memory (dynamic, bytes from attention_smem_bytes in tinygrad_llm/cuda/attention.py) is
 // above the 48 KiB default for D = 128 and for double; the glue raises the kernel's limit.
 //
-// Must match: attention_forward_ref / attention_backward_ref in tinygrad_llm/ops/attention.py
+// Must match: attention_forward_cpu / attention_backward_cpu in tinygrad_llm/ops/attention.py
 // (and the float64 reference in tests/test_attention_kernel.py, which adds segment ids).
 #include "common.cuh"
 

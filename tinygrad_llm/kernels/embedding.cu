@@ -11,7 +11,7 @@
 // every run gives the same bits (atomicAdd on floats adds in whatever order the threads arrive).
 // A frequent id is one long run for one block; with GPT-2's 50,257 ids the runs are short.
 //
-// Must match: embedding_backward_ref in tinygrad_llm/ops/embedding.py, bit for bit: its rank
+// Must match: embedding_backward_cpu in tinygrad_llm/ops/embedding.py, bit for bit: its rank
 // rounds add each id's rows in the same increasing position order.
 #include "common.cuh"
 
