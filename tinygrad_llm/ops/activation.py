@@ -11,7 +11,7 @@ import numpy as np
 from .. import cuda
 from ..autograd import Function
 from ..backend import array_module
-from .blocks import by_blocks
+from .row_chunks import by_row_chunks
 from .elementwise import one_over_one_plus_exp, sigmoid_cpu
 
 # W. J. Cody, "Rational Chebyshev approximations for the error function", Math. Comp. 23 (1969):
@@ -169,7 +169,7 @@ class GELU(Function):
         if cuda.serves(x1):  # the kernel's backward recomputes h from x: nothing else is saved
             y, h = cuda.gelu_forward(x1, approximate), None
         else:
-            y, h = by_blocks(fwd, x1, inplace=True)
+            y, h = by_row_chunks(fwd, x1, inplace=True)
         ctx.save_for_backward(x1, h)
         ctx.approximate = approximate
         return y.reshape(x.shape)
@@ -180,7 +180,7 @@ class GELU(Function):
         if h is None:
             return cuda.gelu_backward(x, dy.reshape(-1), ctx.approximate).reshape(dy.shape)
         bwd = gelu_tanh_backward_cpu if ctx.approximate == "tanh" else gelu_exact_backward_cpu
-        return by_blocks(bwd, dy.reshape(-1), x, h, inplace=True).reshape(dy.shape)
+        return by_row_chunks(bwd, dy.reshape(-1), x, h, inplace=True).reshape(dy.shape)
 
 
 class SiLU(Function):
@@ -192,7 +192,7 @@ class SiLU(Function):
     @staticmethod
     def forward(ctx, x):
         x1 = x.reshape(-1)  # flat, as in GELU
-        y, s = silu_forward_cpu(x1)  # no blocks: measured no faster for this short chain
+        y, s = silu_forward_cpu(x1)  # no row chunks: measured no faster for this short chain
         ctx.save_for_backward(y, s)
         return y.reshape(x.shape)
 

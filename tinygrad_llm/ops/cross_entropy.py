@@ -10,7 +10,7 @@ from .. import cuda
 from ..cuda import syncs
 from ..autograd import Function
 from ..backend import array_module
-from .blocks import by_blocks
+from .row_chunks import by_row_chunks
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -122,7 +122,7 @@ class CrossEntropy(Function):
             ctx.save_for_backward(x2, lse, t, valid)  # (logits, lse, ...): unpacked by name below
             ctx.ignore_index = ignore_index
         else:
-            loss, e, r = by_blocks(lambda x, t, v: cross_entropy_forward_cpu(x, t, v, label_smoothing),
+            loss, e, r = by_row_chunks(lambda x, t, v: cross_entropy_forward_cpu(x, t, v, label_smoothing),
                                    x2, t, valid)
             ctx.save_for_backward(e, r, t, valid)
         ctx.meta = (logits.shape, targets.shape, reduction, label_smoothing)
@@ -162,5 +162,5 @@ class CrossEntropy(Function):
             g = dy.reshape(-1)
         else:
             g = xp.full(t.shape, dy * scale, dtype=e.dtype)
-        return by_blocks(lambda e, r, t, v, g: cross_entropy_backward_cpu(e, r, t, v, g, eps),
+        return by_row_chunks(lambda e, r, t, v, g: cross_entropy_backward_cpu(e, r, t, v, g, eps),
                          e, r, t, valid, g).reshape(shape)

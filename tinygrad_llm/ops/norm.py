@@ -9,7 +9,7 @@ busy 2-core machine where einsum takes 0.1 ms.
 from .. import cuda
 from ..autograd import Function
 from ..backend import array_module
-from .blocks import by_blocks
+from .row_chunks import by_row_chunks
 
 
 def _rows(x):
@@ -136,7 +136,7 @@ class LayerNorm(Function):
         if cuda.serves(x2, weight, bias):
             y, xhat, rstd = cuda.layer_norm_forward(x2, weight, bias, eps)
         else:
-            y, xhat, rstd = by_blocks(lambda x, out=None: layer_norm_forward_cpu(x, weight, bias, eps, out),
+            y, xhat, rstd = by_row_chunks(lambda x, out=None: layer_norm_forward_cpu(x, weight, bias, eps, out),
                                         x2, inplace=True)
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.layout = (x.shape, weight is not None, bias is not None)
@@ -153,7 +153,7 @@ class LayerNorm(Function):
                                                   has_w and need[1], has_b and need[-1])
             dx = dx.reshape(shape) if dx is not None else None
             return (dx,) + ((dw,) if has_w else ()) + ((db,) if has_b else ())
-        dx = by_blocks(lambda dy, xh, rs, out=None: layer_norm_backward_cpu(dy, xh, rs, weight, out),
+        dx = by_row_chunks(lambda dy, xh, rs, out=None: layer_norm_backward_cpu(dy, xh, rs, weight, out),
                        dy2, xhat, rstd, inplace=True).reshape(shape) if need[0] else None
         dw, db = _param_grads(dy2, xhat, has_w and need[1], has_b and need[-1])
         return (dx,) + ((dw,) if has_w else ()) + ((db,) if has_b else ())
@@ -170,7 +170,7 @@ class RMSNorm(Function):
     @staticmethod
     def forward(ctx, x, weight=None, eps=1e-6):
         _check("rms_norm", x, weight=weight)
-        y, xhat, rstd = by_blocks(lambda x, out=None: rms_norm_forward_cpu(x, weight, eps, out), _rows(x),
+        y, xhat, rstd = by_row_chunks(lambda x, out=None: rms_norm_forward_cpu(x, weight, eps, out), _rows(x),
                                   inplace=True)
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.x_shape = x.shape
@@ -181,7 +181,7 @@ class RMSNorm(Function):
         xhat, rstd, weight = ctx.saved
         need = ctx.needs_input_grad
         dy2 = _rows(dy)
-        dx = by_blocks(lambda dy, xh, rs, out=None: rms_norm_backward_cpu(dy, xh, rs, weight, out),
+        dx = by_row_chunks(lambda dy, xh, rs, out=None: rms_norm_backward_cpu(dy, xh, rs, weight, out),
                        dy2, xhat, rstd, inplace=True).reshape(ctx.x_shape) if need[0] else None
         if weight is None:
             return dx

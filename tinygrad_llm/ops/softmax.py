@@ -70,7 +70,7 @@ def _from_last(y, axis):
 
 
 def _rowwise(fn, *arrays):
-    """fn over rows of the last axis, in one call: by_blocks measured slower here (its copy-out
+    """fn over rows of the last axis, in one call: by_row_chunks measured slower here (its copy-out
     pass costs more than the cache gain of a 3-pass chain)."""
     shape = arrays[0].shape
     return fn(*(a.reshape(-1, shape[-1]) for a in arrays)).reshape(shape)  # (N, C)

@@ -1,16 +1,17 @@
-"""Run a row-wise NumPy function over blocks of rows that fit in a core's cache, on a few threads.
+"""Run a row-wise NumPy function over chunks of rows that fit in a core's cache, on a few threads.
 
 A chain of NumPy passes over a big array streams it through memory once per pass, and each
-fresh temporary costs page faults. Cut into blocks of about BLOCK_ELEMENTS elements, the same
-chain runs on data and temporaries that stay in L2, and the blocks can go to several threads
-(NumPy releases the GIL inside its loops). The function itself is unchanged: the plain xp
-reference of an op is what runs on each block. CuPy arrays are passed through whole.
+fresh temporary costs page faults. Cut into row chunks of about CHUNK_ELEMENTS elements, the
+same chain runs on data and temporaries that stay in L2, and the chunks can go to several
+threads (NumPy releases the GIL inside its loops). The function itself is unchanged: an op's
+*_cpu function is what runs on each chunk. CuPy arrays are passed through whole.
+("Chunk", not "block": a block is a transformer Block, and a CUDA thread block in the kernels.)
 
-    out = by_blocks(fn, x, dy)          # fn(x_block, dy_block) -> array or tuple of arrays
-    out = by_blocks(fn, x, inplace=True)  # fn(x_block, out=...) writes into the result's rows
+    out = by_row_chunks(fn, x, dy)          # fn(x_chunk, dy_chunk) -> array or tuple of arrays
+    out = by_row_chunks(fn, x, inplace=True)  # fn(x_chunk, out=...) writes into the result's rows
 
-With inplace=True, fn takes out= (its result arrays' rows for this block, or None for the first
-block, which tells the result shapes) and writes there, so no block is copied into the result.
+With inplace=True, fn takes out= (its result arrays' rows for this chunk, or None for the first
+chunk, which tells the result shapes) and writes there, so no chunk is copied into the result.
 """
 import os
 import threading
@@ -19,12 +20,12 @@ import numpy as np
 
 from .. import backend
 
-# 2 MiB of float32 per array: a block and its temporaries stay in L2/L3. Not smaller: an fn
+# 2 MiB of float32 per array: a chunk and its temporaries stay in L2/L3. Not smaller: an fn
 # without out= has its results copied into the stacked output, one pass more, which arrays that
 # fit in cache whole do not repay (GPT step, small config: 61.3/60.0 ms at 1 << 18 vs 59.9/58.5 ms
 # at 1 << 19). With out= (GELU, layer and RMS norm) nothing is copied: sharded GPT step, 6 layers
-# x 384, T=256: 1249 ms in blocks of 1 << 19, 1256 ms at 1 << 17, 1262 ms unblocked.
-BLOCK_ELEMENTS = 1 << 19
+# x 384, T=256: 1249 ms in chunks of 1 << 19, 1256 ms at 1 << 17, 1262 ms in one piece.
+CHUNK_ELEMENTS = 1 << 19
 # One thread unless told otherwise (TINYGRAD_LLM_THREADS=2): on a dedicated machine a second thread
 # nearly doubles elementwise throughput, but on a shared, loaded one the GIL hand-offs between
 # NumPy calls cost more than the second core gives (measured: benchmarks/ops_cpu.py).
@@ -32,24 +33,24 @@ THREADS = max(1, int(os.environ.get("TINYGRAD_LLM_THREADS", "1")))
 
 
 def _get_pool():
-    return backend.thread_pool("blocks", max(2, os.cpu_count() or 1))
+    return backend.thread_pool("row_chunks", max(2, os.cpu_count() or 1))
 
 
-def by_blocks(fn, *arrays, threads=None, inplace=False):
-    """fn(*blocks) over matching blocks of rows (axis 0) of every array, results stacked back.
+def by_row_chunks(fn, *arrays, threads=None, inplace=False):
+    """fn(*chunks) over matching chunks of rows (axis 0) of every array, results stacked back.
 
-    All arrays share their first axis; each result of fn has a first axis of the block's length.
+    All arrays share their first axis; each result of fn has a first axis of the chunk's length.
     Small arrays, and arrays that are not NumPy's, go through fn in one call. inplace: fn accepts
-    out= (see the module docstring) and the blocks after the first write straight into the result.
+    out= (see the module docstring) and the chunks after the first write straight into the result.
     """
     first = arrays[0]
     n = first.shape[0] if first.ndim else 0
     row = max(1, first.size // max(n, 1))
-    step = max(1, BLOCK_ELEMENTS // row)
+    step = max(1, CHUNK_ELEMENTS // row)
     if not isinstance(first, np.ndarray) or n <= step:
         return fn(*arrays)
     starts = list(range(0, n, step))
-    head = fn(*(a[:step] for a in arrays))  # the first block tells the result shapes and dtypes
+    head = fn(*(a[:step] for a in arrays))  # the first chunk tells the result shapes and dtypes
     single = not isinstance(head, tuple)
     head = (head,) if single else head
     outs = tuple(np.empty((n,) + h.shape[1:], dtype=h.dtype) for h in head)
