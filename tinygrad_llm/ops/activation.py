@@ -79,6 +79,26 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
+# --- the textbook versions: the docstrings' formulas in plain NumPy, for reading and for the
+# tests, which check the tuned *_cpu functions below against them (host arrays only) ------------
+def gelu_textbook(x, approximate="tanh"):
+    """y = x Phi(x): Phi = 0.5 (1 + erf(x / sqrt 2)), or 0.5 (1 + tanh(K (x + 0.044715 x^3)))."""
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(_K * (x + _C3 * x ** 3)))
+    return 0.5 * x * (1.0 + np.vectorize(math.erf, otypes=[x.dtype])(x / math.sqrt(2.0)))
+
+
+def gelu_backward_textbook(dy, x, approximate="tanh"):
+    """dx = dy (Phi + x Phi'): Phi' = exp(-x^2 / 2) / sqrt(2 pi), or, with t = tanh u,
+    0.5 (1 - t^2) K (1 + 3 * 0.044715 x^2)."""
+    if approximate == "tanh":
+        t = np.tanh(_K * (x + _C3 * x ** 3))
+        return dy * (0.5 * (1.0 + t) + x * 0.5 * (1.0 - t * t) * _K * (1.0 + 3.0 * _C3 * x * x))
+    phi = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return dy * (0.5 * (1.0 + np.vectorize(math.erf, otypes=[x.dtype])(x / math.sqrt(2.0))) + x * phi)
+
+
+# --- the tuned versions -----------------------------------------------------------------------
 def gelu_tanh_forward_cpu(x, out=None):
     """(y, h) with h = 0.5 (1 + tanh u), u = K (x + 0.044715 x^3), and y = x h (into out=(y, h)).
 

@@ -15,6 +15,31 @@ from .row_chunks import by_row_chunks
 REDUCTIONS = ("mean", "sum", "none")
 
 
+# --- the textbook version: the docstring's formula in plain xp, for reading and for the tests,
+# which check the tuned *_cpu functions below against it ---------------------------------------
+def cross_entropy_textbook(x, t, valid, label_smoothing=0.0):
+    """Per-row loss for logits x (N, V), targets t (N,) and the mask of rows that count:
+    loss_i = -(1 - eps) log p_i[t_i] - eps mean_j log p_ij with p_i = softmax(x_i); 0 where ignored."""
+    xp = array_module(x)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    logp = shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))  # log_softmax, (N, V)
+    picked = logp[xp.arange(x.shape[0]), xp.where(valid, t, 0)]
+    loss = -(1.0 - label_smoothing) * picked - label_smoothing * logp.mean(axis=-1)
+    return xp.where(valid, loss, 0.0)
+
+
+def cross_entropy_backward_textbook(x, t, valid, g, label_smoothing=0.0):
+    """dx_i = g_i (p_i - (1 - eps) onehot(t_i) - eps / V) with p_i = softmax(x_i); 0 where ignored."""
+    xp = array_module(x)
+    N, V = x.shape
+    e = xp.exp(x - x.max(axis=-1, keepdims=True))
+    target = xp.zeros_like(x)
+    target[xp.arange(N), xp.where(valid, t, 0)] = 1.0 - label_smoothing
+    target += label_smoothing / V
+    return (xp.where(valid, g, 0.0))[:, None] * (e / e.sum(axis=-1, keepdims=True) - target)
+
+
+# --- the tuned versions -----------------------------------------------------------------------
 def exp_rows(x):
     """(e, r, shift) with e = exp(x - shift) and r = 1 / sum(e) over the last axis.
 
@@ -123,7 +148,7 @@ class CrossEntropy(Function):
             ctx.ignore_index = ignore_index
         else:
             loss, e, r = by_row_chunks(lambda x, t, v: cross_entropy_forward_cpu(x, t, v, label_smoothing),
-                                   x2, t, valid)
+                                       x2, t, valid)
             ctx.save_for_backward(e, r, t, valid)
         ctx.meta = (logits.shape, targets.shape, reduction, label_smoothing)
         if reduction == "none":
@@ -163,4 +188,4 @@ class CrossEntropy(Function):
         else:
             g = xp.full(t.shape, dy * scale, dtype=e.dtype)
         return by_row_chunks(lambda e, r, t, v, g: cross_entropy_backward_cpu(e, r, t, v, g, eps),
-                         e, r, t, valid, g).reshape(shape)
+                             e, r, t, valid, g).reshape(shape)

@@ -12,6 +12,42 @@ from ..backend import array_module
 from .row_chunks import by_row_chunks
 
 
+# --- the textbook versions: the docstrings' formulas in plain xp, for reading and for the tests,
+# which check the tuned *_cpu functions below against them --------------------------------------
+def layer_norm_textbook(x, weight=None, bias=None, eps=1e-5):
+    """y = (x - mean) / sqrt(var + eps) * w + b over the last axis."""
+    xp = array_module(x)
+    xhat = (x - x.mean(axis=-1, keepdims=True)) / xp.sqrt(x.var(axis=-1, keepdims=True) + eps)
+    return xhat * (1.0 if weight is None else weight) + (0.0 if bias is None else bias)
+
+
+def layer_norm_backward_textbook(dy, x, weight=None, eps=1e-5):
+    """(dx, dw, db) for x (N, C): g = dy * w, dx = rstd (g - mean(g) - xhat mean(g xhat)),
+    dw = sum_rows dy * xhat, db = sum_rows dy."""
+    xp = array_module(x)
+    rstd = 1.0 / xp.sqrt(x.var(axis=-1, keepdims=True) + eps)
+    xhat = (x - x.mean(axis=-1, keepdims=True)) * rstd
+    g = dy * (1.0 if weight is None else weight)
+    dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    return dx, (dy * xhat).sum(axis=0), dy.sum(axis=0)
+
+
+def rms_norm_textbook(x, weight=None, eps=1e-6):
+    """y = x / sqrt(mean(x^2) + eps) * w over the last axis."""
+    xp = array_module(x)
+    return x / xp.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * (1.0 if weight is None else weight)
+
+
+def rms_norm_backward_textbook(dy, x, weight=None, eps=1e-6):
+    """(dx, dw) for x (N, C): g = dy * w, dx = rstd (g - xhat mean(g xhat)), dw = sum_rows dy * xhat."""
+    xp = array_module(x)
+    rstd = 1.0 / xp.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    xhat = x * rstd
+    g = dy * (1.0 if weight is None else weight)
+    return rstd * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True)), (dy * xhat).sum(axis=0)
+
+
+# --- the tuned versions -----------------------------------------------------------------------
 def _rows(x):
     return x.reshape(-1, x.shape[-1])  # (N, C)
 
@@ -137,7 +173,7 @@ class LayerNorm(Function):
             y, xhat, rstd = cuda.layer_norm_forward(x2, weight, bias, eps)
         else:
             y, xhat, rstd = by_row_chunks(lambda x, out=None: layer_norm_forward_cpu(x, weight, bias, eps, out),
-                                        x2, inplace=True)
+                                          x2, inplace=True)
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.layout = (x.shape, weight is not None, bias is not None)
         return y.reshape(x.shape)
@@ -154,7 +190,7 @@ class LayerNorm(Function):
             dx = dx.reshape(shape) if dx is not None else None
             return (dx,) + ((dw,) if has_w else ()) + ((db,) if has_b else ())
         dx = by_row_chunks(lambda dy, xh, rs, out=None: layer_norm_backward_cpu(dy, xh, rs, weight, out),
-                       dy2, xhat, rstd, inplace=True).reshape(shape) if need[0] else None
+                           dy2, xhat, rstd, inplace=True).reshape(shape) if need[0] else None
         dw, db = _param_grads(dy2, xhat, has_w and need[1], has_b and need[-1])
         return (dx,) + ((dw,) if has_w else ()) + ((db,) if has_b else ())
 
@@ -171,7 +207,7 @@ class RMSNorm(Function):
     def forward(ctx, x, weight=None, eps=1e-6):
         _check("rms_norm", x, weight=weight)
         y, xhat, rstd = by_row_chunks(lambda x, out=None: rms_norm_forward_cpu(x, weight, eps, out), _rows(x),
-                                  inplace=True)
+                                      inplace=True)
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.x_shape = x.shape
         return y.reshape(x.shape)
@@ -182,7 +218,7 @@ class RMSNorm(Function):
         need = ctx.needs_input_grad
         dy2 = _rows(dy)
         dx = by_row_chunks(lambda dy, xh, rs, out=None: rms_norm_backward_cpu(dy, xh, rs, weight, out),
-                       dy2, xhat, rstd, inplace=True).reshape(ctx.x_shape) if need[0] else None
+                           dy2, xhat, rstd, inplace=True).reshape(ctx.x_shape) if need[0] else None
         if weight is None:
             return dx
         return dx, (_param_grads(dy2, xhat, True, False)[0] if need[1] else None)

@@ -11,6 +11,33 @@ from ..backend import array_module
 from .cross_entropy import exp_rows
 
 
+# --- the textbook versions: the docstrings' formulas in plain xp, for reading and for the tests,
+# which check the tuned *_cpu functions below against them --------------------------------------
+def softmax_textbook(x):
+    """y = exp(x - max x) / sum exp(x - max x) over the last axis."""
+    xp = array_module(x)
+    e = xp.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_backward_textbook(y, dy):
+    """dx = y * (dy - sum(y * dy)) over the last axis: (diag(y) - y y^T) dy per row."""
+    return y * (dy - (y * dy).sum(axis=-1, keepdims=True))
+
+
+def log_softmax_textbook(x):
+    """y = x - max x - log sum exp(x - max x) over the last axis."""
+    xp = array_module(x)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def log_softmax_backward_textbook(y, dy):
+    """dx = dy - softmax(x) * sum(dy), with softmax(x) = exp(y)."""
+    return dy - array_module(y).exp(y) * dy.sum(axis=-1, keepdims=True)
+
+
+# --- the tuned versions -----------------------------------------------------------------------
 def _row_dot(a, b):
     """sum(a * b) over the last axis, keepdims, without materialising the product."""
     xp = array_module(a)
