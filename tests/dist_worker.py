@@ -39,24 +39,51 @@ def grad_batch():
     return x, np.roll(x, -1, axis=1)
 
 
-def gradients(out):
-    """The float64 gradient of the mean loss over GRAD_ROWS rows, the rows split over the ranks."""
+def gradients(out, device="cpu"):
+    """The float64 gradient of the mean loss over GRAD_ROWS rows, the rows split over the ranks
+    (on the GPU the all-reduce goes through NCCL)."""
     from tinygrad_llm import backend, optim
     from tinygrad_llm.data_parallel import DataParallel
     from tinygrad_llm.models import GPT, GPTConfig
-    world = distributed.init()
+    from tinygrad_llm.tensor import Tensor
+    world = distributed.init(device)
     backend.manual_seed(0)
     model = GPT(GPTConfig.from_dict(GRAD_MODEL), dtype=np.float64)
+    if device != "cpu":
+        model.to(device)
     opt = optim.AdamW(model.parameters())
     dp = DataParallel(world, model, opt)
     x, y = grad_batch()
     share = GRAD_ROWS // world.size
     rows = slice(world.rank * share, (world.rank + 1) * share)
-    _, loss = model(x[rows], y[rows])
+    dev = (lambda a: Tensor(backend.to_device(a, device))) if device != "cpu" else Tensor
+    _, loss = model(dev(x[rows]), dev(y[rows]))
     loss.backward()
     dp.sync_gradients()
     if world.is_main:
-        np.savez(out / "grads.npz", **{n: p.grad.data for n, p in model.named_parameters()})
+        np.savez(out / "grads.npz", **{n: backend.to_numpy(p.grad.data) for n, p in model.named_parameters()})
+
+
+def nccl(out):
+    """2 GPUs: each NCCL collective against its definition, then the gradient check over NCCL."""
+    import cupy as cp
+    world = distributed.init("cuda")
+    r = world.rank
+    buf = cp.full(5, r + 1.0, dtype=cp.float32)
+    world.allreduce_(buf)
+    assert buf.tolist() == [3.0] * 5, buf
+    b = cp.arange(5, dtype=cp.float64) * (r + 1)  # sum over ranks: 3 x arange
+    block = cp.empty(3 if r == 0 else 2, cp.float64)
+    world.reduce_scatter(b, [3, 2], block)  # unequal blocks: the all-reduce fallback
+    expected = [0.0, 3.0, 6.0] if r == 0 else [9.0, 12.0]
+    assert block.tolist() == expected, block
+    g = cp.where(cp.arange(4) // 2 == r, 10.0 + r, -1.0).astype(cp.float32)  # rank r owns 2 slots
+    world.allgather_(g, [2, 2])
+    assert g.tolist() == [10.0, 10.0, 11.0, 11.0], g
+    w = cp.full(3, float(r), cp.float32)
+    world.broadcast_(w, 1)
+    assert w.tolist() == [1.0] * 3, w
+    gradients(out, device="cuda")
 
 
 def train(out, **kw):
@@ -89,6 +116,8 @@ def main():
                 shutil.copy(t.out_dir / "metrics.jsonl", out / "resume" / "metrics.jsonl")
         t.save = save_and_keep
         t.run()
+    elif scenario == "nccl":
+        nccl(out)
     elif scenario == "resume":
         Trainer(train_config(out / "resume", model={**MODEL, "dropout": 0.1}), data=make_data(99)).run(resume=True)
     elif scenario == "crash":  # rank 1 raises in its third step; rank 0 is then waiting in a collective

@@ -256,6 +256,26 @@ def test_nccl_collectives_in_a_world_of_one():
         assert buf.tolist() == out.tolist() == list(range(10))
 
 
+@needs_mpi
+@pytest.mark.gpu
+def test_two_gpus_over_nccl(tmp_path):
+    """2 ranks, one GPU each: NCCL's collectives, then 2 x 3 rows' gradients equal 6 rows' on the CPU."""
+    import cupy as cp
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs 2 GPUs (one per rank: NCCL refuses two ranks on one device)")
+    check(mpirun(["nccl", tmp_path]))
+    from tinygrad_llm import backend
+    from tinygrad_llm.models import GPT, GPTConfig
+    backend.manual_seed(0)
+    model = GPT(GPTConfig.from_dict(dist_worker.GRAD_MODEL), dtype=np.float64)
+    x, y = dist_worker.grad_batch()
+    _, loss = model(x, y)
+    loss.backward()
+    got = np.load(tmp_path / "grads.npz")
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(got[name], p.grad.data, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
 @pytest.mark.gpu
 def test_zero1_on_the_gpu_matches_the_plain_step(tmp_path):
     """ZeRO-1's block step on CuPy buffers (a world of one) against the ordinary optimizer step."""

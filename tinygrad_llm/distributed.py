@@ -133,12 +133,14 @@ class World:
 
     # ------------------------------------------------------------------------------- scalars
     def sum(self, values):
-        """The sum over ranks of a float or a list of floats (float64 on the wire)."""
-        arr = np.atleast_1d(np.asarray(values, dtype=np.float64)).copy()
+        """The sum over ranks of a float or a list of floats (float64 on the wire; a one-element
+        device array is read to the host first)."""
+        scalar = np.ndim(values) == 0
+        arr = np.array([float(v) for v in ([values] if scalar else values)], dtype=np.float64)
         if self.size > 1:
             from mpi4py import MPI
             self.comm.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM)
-        return float(arr[0]) if np.ndim(values) == 0 else arr.tolist()
+        return float(arr[0]) if scalar else arr.tolist()
 
     def mean(self, value):
         """A float averaged over ranks (NaN or inf on any rank makes it non-finite everywhere)."""
