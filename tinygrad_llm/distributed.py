@@ -245,7 +245,14 @@ class NcclComm:
     every rank joins with its rank. Collectives run on the current CuPy stream."""
 
     def __init__(self, world):
-        from cupy.cuda import nccl
+        try:
+            from cupy.cuda import nccl
+        except ImportError:
+            nccl = None
+        if nccl is None or not getattr(nccl, "available", True):
+            raise RuntimeError(f"rank {world.rank}: CuPy has no NCCL; install the library CuPy loads "
+                               "(python -m cupyx.tools.install_library --library nccl --cuda 12.x, "
+                               "or NCCL from NVIDIA's packages)")
         self.nccl, self.world = nccl, world
         uid = nccl.get_unique_id() if world.rank == 0 else None
         uid = world.broadcast_json(list(uid) if uid is not None else None)
