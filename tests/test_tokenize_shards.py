@@ -238,3 +238,22 @@ def test_encode_command_writes_shards_from_a_glob(tok, tmp_path, capsys):
                            "--out", str(tmp_path / "x.bin")]
     assert main(one_file) == 1
     assert "one token file, from one --input file" in capsys.readouterr().err
+
+
+def test_progress_redraws_on_a_terminal_and_prints_lines_otherwise():
+    import io
+    from tinygrad_llm.tokenizer.shards import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    for stream in (Terminal(), io.StringIO()):
+        p = Progress(total_bytes=4_000_000, stream=stream)
+        p.every = 0.0
+        p.update(docs=10, done_bytes=1_000_000, encoded_bytes=1_000_000, tokens=300_000, shards=1)
+        p.update(docs=40, done_bytes=4_000_000, encoded_bytes=4_000_000, tokens=1_200_000, shards=3, final=True)
+        out = stream.getvalue()
+        assert "10 documents | 1.0/4.0 MB" in out and "MB/s" in out and "ETA" in out
+        assert "40 documents" in out and out.rstrip("\n").replace("\x1b[K", "").endswith("done")
+        assert out.startswith("\r") == isinstance(stream, Terminal)
+        assert out.count("\n") == (1 if isinstance(stream, Terminal) else 2)

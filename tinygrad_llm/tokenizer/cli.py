@@ -8,7 +8,6 @@
 An --out ending in .bin is one token file from one text file; any other --out is a folder of
 shards from a corpus of documents (files, folders, globs of .txt and .jsonl; see shards.py).
 """
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ def add_arguments(parser):
                    help="token file NAME.bin (sidecar: NAME.bin.json), or a folder for shards")
     e.add_argument("--text-field", default="text", help="shards: the field of a .jsonl line holding the text")
     e.add_argument("--workers", type=int, default=None,
-                   help=f"shards: encoding processes (default: the cores, {os.cpu_count()})")
+                   help="shards: encoding processes (default: the cores this process may use)")
     e.add_argument("--shard-tokens", type=int, default=100_000_000, help="shards: tokens per shard")
     e.add_argument("--val-tokens", type=int, default=None,
                    help="shards: tokens in the first (validation) shard; default --shard-tokens")

@@ -48,6 +48,14 @@ from ..files import atomic_write, atomic_write_text
 SHARD_TOKENS = 100_000_000
 
 
+def default_workers():
+    """The cores this process may run on (a container or taskset may allow fewer than exist)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def shard_name(index):
     """Shard 0 is the validation shard, the rest train: val_000000.bin, train_000001.bin, ..."""
     return f"{'val' if index == 0 else 'train'}_{index:06d}.bin"
@@ -294,7 +302,9 @@ def encode_corpus(tok, inputs, out_dir, workers=None, tokenizer_name=None, text_
     val_tokens = shard_tokens if val_tokens is None else val_tokens
     if shard_tokens < 1 or val_tokens < 1:
         raise ValueError(f"--shard-tokens and --val-tokens must be >= 1, got {shard_tokens}, {val_tokens}")
-    workers = workers or os.cpu_count() or 1
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    workers = workers or default_workers()
     files = corpus_files(inputs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
