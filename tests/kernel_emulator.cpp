@@ -9,7 +9,8 @@
 // check the kernels' logic (reductions, packs, tails, index arithmetic) and the glue's launch
 // arguments on a machine without a GPU. Speed is not the point: small sizes only.
 //
-// Exported: emu_<kernel>_<float|double>(cfg, sizes, n_args, args), where cfg = grid xyz,
+// Exported: emu_<kernel>_<float|double>(cfg, sizes, n_args, args) -> 0, or -1 (argument count),
+// i + 1 (argument i's byte size), -2 (a write past the dynamic shared memory), where cfg = grid xyz,
 // block xyz, dynamic shared bytes; args[i] points at the i-th argument's value and sizes[i] is its byte size, checked
 // against the kernel's parameter list (a Python int passed where the kernel takes a 4-byte int
 // fails here, as it would corrupt the launch on a GPU).
@@ -154,11 +155,15 @@ struct Pool {
 };
 static Pool& pool = *new Pool;  // never destroyed: its detached threads wait in it until exit
 
-template <class F> void launch(const int* cfg, F body) {
+// Bytes past the launch's dynamic shared memory that must still hold their fill after the
+// launch: a kernel that writes past what the glue asked for fails instead of corrupting memory.
+constexpr int SHARED_GUARD = 1024;
+
+template <class F> bool launch(const int* cfg, F body) {
     gridDim = {unsigned(cfg[0]), unsigned(cfg[1]), unsigned(cfg[2])};
     blockDim = {unsigned(cfg[3]), unsigned(cfg[4]), unsigned(cfg[5])};
     // NaN-filled, like poisoned outputs: a kernel reading shared memory it never wrote shows
-    dynamic_shared.assign(cfg[6] + 16, 0xff);
+    dynamic_shared.assign(cfg[6] + 16 + SHARED_GUARD, 0xff);
     const int n = blockDim.x * blockDim.y * blockDim.z;
     if (n % 32) { std::fprintf(stderr, "emulator: block of %d threads is not whole warps\n", n); std::abort(); }
     block_barrier = std::make_unique<std::barrier<>>(n);
@@ -176,6 +181,8 @@ template <class F> void launch(const int* cfg, F body) {
                     between_blocks.arrive_and_wait();
                 }
     });
+    return std::all_of(dynamic_shared.begin() + cfg[6], dynamic_shared.end(),
+                       [](unsigned char c) { return c == 0xff; });
 }
 
 #include "../tinygrad_llm/kernels/softmax.cu"
@@ -197,7 +204,8 @@ template <class... A> struct Launcher<void (*)(A...)> {
         if (n_args != int(sizeof...(A))) return -1;
         for (int i = 0; i < n_args; ++i)
             if (sizes[i] != want[i]) return i + 1;  // argument i has the wrong byte size
-        launch(cfg, [=] { call(k, a, std::index_sequence_for<A...>{}); });
+        if (!launch(cfg, [=] { call(k, a, std::index_sequence_for<A...>{}); }))
+            return -2;  // wrote past its dynamic shared memory
         return 0;
     }
 };

@@ -89,6 +89,7 @@ class _Emulated:
         ptrs = (ctypes.c_void_p * len(vals))(*(ctypes.cast(ctypes.pointer(x), ctypes.c_void_p)
                                                for x in vals))
         rc = self.fn(cfg, sizes, len(vals), ptrs)
+        assert rc != -2, f"{self.name}: wrote past its {shared_mem} bytes of dynamic shared memory"
         assert rc == 0, f"{self.name}: argument count or size mismatch (code {rc})"
 
 

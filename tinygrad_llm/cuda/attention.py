@@ -65,12 +65,13 @@ def smem_bytes(stage, dtype, D):
     pad = 2 if e == 2 else 1
     ld, ldp = D + pad, _BN + pad
     warps_p = (_THREADS // 32) * 16 * ldp  # each warp's 16 rows of P or dS
-    if stage == "forward":  # seg_k, Q, K, V, P
-        return 4 * _BN + e * (_BM * ld + 2 * _BN * ld + warps_p)
-    if stage == "backward_dq":  # seg_k, Q, dO, K, V, dS
-        return 4 * _BN + e * (2 * _BM * ld + 2 * _BN * ld + warps_p)
-    if stage == "backward_dkdv":  # seg_q, lse, delta, K, V, Q, dO, P / dS
-        return 4 * _BN + 2 * a * _BN + e * (2 * _BM * ld + 2 * _BN * ld + warps_p)
+    if stage == "forward":  # seg_k, Q, K, V transposed, P
+        return 4 * _BN + e * (_BM * ld + _BN * ld + D * ldp + warps_p)
+    transposed = D * ldp if e == 2 else 0  # bf16: a transposed copy of a streamed tile
+    if stage == "backward_dq":  # seg_k, Q, dO, K, V, (K transposed), dS
+        return 4 * _BN + e * (2 * _BM * ld + 2 * _BN * ld + transposed + warps_p)
+    if stage == "backward_dkdv":  # seg_q, lse, delta, K, V, Q, dO, (Q, dO transposed), P / dS
+        return 4 * _BN + 2 * a * _BN + e * (2 * _BM * ld + 2 * _BN * ld + 2 * transposed + warps_p)
     return 0
 
 
@@ -90,6 +91,9 @@ def _kernel(stage, dtype, D):
     key = (stage, ctype, D)
     fn = _functions.get(key)
     if fn is None:
+        if ctype == "tgl::bf16" and int(backend.cupy().cuda.Device().compute_capability) < 80:
+            raise ValueError("flash attention in bfloat16 needs the bf16 tensor cores of sm_80 "
+                             "(Ampere) or newer; use float32 on this GPU")
         fn = _module(ctype).get_function(f"attention_{stage}<{ctype}, {D}>")
         need = smem_bytes(stage, dtype, D)
         if need > _DEFAULT_SMEM:

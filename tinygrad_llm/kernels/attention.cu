@@ -95,7 +95,11 @@ constexpr int BN = 32;          // rows of the streamed side per step
 template <typename E, int D> struct Stride {
     static constexpr int pad = sizeof(E) == 2 ? 2 : 1;
     static constexpr int LD = D + pad;   // a Q, K, V or dO row
-    static constexpr int LDP = BN + pad;  // a row of P or dS
+    static constexpr int LDP = BN + pad;  // a row of P or dS, or of a transposed tile
+    // bf16 backward: a second, transposed copy of the tiles read down their rows as the B of a
+    // product (K in dq; Q and dO in dkdv), so every fragment pair is one 4-byte load. The scalar
+    // float/double path reads elements one by one either way and skips the copy.
+    static constexpr bool transposed_copy = sizeof(E) == 2;
 };
 
 __device__ __forceinline__ int lane_id() { return threadIdx.x & 31; }
@@ -136,6 +140,8 @@ __device__ __forceinline__ void warp_mma(A (&acc)[NT][4], const E* a, int a_rs, 
 __device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, const unsigned* b) {
 #ifdef TGL_HOST_EMULATION
     ::tgl_emulated_mma_m16n8k16_bf16(c, a, b);  // the emulator's scalar model of the fragments
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();  // bf16 mma needs sm_80 or newer; the glue refuses bf16 on older GPUs
 #else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
@@ -149,6 +155,20 @@ __device__ __forceinline__ unsigned pack2(bf16 lo, bf16 hi) {
     return unsigned(lo.bits) | (unsigned(hi.bits) << 16);
 }
 
+// p[0] and p[stride] as one register (p[0] in the low half). With stride 1 the pair is adjacent
+// and starts at an even element (every row stride and tile offset is even for bf16), so it is
+// one aligned 4-byte load instead of two 2-byte loads.
+__device__ __forceinline__ unsigned pair(const bf16* p, int stride) {
+    if (stride != 1) return pack2(p[0], p[stride]);
+#ifdef TGL_HOST_EMULATION
+    unsigned r;
+    std::memcpy(&r, p, 4);
+    return r;
+#else
+    return *reinterpret_cast<const unsigned*>(p);
+#endif
+}
+
 // bf16: the same product on the tensor cores, 16 of K per mma. Fragments (PTX ISA, mma.m16n8k16):
 // A regs 0..3 hold (row g, cols 2t, 2t+1), (g + 8, same), (g, 2t + 8, 2t + 9), (g + 8, same);
 // B regs 0..1 hold (rows 2t, 2t + 1, col g), (rows 2t + 8, 2t + 9, col g). K is a multiple of 16.
@@ -159,13 +179,12 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], const bf16* a, int
     for (int k0 = 0; k0 < K; k0 += 16) {
         const bf16* a_lo = a + g * a_rs + (k0 + 2 * t) * a_cs;
         const bf16* a_hi = a_lo + 8 * a_rs;
-        const unsigned af[4] = {pack2(a_lo[0], a_lo[a_cs]), pack2(a_hi[0], a_hi[a_cs]),
-                                pack2(a_lo[8 * a_cs], a_lo[9 * a_cs]),
-                                pack2(a_hi[8 * a_cs], a_hi[9 * a_cs])};
+        const unsigned af[4] = {pair(a_lo, a_cs), pair(a_hi, a_cs), pair(a_lo + 8 * a_cs, a_cs),
+                                pair(a_hi + 8 * a_cs, a_cs)};
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
             const bf16* bp = b + (k0 + 2 * t) * b_ks + (8 * n + g) * b_ns;
-            const unsigned bf[2] = {pack2(bp[0], bp[b_ks]), pack2(bp[8 * b_ks], bp[9 * b_ks])};
+            const unsigned bf[2] = {pair(bp, b_ks), pair(bp + 8 * b_ks, b_ks)};
             mma_bf16(acc[n], af, bf);
         }
     }
@@ -184,6 +203,17 @@ __device__ __forceinline__ void load_rows(E* dst, const E* src, int row0, int ro
     for (int idx = threadIdx.x; idx < rows * D; idx += THREADS) {
         const int r = idx / D, c = idx % D;
         dst[r * LD + c] = row0 + r < T ? src[(long long)(row0 + r) * D + c] : E{};
+    }
+}
+
+// The same rows stored transposed: dst[c LDT + r] holds row r, column c (so a product that reads
+// the tile down its rows reads adjacent elements, one 4-byte load per bf16 pair).
+template <int D, int LDT, typename E>
+__device__ __forceinline__ void load_rows_transposed(E* dst, const E* src, int row0, int rows,
+                                                     int T) {
+    for (int idx = threadIdx.x; idx < rows * D; idx += THREADS) {
+        const int r = idx / D, c = idx % D;
+        dst[c * LDT + r] = row0 + r < T ? src[(long long)(row0 + r) * D + c] : E{};
     }
 }
 
@@ -234,8 +264,8 @@ __global__ void attention_forward(const E* __restrict__ q, const E* __restrict__
     int* seg_k = dynamic_smem<int>();                          // BN
     E* Qs = reinterpret_cast<E*>(seg_k + BN);                  // BM x LD
     E* Ks = Qs + BM * LD;                                      // BN x LD
-    E* Vs = Ks + BN * LD;                                      // BN x LD
-    E* Ps = Vs + BN * LD + (threadIdx.x >> 5) * 16 * LDP;      // this warp's 16 x LDP
+    E* Vt = Ks + BN * LD;                                      // D x LDP: V transposed
+    E* Ps = Vt + D * LDP + (threadIdx.x >> 5) * 16 * LDP;      // this warp's 16 x LDP
 
     const int warp = threadIdx.x >> 5, g = lane_id() >> 2, t = lane_id() & 3;
     const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BM, off = Tk - Tq;
@@ -259,7 +289,7 @@ __global__ void attention_forward(const E* __restrict__ q, const E* __restrict__
     for (int k0 = 0; k0 < kv_end; k0 += BN) {
         __syncthreads();  // the previous tile's readers are done
         load_rows<D, LD>(Ks, kb, k0, BN, Tk);
-        load_rows<D, LD>(Vs, vb, k0, BN, Tk);
+        load_rows_transposed<D, LDP>(Vt, vb, k0, BN, Tk);
         if (seg_b) load_seg(seg_k, seg_b, k0, BN, Tk, 0);
         __syncthreads();
 
@@ -301,7 +331,7 @@ __global__ void attention_forward(const E* __restrict__ q, const E* __restrict__
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
         __syncwarp();  // P is written by the whole warp before any lane reads it
-        warp_mma(acc, Ps, LDP, 1, Vs, LD, 1, BN);  // acc += P V (16 x D)
+        warp_mma(acc, Ps, LDP, 1, Vt, 1, LDP, BN);  // acc += P V (16 x D)
         __syncwarp();
     }
 
@@ -342,7 +372,11 @@ __global__ void attention_backward_dq(const E* __restrict__ q, const E* __restri
     E* dOs = Qs + BM * LD;                                     // BM x LD
     E* Ks = dOs + BM * LD;                                     // BN x LD
     E* Vs = Ks + BN * LD;                                      // BN x LD
-    E* dSs = Vs + BN * LD + (threadIdx.x >> 5) * 16 * LDP;     // this warp's 16 x LDP
+    constexpr bool TC = Stride<E, D>::transposed_copy;
+    E* Kt = Vs + BN * LD;                                      // D x LDP: K transposed (TC)
+    E* dSs = Kt + (TC ? D * LDP : 0) + (threadIdx.x >> 5) * 16 * LDP;  // this warp's 16 x LDP
+    const E* Kb = TC ? Kt : Ks;  // K as the B of dS K: B(key, d) = Kb[key kb_k + d kb_n]
+    constexpr int kb_k = TC ? 1 : LD, kb_n = TC ? LDP : 1;
 
     const int warp = threadIdx.x >> 5, g = lane_id() >> 2, t = lane_id() & 3;
     const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BM, off = Tk - Tq;
@@ -370,6 +404,7 @@ __global__ void attention_backward_dq(const E* __restrict__ q, const E* __restri
         __syncthreads();
         load_rows<D, LD>(Ks, kb, k0, BN, Tk);
         load_rows<D, LD>(Vs, vb, k0, BN, Tk);
+        if (TC) load_rows_transposed<D, LDP>(Kt, kb, k0, BN, Tk);
         if (seg_b) load_seg(seg_k, seg_b, k0, BN, Tk, 0);
         __syncthreads();
 
@@ -389,7 +424,7 @@ __global__ void attention_backward_dq(const E* __restrict__ q, const E* __restri
                 put(dSs + (g + 8 * r) * LDP + c, p * (dp[n][e] - delta_r[r]));  // dS
             }
         __syncwarp();
-        warp_mma(acc, dSs, LDP, 1, Ks, LD, 1, BN);  // dQ += dS K
+        warp_mma(acc, dSs, LDP, 1, Kb, kb_k, kb_n, BN);  // dQ += dS K
         __syncwarp();
     }
     store_rows<D>(dq + bh * Tq * D, acc, q0 + warp * 16, Tq, scale, scale);
@@ -412,7 +447,14 @@ __global__ void attention_backward_dkdv(const E* __restrict__ q, const E* __rest
     E* Vs = Ks + BM * LD;                                      // BM x LD
     E* Qs = Vs + BM * LD;                                      // BN x LD
     E* dOs = Qs + BN * LD;                                     // BN x LD
-    E* Ps = dOs + BN * LD + (threadIdx.x >> 5) * 16 * LDP;     // this warp's 16 x LDP
+    constexpr bool TC = Stride<E, D>::transposed_copy;
+    E* Qt = dOs + BN * LD;                                     // D x LDP: Q transposed (TC)
+    E* dOt = Qt + (TC ? D * LDP : 0);                          // D x LDP: dO transposed (TC)
+    E* Ps = dOt + (TC ? D * LDP : 0) + (threadIdx.x >> 5) * 16 * LDP;  // this warp's 16 x LDP
+    // Q and dO as the B of P^T dO and dS^T Q: B(query, d) = Xb[query b_k + d b_n]
+    const E* Qb = TC ? Qt : Qs;
+    const E* dOb = TC ? dOt : dOs;
+    constexpr int b_k = TC ? 1 : LD, b_n = TC ? LDP : 1;
 
     const int warp = threadIdx.x >> 5, g = lane_id() >> 2, t = lane_id() & 3;
     const int b = blockIdx.z, hk = blockIdx.y, k0 = blockIdx.x * BM, off = Tk - Tq;
@@ -439,6 +481,10 @@ __global__ void attention_backward_dkdv(const E* __restrict__ q, const E* __rest
             __syncthreads();
             load_rows<D, LD>(Qs, q + bh * Tq * D, i0, BN, Tq);
             load_rows<D, LD>(dOs, dout + bh * Tq * D, i0, BN, Tq);
+            if (TC) {
+                load_rows_transposed<D, LDP>(Qt, q + bh * Tq * D, i0, BN, Tq);
+                load_rows_transposed<D, LDP>(dOt, dout + bh * Tq * D, i0, BN, Tq);
+            }
             for (int idx = threadIdx.x; idx < BN; idx += THREADS) {
                 const bool in = i0 + idx < Tq;
                 lse_s[idx] = in ? lse[bh * Tq + i0 + idx] : A(0);
@@ -463,7 +509,7 @@ __global__ void attention_backward_dkdv(const E* __restrict__ q, const E* __rest
                     put(Ps + (g + 8 * r) * LDP + c, st[n][e]);
                 }
             __syncwarp();
-            warp_mma(dv_acc, Ps, LDP, 1, dOs, LD, 1, BN);  // dV += P^T dO
+            warp_mma(dv_acc, Ps, LDP, 1, dOb, b_k, b_n, BN);  // dV += P^T dO
             __syncwarp();  // every lane has read P^T before dS^T overwrites it
 #pragma unroll
             for (int n = 0; n < NT; ++n)
@@ -473,7 +519,7 @@ __global__ void attention_backward_dkdv(const E* __restrict__ q, const E* __rest
                     put(Ps + (g + 8 * r) * LDP + c, st[n][e] * (dpt[n][e] - delta_s[c]));
                 }
             __syncwarp();
-            warp_mma(dk_acc, Ps, LDP, 1, Qs, LD, 1, BN);  // dK += dS^T Q
+            warp_mma(dk_acc, Ps, LDP, 1, Qb, b_k, b_n, BN);  // dK += dS^T Q
             __syncwarp();
         }
     }
