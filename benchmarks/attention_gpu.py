@@ -8,7 +8,7 @@
 Speed: causal attention, B = 8, H = 12, D = 64 and 128, T = 512 .. 8192, forward and
 forward + backward, in TFLOP/s counting the useful work of a causal mask (4 B H T^2 D / 2 for the
 forward, 2.5 times that for the backward), each call timed with CUDA events, the contenders
-interleaved, median of --reps. Contenders in the same run and dtype:
+interleaved, median of --reps (fewer for calls that take seconds). Contenders in the same run and dtype:
   ours      flash_attention_forward / _backward (tinygrad_llm/cuda/attention.py)
   unfused   plain CuPy with the (B, H, T, T) scores in memory (cuBLAS matmuls, softmax by
             elementwise ops): the path the kernel replaces; float32 only unless CuPy can multiply
@@ -113,13 +113,13 @@ def reference64(cp, q, k, v, do, causal, scale, seg):
     return o, lse, dq, dk, dv
 
 
-def check(cp):
+def check(cp, dims=(32, 64, 128), Ts=(1, 7, 64, 257, 1024, 4096)):
     """Correctness sweep; returns the rows for the results file and whether every case passed."""
     rng = np.random.default_rng(0)
     rows, ok = [], True
     for dtype in (np.dtype(np.float32), bf16()):
-        for D in (32, 64, 128):
-            for T in (1, 7, 64, 257, 1024, 4096):
+        for D in dims:
+            for T in Ts:
                 B, H, Hkv = (2, 4, 2) if T <= 1024 else (1, 4, 2)
                 q, do = (rand(cp, (B, H, T, D), dtype, rng) for _ in range(2))
                 k, v = (rand(cp, (B, Hkv, T, D), dtype, rng) for _ in range(2))
@@ -150,12 +150,19 @@ def check(cp):
 
 
 # --- timing ---------------------------------------------------------------------------------------
-def median_ms(cp, fns, reps, warmup=1):
-    """Median ms per call of each fn, the calls interleaved so drift hits them all alike."""
+def median_ms(cp, fns, reps, warmup=1, budget_ms=8000):
+    """Median ms per call of each fn, the calls interleaved so drift hits them all alike. Slow
+    calls (seconds at T = 8192 in float32) get fewer reps: about budget_ms per fn, at least 2."""
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    slowest = 0.0
     for fn in fns.values():
         for _ in range(warmup):
+            start.record()
             fn()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
+            end.record()
+            end.synchronize()
+            slowest = max(slowest, cp.cuda.get_elapsed_time(start, end))
+    reps = max(2, min(reps, int(budget_ms / max(slowest, 1e-3))))
     times = {k: [] for k in fns}
     for _ in range(reps):
         for k, fn in fns.items():

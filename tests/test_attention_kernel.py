@@ -267,6 +267,41 @@ def test_backward_is_bit_identical_between_runs(dev):
         assert np.array_equal(a.view(np.uint32), Device.host(b).view(np.uint32))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_attention_op_runs_this_kernel(dev, dtype, monkeypatch):
+    """F.scaled_dot_product_attention on device arrays reaches the kernel through the op's
+    dispatch (ops/attention.py), with GQA, a KV-cache offset and documents, and its values and
+    gradients match the float64 reference."""
+    import tinygrad_llm.functional as F
+    from tinygrad_llm import Tensor
+    launched = []
+    kernel = fa._kernel
+    monkeypatch.setattr(fa, "_kernel", lambda stage, dt, D: launched.append(stage) or kernel(stage, dt, D))
+    dt = DTYPES[dtype]
+    q, k, v, do, seg = _inputs(1, 4, 2, 9, 12, 32, dt, 7, True)
+    want = reference(q, k, v, do, True, 0.25, seg)
+    ts = [Tensor(dev.put(a), requires_grad=True) for a in (q, k, v)]
+    out = F.scaled_dot_product_attention(*ts, causal=True, scale=0.25, segment_ids=dev.put(seg))
+    (out * Tensor(dev.put(do))).sum().backward()
+    assert {"forward", "backward_dq", "backward_dkdv"} <= set(launched)
+    for got, w, what in zip([out] + [t.grad for t in ts], (want[0],) + want[2:],
+                            ("o", "dq", "dk", "dv")):
+        _compare(got.data, w, dt, what)
+
+
+def test_the_gpu_benchmark_check_runs(dev):
+    """benchmarks/attention_gpu.py --check, at one small size: its reference, its comparisons
+    and its repeat-run test work (on the GPU it runs the full sweep)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "attention_gpu.py"
+    spec = importlib.util.spec_from_file_location("attention_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows, ok = bench.check(dev.xp, dims=(32,), Ts=(7,))
+    assert ok and len(rows) == 2 and all(r["bit_identical"] for r in rows)
+
+
 def test_bad_shapes_are_refused_with_the_shapes(dev):
     q = dev.put(np.zeros((1, 3, 4, 32), np.float32))
     k = dev.put(np.zeros((1, 2, 4, 32), np.float32))
