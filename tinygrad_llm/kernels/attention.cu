@@ -27,7 +27,10 @@
 // t = lane % 4) holds rows g and g + 8, columns 8n + 2t and 8n + 2t + 1 of n-tile n. For bf16 the
 // product is mma.sync; for float and double it is the same layout computed with scalar FMAs, so
 // the softmax code after it is shared by all three types. A row's four lanes (one quad) reduce
-// with two shuffles.
+// with two shuffles. A bf16 fragment register holds two elements adjacent along k; where a
+// product reads a tile down its rows (P V, dS K, P^T dO, dS^T Q) that tile is stored transposed
+// (the forward's V for every type; in the backward a second copy of K, Q and dO, bf16 only), so
+// each pair is one 4-byte shared-memory load.
 //
 // Forward: the online-softmax recurrence. For each query row keep m (the running max of the
 // scaled scores), l (the running sum of exp(s - m)) and the unnormalised output acc. For each key
@@ -58,7 +61,7 @@
 // above the 48 KiB default for D = 128 and for double; the glue raises the kernel's limit.
 //
 // Must match: attention_forward_cpu / attention_backward_cpu in tinygrad_llm/ops/attention.py
-// (and the float64 reference in tests/test_attention_kernel.py, which adds segment ids).
+// (segment ids included), and the float64 reference in tests/test_attention_kernel.py.
 #include "common.cuh"
 
 namespace tgl {
