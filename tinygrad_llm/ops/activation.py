@@ -39,34 +39,30 @@ def erf(x):
         return _erf(x)
 
 
+def _rational(z, num, den):
+    """Cody's rational function of z, both polynomials by Horner's rule:
+    (((num[-1] z + num[0]) z + num[1]) z ... + num[n]) / (((z + den[0]) z + den[1]) z ... + den[n])
+    with n = len(den) - 1 (the denominator's leading coefficient is 1)."""
+    n = len(den) - 1
+    p, q = num[-1] * z, z.copy()
+    for a, b in zip(num[:n], den[:n]):
+        p += a
+        p *= z
+        q += b
+        q *= z
+    return (p + num[n]) / (q + den[n])
+
+
 def _erf(x):
     xp = array_module(x)
     y = xp.abs(x)
     z = y * y
-    num, den = _A[4] * z, z.copy()
-    for a, b in zip(_A[:3], _B[:3]):
-        num += a
-        num *= z
-        den += b
-        den *= z
-    small = x * (num + _A[3]) / (den + _B[3])
+    small = x * _rational(z, _A, _B)
     ym = xp.minimum(y, 4.0)  # clamped so the unused branch cannot overflow
-    num, den = _C[8] * ym, ym.copy()
-    for c, d in zip(_C[:7], _D[:7]):
-        num += c
-        num *= ym
-        den += d
-        den *= ym
-    erfc = (num + _C[7]) / (den + _D[7])
+    erfc = _rational(ym, _C, _D)
     yb = xp.maximum(y, 4.0)
     w = 1.0 / (yb * yb)
-    num, den = _P[5] * w, w.copy()
-    for p, q in zip(_P[:4], _Q[:4]):
-        num += p
-        num *= w
-        den += q
-        den *= w
-    erfc_big = (_RSQRTPI - w * (num + _P[4]) / (den + _Q[4])) / yb
+    erfc_big = (_RSQRTPI - w * _rational(w, _P, _Q)) / yb
     erfc = xp.where(y <= 4.0, erfc, erfc_big)
     erfc *= xp.exp(-z)  # erfc(y) = exp(-y^2) R(y) on both outer intervals
     big = xp.copysign(1.0 - erfc, x)
