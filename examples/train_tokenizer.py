@@ -3,48 +3,21 @@
     python examples/train_tokenizer.py                         # vocab 1024, GPT-4 pattern
     python examples/train_tokenizer.py --vocab-size 4096 --out shakespeare_tok.json
 
-The text is found at --data, else $TINYGRAD_LLM_DATA (the file, or a folder holding
-tinyshakespeare.txt), else ../shared/data/tinyshakespeare.txt beside the checkout, else it is
-downloaded once into ~/.cache/tinygrad_llm/.
+The text is found as `python -m tinygrad_llm train` finds it: --data, else $TINYGRAD_LLM_DATA
+(the file, or a folder holding tinyshakespeare.txt), else the copy downloaded once into
+~/.cache/tinygrad_llm/.
 """
 import argparse
-import os
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tinygrad_llm.cli.train import find_text  # noqa: E402
 from tinygrad_llm.tokenizer import BPETokenizer  # noqa: E402
 from tinygrad_llm.tokenizer.io import render_token  # noqa: E402
-
-URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-NAME = "tinyshakespeare.txt"
-
-
-def find_data(path=None):
-    """The tiny Shakespeare file: explicit path, $TINYGRAD_LLM_DATA, the shared folder, or the cache."""
-    if path is not None:
-        return Path(path)
-    env = os.environ.get("TINYGRAD_LLM_DATA")
-    if env:
-        p = Path(env)
-        return p / NAME if p.is_dir() else p
-    shared = ROOT.parent / "shared" / "data" / NAME
-    if shared.is_file():
-        return shared
-    cached = Path.home() / ".cache" / "tinygrad_llm" / NAME
-    if not cached.is_file():
-        print(f"downloading tiny Shakespeare from {URL}\n  into {cached} (once; pass --data to use "
-              "a local copy)", file=sys.stderr)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(cached.name + ".part")
-        urllib.request.urlretrieve(URL, tmp)
-        os.replace(tmp, cached)  # a cut download never poses as the real file
-    return cached
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -57,7 +30,7 @@ def main():
     ap.add_argument("--show", type=int, default=12, help="how many merges to print")
     args = ap.parse_args()
 
-    path = find_data(args.data)
+    path = find_text(args.data, log=lambda msg: print(msg, file=sys.stderr))
     if not path.is_file():
         sys.exit(f"no text file at {path}")
     text = path.read_text(encoding="utf-8")
