@@ -20,7 +20,14 @@ import time
 from . import backend
 
 _grad_enabled = True
-Tensor = None  # set by tensor.py once Tensor exists (tensor.py imports this module first)
+Tensor = None  # the class Function.apply builds its outputs with: register_tensor_class sets it
+
+
+def register_tensor_class(cls):
+    """Called once by tensor.py, which imports this module first: the walk and Function.apply
+    need the Tensor class, and importing tensor.py from here would be a cycle."""
+    global Tensor
+    Tensor = cls
 # Hooks for the study tools, set only through the functions below (read on the hot paths)
 _observers = []  # callables(ctx, dy, dxs, seconds) called per node during backward (the tracer)
 _scope_hook = None  # callable(ctx, out) called per op while a study.scope is open (graph clusters)
