@@ -1,6 +1,8 @@
 """The training loop: exact resume, Ctrl-C, non-finite loss, metrics.jsonl, schedules, the health hook."""
 import json
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ import pytest
 from tinygrad_llm import optim
 from tinygrad_llm.checkpoint import load_checkpoint
 from tinygrad_llm.data import TokenData
+from tinygrad_llm.runs import RunError
 from tinygrad_llm.train import TrainConfig, Trainer, lr_factor
 
 MODEL = dict(block_size=8, n_layer=1, n_head=2, n_embd=16)
@@ -40,20 +43,20 @@ def test_resume_is_bit_identical(tmp_path, opt):
     first = Trainer(cfg(b_dir, optimizer=opt, model={**MODEL, "dropout": 0.1}), data=make_data(), log=lambda m: None)
     step = first.train_step
 
-    def interrupt_at_5():
+    def interrupt_at_5():  # Ctrl-C in the middle of step 6: it finishes, then the run stops
         if first.step == 5:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
         return step()
     first.train_step = interrupt_at_5
     assert first.run()["status"] == "interrupted"
-    assert load_checkpoint(b_dir / "ckpt.safetensors")["step"] == 5
+    assert load_checkpoint(b_dir / "ckpt.safetensors")["step"] == 6
     resumed = Trainer(cfg(b_dir, optimizer=opt, model={**MODEL, "dropout": 0.1}), data=make_data(sampler_seed=9),  # state comes from the checkpoint
                       log=lambda m: None)
     summary = resumed.run(resume=True)
     assert summary["status"] == "done" and summary["step"] == 8
     la, lb = losses(a_dir), losses(b_dir)
     assert sorted(lb) == list(range(1, 9))  # the metrics file continues where it stopped
-    for s in range(6, 9):
+    for s in range(7, 9):
         assert la[s] == lb[s], (s, la[s], lb[s])  # bit-identical, not merely close
     np.testing.assert_array_equal(full.model.state_dict()["transformer.h.0.mlp.c_fc.weight"],
                                   resumed.model.state_dict()["transformer.h.0.mlp.c_fc.weight"])
@@ -147,7 +150,7 @@ def test_schedules():
 
 
 def test_resume_without_checkpoint_is_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(RunError, match="no checkpoint"):
         Trainer(cfg(tmp_path), data=make_data(), log=lambda m: None).run(resume=True)
 
 

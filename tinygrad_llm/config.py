@@ -1,4 +1,6 @@
 """Configs as dataclasses that round-trip through JSON (checkpoints, the CLI, metrics files)."""
+import math
+import numbers
 from dataclasses import asdict, fields
 
 
@@ -16,3 +18,21 @@ class DictConfig:
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known: {sorted(known)}")
         return cls(**d)
+
+
+def check_range(label, value, interval):
+    """Raise ValueError naming `label` unless value is a finite number inside `interval`,
+    written as in maths: "[1, inf)", "(0, inf)", "[0, 1)", "(0, 1]".
+
+    >>> check_range("lr", float("nan"), "(0, inf)")
+    Traceback (most recent call last):
+    ...
+    ValueError: lr nan: must be a finite number in (0, inf)
+    """
+    lo, hi = (float(s) for s in interval[1:-1].split(","))
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (lo < value if interval[0] == "(" else lo <= value) and \
+             (value < hi if interval[-1] == ")" else value <= hi)
+    if not ok:
+        raise ValueError(f"{label} {value!r}: must be a finite number in {interval}")

@@ -11,9 +11,10 @@ eval_every steps the loss on a fixed set of validation batches and its bits per 
 
 Checkpoints (<out_dir>/ckpt.safetensors, see checkpoint.py) hold the weights, the optimizer
 state, the RNG state of initialisation/dropout, the data sampler's state (its RNG state, or its
-position in a shard folder: shard_data.py) and the step, so a resumed
-run draws the same batches and produces bit-identical losses. Ctrl-C saves one and exits; a
-non-finite loss stops the run and leaves the last good checkpoint untouched.
+position in a shard folder: shard_data.py) and the step, so a resumed run draws the same batches
+and produces bit-identical losses. Ctrl-C (or SIGTERM) stops the run at the next step boundary
+and saves one; a non-finite loss stops the run and leaves the last good checkpoint untouched.
+The run folder's lock, its guards and the resume checks live in runs.py.
 
 Under `mpirun -n N` (distributed.py, data_parallel.py) each rank draws batch_size windows of its
 own (its sampler seeded by rank), so the global batch is N x batch_size; the gradients are
@@ -34,14 +35,14 @@ import numpy as np
 from . import backend, distributed, parallel
 from .autocast import check_training_dtype, training_precision
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import DictConfig
+from .config import DictConfig, check_range
 from .cuda import syncs
 from .data import bits_per_byte, document_segments, open_token_data
 from .data_parallel import DataParallel, seed_rank, share_cores
 from .models import GPT, GPTConfig
+from .runs import (CKPT_NAME, METRICS_NAME, RunError, StopOnSignal, check_resume, clear_old_run,
+                   open_run_dir, trim_metrics)
 from .tensor import Tensor
-
-CKPT_NAME = "ckpt.safetensors"
 
 
 @dataclass
@@ -82,18 +83,24 @@ class TrainConfig(DictConfig):
     doc_mask: bool = False       # attention stays within each document (<|endoftext|> separates
                                  # them; the data must say its id: a shard folder does)
 
+    # field -> the interval validate() accepts (the CLI checks its numeric flags against it too)
+    LIMITS = {"batch_size": "[1, inf)", "grad_accum": "[1, inf)", "max_iters": "[1, inf)",
+              "max_seconds": "[0, inf)", "lr": "(0, inf)", "muon_lr": "(0, inf)", "muon_momentum": "[0, 1)",
+              "min_lr_ratio": "[0, 1]", "warmup_iters": "[0, inf)", "decay_frac": "[0, 1]",
+              "weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)", "grad_clip": "[0, inf)",
+              "eval_every": "[0, inf)", "eval_iters": "[1, inf)", "log_every": "[1, inf)",
+              "checkpoint_every": "[0, inf)", "val_fraction": "(0, 1)", "health_every": "[0, inf)",
+              "shards": "[0, inf)"}
+
     def validate(self):
         if self.optimizer not in ("adamw", "muon"):
             raise ValueError(f"TrainConfig: optimizer={self.optimizer!r}; expected 'adamw' or 'muon'")
         if self.schedule not in ("cosine", "wsd", "constant"):
             raise ValueError(f"TrainConfig: schedule={self.schedule!r}; expected cosine, wsd or constant")
-        for name in ("batch_size", "grad_accum", "eval_iters"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
-        if self.max_iters < 0 or self.warmup_iters < 0:
-            raise ValueError("TrainConfig: max_iters and warmup_iters must be >= 0")
-        if self.shards < 0:
-            raise ValueError(f"TrainConfig: shards must be >= 0 (0: one per core), got {self.shards}")
+        if self.final_eval not in ("full", "sample"):
+            raise ValueError(f"TrainConfig: final_eval={self.final_eval!r}; expected 'full' or 'sample'")
+        for name, interval in self.LIMITS.items():
+            check_range(f"TrainConfig.{name}", getattr(self, name), interval)
         if self.zero not in (0, 1):
             raise ValueError(f"TrainConfig: zero must be 0 (off) or 1 (ZeRO-1), got {self.zero}")
         try:
@@ -224,16 +231,17 @@ class Trainer:
                         step=self.step, config=self.model_config.to_dict(), rng=rng, extra=extra)
 
     def load(self, path=None):
+        """Continue from a checkpoint: refused (naming each field) if its model or optimizer
+        differs from this run's; other changed settings (lr, max_iters, ...) are logged."""
         ck = load_checkpoint(path or self.ckpt_path)
-        if ck["config"] != self.model_config.to_dict():
-            raise ValueError(f"checkpoint model config {ck['config']} differs from this run's "
-                             f"{self.model_config.to_dict()}")
+        check_resume((ck["extra"] or {}).get("train_config"), ck["config"], self.cfg.to_dict(),
+                     self.model_config.to_dict(), log=self.log)
         self.model.load_state_dict(ck["model"])
         self.dp.load_optimizer_state_dict(ck["optimizer"])
         rng = ck["rng"]
         ranks = rng.get("ranks", [rng])
         if len(ranks) != self.world.size:
-            raise ValueError(f"checkpoint written by {len(ranks)} rank(s), resumed on {self.world.size}: "
+            raise RunError(f"checkpoint written by {len(ranks)} rank(s), resumed on {self.world.size}: "
                              f"each rank's data order is in the checkpoint; resume on {len(ranks)}")
         backend.set_rng_state(ranks[self.world.rank]["global"])
         self.data.set_state(ranks[self.world.rank]["data"])
@@ -351,30 +359,78 @@ class Trainer:
             frac = self.world.sum(frac if self.world.is_main else 0.0)
         return frac
 
-    def run(self, resume=False):
-        """Train to max_iters; returns a summary dict (status, step, val_loss, val_bpb, ...)."""
-        cfg = self.cfg
-        main = self.world.is_main
-        if main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path = self.out_dir / "metrics.jsonl"
+    def run(self, resume=False, overwrite=False):
+        """Train to max_iters; returns a summary dict (status, step, val_loss, val_bpb, ...).
+
+        The run folder is locked for the run (runs.py). A fresh run refuses a folder that holds a
+        checkpoint unless overwrite; resume continues from it. Ctrl-C or SIGTERM stop the run at
+        the next step boundary with a checkpoint (status "interrupted"); a second Ctrl-C stops it
+        at once without one (status "aborted"), the last checkpoint left as it was.
+        """
+        lock = self._open_run_dir(resume, overwrite)
+        try:
+            self._start(resume)
+            with StopOnSignal() as stop:
+                return self._loop(stop)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _open_run_dir(self, resume, overwrite):
+        """Rank 0 locks and checks the folder; under mpirun every rank learns whether it may go on."""
+        lock, error = None, None
+        if self.world.is_main:
+            try:
+                lock = open_run_dir(self.out_dir, resume=resume, overwrite=overwrite, log=self.log)
+            except RunError as e:
+                if self.world.size == 1:
+                    raise
+                error = str(e)
+        if self.world.size > 1:
+            error = self.world.allgather_json(error)[0]
+            if error is not None:
+                if lock is not None:
+                    lock.release()
+                raise RunError(error)
+        return lock
+
+    def _start(self, resume):
+        metrics_path = self.out_dir / METRICS_NAME
         if resume:
-            if not self.ckpt_path.exists():
-                raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_path}")
             self.load()
-            self.log(f"resumed from {self.ckpt_path} at step {self.step}")
-        elif main and metrics_path.exists():
-            metrics_path.unlink()
+            dropped = trim_metrics(metrics_path, self.step) if self.world.is_main else 0
+            self.log(f"resumed from {self.ckpt_path} at step {self.step}"
+                     + (f" ({dropped} metrics records past it dropped)" if dropped else ""))
+        elif self.world.is_main:
+            clear_old_run(self.out_dir)
         T = self.model_config.block_size
-        tokens_per_step = cfg.batch_size * T * cfg.grad_accum * self.world.size  # the global batch
         self.log(f"model: {self.model.num_parameters():,} parameters, {self.model_config.n_layer} layers, "
                  f"{self.model_config.n_embd} wide, vocab {self.model_config.vocab_size}, T={T}; "
-                 f"{tokens_per_step:,} tokens/step, {cfg.max_iters} steps, {cfg.optimizer}")
+                 f"{self._tokens_per_step():,} tokens/step, {self.cfg.max_iters} steps, {self.cfg.optimizer}")
         if self.dp.active:
             self._log_data_parallel()
+        if self.step >= self.cfg.max_iters:
+            self.log(f"nothing to train: the checkpoint is at step {self.step} and max_iters is "
+                     f"{self.cfg.max_iters} (raise --max-iters to train further)")
+
+    def _tokens_per_step(self):
+        cfg = self.cfg
+        return cfg.batch_size * self.model_config.block_size * cfg.grad_accum * self.world.size  # the global batch
+
+    def _stop_requested(self, stop):
+        """Whether to stop now; under mpirun the ranks agree (a signal may reach them at different steps)."""
+        if self.world.size == 1:
+            return stop.requested is not None
+        return self.world.sum(1.0 if stop.requested else 0.0) > 0
+
+    def _loop(self, stop):
+        cfg = self.cfg
+        tokens_per_step = self._tokens_per_step()
         status, window, window_t = "done", [], time.perf_counter()
         self._run_start = window_t
-        with open(metrics_path if main else os.devnull, "a") as metrics:  # rank 0 alone writes
+        saved_step = None
+        # rank 0 alone writes
+        with open(self.out_dir / METRICS_NAME if self.world.is_main else os.devnull, "a") as metrics:
             def emit(record):
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
@@ -406,6 +462,7 @@ class Trainer:
                         average = np.mean if self.cfg.device != "cpu" else np.median
                         ms = 1000 * float(average(window)) if window else 0.0
                         tps = tokens_per_step / (ms / 1000) if ms else 0.0
+                        lrs = self._learning_rates()
                         lr = self.optimizer.param_groups[0]["lr"]
                         line = (f"step {self.step:5d} | loss {loss:.4f} | lr {lr:.2e} | "
                                 f"{ms:6.1f} ms/step | {tps:8,.0f} tok/s")
@@ -413,8 +470,8 @@ class Trainer:
                             line += f" | val {val_loss:.4f} ({val_bpb:.3f} bits/byte)"
                         self.log(line)
                         record = {"step": self.step, "train_loss": loss, "val_loss": val_loss,
-                                  "val_bpb": val_bpb, "lr": lr, "tokens_per_s": tps, "ms_per_step": ms,
-                                  "elapsed_s": round(self.elapsed, 3)}
+                                  "val_bpb": val_bpb, "lr": lr, "lrs": lrs, "tokens_per_s": tps,
+                                  "ms_per_step": ms, "elapsed_s": round(self.elapsed, 3)}
                         if health is not None:
                             record["health"] = health
                         emit(record)
@@ -424,24 +481,39 @@ class Trainer:
                             loss = syncs.read(loss)
                             self._check_finite(loss)
                         self.save()
+                        saved_step = self.step
                     if last:
+                        break
+                    if self._stop_requested(stop):  # the step is whole: weights, optimizer, RNGs, counter agree
+                        if saved_step != self.step:
+                            if not isinstance(loss, float):  # never save a step whose loss is unread
+                                loss = syncs.read(loss)
+                                self._check_finite(loss)
+                            self.save()
+                        self.log(f"interrupted ({stop.requested or 'another rank'}): checkpoint saved at step "
+                                 f"{self.step} to {self.ckpt_path} (continue with --resume)")
+                        status = "interrupted"
                         break
             except KeyboardInterrupt:
                 if self.world.size > 1:  # the ranks stopped at different points: no collective save
-                    self.log(f"interrupted: the last checkpoint in {self.out_dir} stands")
+                    self.log(f"aborted: the last checkpoint in {self.out_dir} stands")
                     self.world.abort(130)
-                self.save()
-                self.log(f"interrupted: checkpoint saved at step {self.step} to {self.ckpt_path} "
-                         "(continue with --resume)")
-                status = "interrupted"
+                self.log(f"aborted by a second Ctrl-C: no checkpoint written for step {self.step}; "
+                         f"{self.ckpt_path} holds the last one saved")
+                status = "aborted"
             except TrainingDiverged as e:
                 self.log(f"stopped: {e}")
                 status = "diverged"
-        summary = {"status": status, "step": self.step, "elapsed_s": self.elapsed,
-                   "val_loss": self.last_val and self.last_val["val_loss"],
-                   "val_bpb": self.last_val and self.last_val["val_bpb"],
-                   "checkpoint": str(self.ckpt_path), "wall_s": time.perf_counter() - window_t}
-        return summary
+        last_val = self.last_val or {}
+        return {"status": status, "step": self.step, "elapsed_s": self.elapsed,
+                "val_loss": last_val.get("val_loss"), "val_bpb": last_val.get("val_bpb"),
+                "val_step": last_val.get("step"), "checkpoint": str(self.ckpt_path),
+                "wall_s": time.perf_counter() - window_t}
+
+    def _learning_rates(self):
+        """{optimizer name: its current lr}: Muon and AdamW under "muon" run at their own rates."""
+        parts = getattr(self.optimizer, "optimizers", None) or [self.optimizer]
+        return {type(o).__name__: o.param_groups[0]["lr"] for o in parts if o is not None and o.param_groups}
 
 
 def load_model(path, device="cpu"):
