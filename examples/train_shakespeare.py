@@ -8,15 +8,12 @@
 
 Same as `python -m tinygrad_llm train`; all flags: --help.
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from tinygrad_llm.cli import train  # noqa: E402
+from tinygrad_llm.__main__ import main  # noqa: E402
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_arguments(parser)
-    sys.exit(train.main(parser.parse_args()))
+    sys.exit(main(["train", *sys.argv[1:]]))

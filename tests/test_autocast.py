@@ -159,5 +159,6 @@ def test_cli_refuses_bf16_on_the_cpu(command, tmp_path):
     cli.add_arguments(parser)
     args = parser.parse_args(["--dtype", "bf16", "--device", "cpu"]
                              + (["--out-dir", str(tmp_path)] if command == "train" else []))
-    with pytest.raises(SystemExit, match=r"--dtype bf16 runs on the GPU only \(--device cuda\)"):
+    from tinygrad_llm.cli.common import UsageError
+    with pytest.raises(UsageError, match=r"--dtype bf16 runs on the GPU only \(--device cuda\)"):
         cli.main(args)

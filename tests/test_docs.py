@@ -135,7 +135,7 @@ ROOMS = [
     {"backend", "autograd", "tensor", "ops", "functional", "gradcheck", "cuda", "kernels", "blas",
      "files", "distributed", "autocast"},
     {"nn", "optim", "study"},
-    {"tokenizer", "models", "data", "shard_data", "train", "parallel", "checkpoint", "safetensors", "config", "finetune",
+    {"tokenizer", "models", "data", "shard_data", "train", "runs", "parallel", "checkpoint", "safetensors", "config", "finetune",
      "data_parallel"},
     {"cli", "__main__", "__init__"},
 ]

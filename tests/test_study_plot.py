@@ -40,24 +40,53 @@ def test_plot_writes_a_png(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def _png_height(path):
+    return int.from_bytes(path.read_bytes()[20:24], "big")  # IHDR: width, then height
+
+
 def test_plot_without_health_records_and_to_a_chosen_file(tmp_path):
     pytest.importorskip("matplotlib")
     _write_metrics(tmp_path / "m.jsonl", health_every=10 ** 6)
     out = tmp_path / "pic.png"
-    assert cli(["plot", str(tmp_path / "m.jsonl"), "--out", str(out), "--smooth", "5"]) == 0
+    assert cli(["plot", str(tmp_path / "m.jsonl"), "--out", str(out), "--smooth", "5", "--dpi", "50"]) == 0
     assert out.read_bytes()[:8] == PNG_MAGIC
+    # one row of three panels: no empty health panels below them
+    assert _png_height(out) < 0.6 * 8.5 * 50
+    _write_metrics(tmp_path / "h.jsonl", health_every=5)
+    assert cli(["plot", str(tmp_path / "h.jsonl"), "--out", str(out), "--dpi", "50"]) == 0
+    assert _png_height(out) > 0.9 * 8.5 * 50
+
+
+def test_plot_draws_each_optimizers_learning_rate(tmp_path):
+    from tinygrad_llm.cli.plot import _lr_series
+    recs = [{"step": s, "lr": 1e-3 * s, "lrs": {"Muon": 0.02 * s, "AdamW": 1e-3 * s}} for s in (1, 2)]
+    assert _lr_series(recs) == {"Muon": ([1, 2], [0.02, 0.04]), "AdamW": ([1, 2], [1e-3, 2e-3])}
+    assert _lr_series([{"step": 1, "lr": 0.5}]) == {"lr": ([1], [0.5])}  # files from before "lrs"
+    pytest.importorskip("matplotlib")
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert cli(["plot", str(tmp_path)]) == 0
+
+
+def test_plot_counts_a_step_logged_twice_once(tmp_path):
+    from tinygrad_llm.cli.plot import read_metrics
+    steps = [1, 2, 3, 4, 3, 4, 5]  # killed after logging 4, resumed from the checkpoint at 2
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"step": s, "train_loss": float(i)}) + "\n"
+                                              for i, s in enumerate(steps)))
+    recs = read_metrics(tmp_path / "m.jsonl")
+    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5] and recs[2]["train_loss"] == 4.0
 
 
 def test_plot_explains_a_missing_file(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    assert cli(["plot", str(tmp_path)]) == 1
-    assert "no metrics file" in capsys.readouterr().err
+    assert cli(["plot", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no metrics file") and err.count("\n") == 1
 
 
 def test_plot_explains_missing_matplotlib(tmp_path, monkeypatch, capsys):
     _write_metrics(tmp_path / "metrics.jsonl")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
-    assert cli(["plot", str(tmp_path)]) == 1
+    assert cli(["plot", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "matplotlib" in err and "pip install" in err
     assert not (tmp_path / "metrics.png").exists()

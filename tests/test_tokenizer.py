@@ -116,7 +116,10 @@ def test_specials_are_not_merged_into_text():
 
 
 def test_small_corpus_stops_early():
-    tok = BPETokenizer.train("abc", vocab_size=1000, pattern="gpt4", special_tokens=["<|endoftext|>"])
+    with pytest.raises(TokenizerError, match="vocab_size 1000 cannot be reached.*vocabulary of 259"):
+        BPETokenizer.train("abc", vocab_size=1000, pattern="gpt4", special_tokens=["<|endoftext|>"], strict=True)
+    with pytest.warns(UserWarning, match="vocab_size 1000 cannot be reached.*has 259 tokens"):
+        tok = BPETokenizer.train("abc", vocab_size=1000, pattern="gpt4", special_tokens=["<|endoftext|>"])
     assert len(tok.merges) == 2 and tok.special_tokens == {"<|endoftext|>": 258}
     assert tok.vocab_size == 259
 
@@ -272,7 +275,7 @@ def test_cli_train_and_encode(tmp_path):
     tok = BPETokenizer.load(tmp_path / "tok.json")
     assert list(ids) == tok.encode(CORPUS, allowed_special="all") and meta["tokenizer"] == "tok.json"
     r = _cli("train", "--input", "in.txt", "--vocab-size", 10, "--out", "x.json", cwd=tmp_path)
-    assert r.returncode == 1 and "vocab_size 10" in r.stderr
+    assert r.returncode == 2 and "vocab_size 10" in r.stderr
 
 
 def test_docstring_examples():

@@ -18,21 +18,42 @@ COMMANDS = {
 
 
 def main(argv=None):
+    """Run one command; returns the exit status: 0, 2 for a user error (one `error:` line on
+    stderr), 130 when Ctrl-C stopped it, or the command's own status."""
+    from .cli.common import DefaultsHelpFormatter, UsageError
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m tinygrad_llm")
     sub = parser.add_subparsers(dest="command", metavar="|".join(COMMANDS))
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] not in COMMANDS:
+    if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}; the commands are {', '.join(COMMANDS)} "
+              "(python -m tinygrad_llm --help)", file=sys.stderr)
+        return 2
     from . import backend
     backend.keep_freed_memory()  # a process of our own: the malloc setting is ours to make
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    command_parser = argparse.ArgumentParser(prog=f"python -m tinygrad_llm {argv[0]}")
+    command_parser = argparse.ArgumentParser(prog=f"python -m tinygrad_llm {argv[0]}",
+                                             formatter_class=DefaultsHelpFormatter)
     module.add_arguments(command_parser)
+    command_parser.add_argument("--debug", action="store_true",
+                                help="show the full traceback of an error instead of one line")
     args = command_parser.parse_args(argv[1:])
-    return module.main(args) or 0
+    try:
+        return module.main(args) or 0
+    except UsageError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

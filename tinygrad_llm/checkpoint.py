@@ -121,3 +121,20 @@ def load_checkpoint(path):
     optim = decode_state(meta["optimizer"], tensors) if meta.get("optimizer") is not None else None
     return {"model": model, "optimizer": optim, "step": meta["step"], "config": meta.get("config"),
             "rng": meta.get("rng"), "extra": meta.get("extra")}
+
+
+def read_checkpoint_meta(path):
+    """The step, model config, RNG states and extra of a checkpoint, from its header alone (no
+    tensor is read): what `train --resume` compares with its flags before loading anything."""
+    try:
+        _, metadata, _, _ = safetensors.read_header(path)
+        meta = json.loads(metadata["tinygrad_llm"])
+    except SafetensorsError as e:
+        raise CheckpointError(f"checkpoint {path} is unusable: {e}") from None
+    except KeyError:
+        raise CheckpointError(f"{path} is a safetensors file but not a tinygrad_llm checkpoint") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {path}: metadata is not valid JSON ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}; this code reads {FORMAT}")
+    return {k: meta.get(k) for k in ("step", "config", "rng", "extra")}

@@ -37,8 +37,15 @@ class Tensor:
             arr = data if dtype is None else data.astype(dtype, copy=False)
         elif isinstance(data, np.generic):
             arr = np.asarray(data, dtype=dtype)
+        elif data is None or isinstance(data, (str, bytes)):
+            raise TypeError(f"Tensor: cannot make a tensor from {data!r}; pass numbers, a list or an array")
         else:  # Python lists, tuples and scalars: float32 unless told otherwise
-            arr = np.asarray(data, dtype=backend.resolve_dtype(dtype))
+            try:
+                arr = np.asarray(data, dtype=backend.resolve_dtype(dtype))
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"Tensor: cannot make a numeric tensor from {data!r:.80} ({e})") from None
+        if arr.dtype.kind in "USOMm":  # strings, Python objects, dates: no op is defined on them
+            raise TypeError(f"Tensor: dtype {arr.dtype} is not numeric; expected float, int or bool data")
         if device is not None:
             arr = backend.to_device(arr, backend.check_device(device))
         self.data = arr

@@ -205,6 +205,7 @@ class Trainer:
         self.wall = 0.0  # wall seconds in the loop (evaluations included), carried across resumes
         self._run_start = time.perf_counter()
         self.last_val = None
+        self.run_info = {}  # JSON-able facts the caller wants in each checkpoint (the tokenizer's digest)
         # the evaluation batches are the same at every evaluation, drawn from their own generator
         T = self.model_config.block_size
         eval_rng = np.random.default_rng(cfg.seed + 1)
@@ -226,7 +227,7 @@ class Trainer:
             return
         wall = self.wall + time.perf_counter() - self._run_start
         extra = {"train_config": self.cfg.to_dict(), "elapsed_s": self.elapsed, "wall_s": wall,
-                 "last_val": self.last_val}
+                 "last_val": self.last_val, **self.run_info}
         save_checkpoint(self.ckpt_path, self.model.state_dict(), optim_state,
                         step=self.step, config=self.model_config.to_dict(), rng=rng, extra=extra)
 

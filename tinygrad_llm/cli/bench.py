@@ -13,36 +13,47 @@ import time
 import numpy as np
 
 
+# numeric flags and the values they accept
+LIMITS = {"n_layer": "[1, inf)", "n_head": "[1, inf)", "n_embd": "[1, inf)", "block_size": "[1, inf)",
+          "batch_size": "[1, inf)", "vocab_size": "[1, inf)", "steps": "[1, inf)", "warmup": "[0, inf)",
+          "shards": "[0, inf)"}
+
+
 def add_arguments(parser):
-    parser.add_argument("--n-layer", type=int, default=4)
-    parser.add_argument("--n-head", type=int, default=4)
-    parser.add_argument("--n-embd", type=int, default=128)
-    parser.add_argument("--block-size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=12)
-    parser.add_argument("--vocab-size", type=int, default=65)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--n-layer", type=int, default=4, help="transformer blocks")
+    parser.add_argument("--n-head", type=int, default=4, help="attention heads")
+    parser.add_argument("--n-embd", type=int, default=128, help="width")
+    parser.add_argument("--block-size", type=int, default=64, help="context length T")
+    parser.add_argument("--batch-size", type=int, default=12, help="rows per step B")
+    parser.add_argument("--vocab-size", type=int, default=65, help="vocabulary size")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the step runs")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
                         help="bf16: bfloat16 matmuls and attention under autocast (GPU only)")
-    parser.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"))
+    parser.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"), help="the optimizer stepped")
     parser.add_argument("--shards", type=int, default=0, help="row shards per batch (0: one per core)")
     parser.add_argument("--profile", action="store_true", help="print where the time goes (cProfile)")
 
 
 def main(args):
+    from .common import UsageError, check_flags, user_input
+    check_flags(args, LIMITS)
     from .. import backend
+    if args.device == "cuda" and not backend.cuda_available():
+        raise UsageError("--device cuda: no GPU found (CuPy missing or no device); use --device cpu")
     from ..models import GPT, GPTConfig
     from ..tensor import Tensor
     from ..train import TrainConfig, build_optimizer
     from .. import optim, parallel
     from ..autocast import training_precision
     if args.dtype == "bf16" and args.device != "cuda":
-        raise SystemExit("--dtype bf16 runs on the GPU only (--device cuda); the CPU trains in float32")
+        raise UsageError("--dtype bf16 runs on the GPU only (--device cuda); the CPU trains in float32")
     from ..cuda import syncs
     backend.manual_seed(0)
-    cfg = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                    n_head=args.n_head, n_embd=args.n_embd)
+    with user_input():
+        cfg = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                        n_head=args.n_head, n_embd=args.n_embd)
     model = GPT(cfg).to(args.device)
     opt = build_optimizer(model, TrainConfig(optimizer=args.optimizer))
     params = list(model.parameters())

@@ -2,16 +2,17 @@
 
     python -m tinygrad_llm plot out/shakespeare            # writes out/shakespeare/metrics.png
 
-Six panels: train loss (raw and a centred moving average) with val loss; val bits-per-byte; the learning rate;
-gradient norms per parameter group; update/weight ratios per group (with the 1e-3 rule of thumb);
-and the spread (std) of each block's output. The last three need health records in the file
-(train with health_every > 0); without them those panels say so. Needs matplotlib
+Six panels: train loss (raw and a centred moving average) with val loss; val bits-per-byte; the learning rate
+of each optimizer; gradient norms per parameter group; update/weight ratios per group (with the 1e-3 rule of
+thumb); and the spread (std) of each block's output. The last three need health records in the file
+(train with health_every > 0); without them the figure has the first three only. Needs matplotlib
 (pip install "tinygrad-llm[plot]").
 """
 import json
 import math
-import sys
 from pathlib import Path
+
+from .common import UsageError, check_flags, user_input
 
 
 def add_arguments(parser):
@@ -19,11 +20,15 @@ def add_arguments(parser):
     parser.add_argument("--out", help="PNG to write (default <out_dir>/metrics.png)")
     parser.add_argument("--smooth", type=int, default=None,
                         help="records averaged for the smoothed train loss (odd; default: about 1/25 of them)")
-    parser.add_argument("--dpi", type=int, default=120)
+    parser.add_argument("--dpi", type=int, default=120, help="resolution of the PNG")
 
 
 def read_metrics(path):
-    """The JSON lines of a metrics file (a line cut short by a killed run is skipped)."""
+    """The JSON lines of a metrics file (a line cut short by a killed run is skipped).
+
+    A run killed after logging a step but before its checkpoint logs that step again when it
+    resumes: a record whose step is not past the last one starts over from there, so each step
+    counts once (the later record, the one the resumed run went on from, wins)."""
     records = []
     with open(path) as f:
         for line in f:
@@ -34,7 +39,9 @@ def read_metrics(path):
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(rec, dict) and "step" in rec:
+            if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
+                while records and records[-1]["step"] >= rec["step"]:
+                    records.pop()
                 records.append(rec)
     return records
 
@@ -110,8 +117,12 @@ def plot(records, out_path, smooth=None, dpi=120, title=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
-    (ax_loss, ax_bpb, ax_lr), (ax_grad, ax_upd, ax_act) = axes
+    has_health = any(r.get("health") for r in records)
+    if has_health:
+        fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+        (ax_loss, ax_bpb, ax_lr), (ax_grad, ax_upd, ax_act) = axes
+    else:  # no health records: the three panels that draw them would only say so
+        fig, (ax_loss, ax_bpb, ax_lr) = plt.subplots(1, 3, figsize=(16, 4.6))
     fig.suptitle(title or "training run", fontsize=13)
 
     steps, train = _series(records, "train_loss")
@@ -144,16 +155,43 @@ def plot(records, out_path, smooth=None, dpi=120, title=None):
     else:
         _empty(ax_bpb, "no val_bpb yet (evaluations add it)")
 
-    lsteps, lr = _series(records, "lr")
-    if lr:
-        ax_lr.plot(lsteps, lr, color="#2ca02c", lw=1.6)
-        ax_lr.set_title("learning rate")
+    rates = _lr_series(records)
+    if rates:
+        for k, (name, (s, v)) in enumerate(sorted(rates.items())):
+            ax_lr.plot(s, v, lw=1.6, color=plt.get_cmap("tab10")(k + 2), label=name)
+        ax_lr.set_title("learning rate" + (" per optimizer" if len(rates) > 1 else ""))
         ax_lr.set_xlabel("step")
-        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-        ax_lr.grid(alpha=0.3)
+        if len(rates) > 1:  # Muon's and AdamW's rates are an order of magnitude apart
+            ax_lr.set_yscale("log")
+            ax_lr.legend(fontsize=8)
+        else:
+            ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        ax_lr.grid(alpha=0.3, which="both")
     else:
         _empty(ax_lr, "no lr in the metrics")
+    if has_health:
+        _health_panels(plt, records, ax_grad, ax_upd, ax_act)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(out_path, dpi=dpi)
+    plt.close(fig)
+    return out_path
 
+
+def _lr_series(records):
+    """optimizer name -> (steps, lrs): each optimizer's own rate ("lrs"), else the one "lr"."""
+    out = {}
+    for r in records:
+        rates = r.get("lrs") if isinstance(r.get("lrs"), dict) else {"lr": r.get("lr")}
+        for name, v in rates.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                s = out.setdefault(name, ([], []))
+                s[0].append(r["step"])
+                s[1].append(v)
+    return out
+
+
+def _health_panels(plt, records, ax_grad, ax_upd, ax_act):
+    """Gradient norms, update ratios and activation spreads of the health records."""
     no_health = "no health records:\ntrain with health_every > 0"
     gsteps, gtotal = _series([{"step": r["step"], "g": (r.get("health") or {}).get("grad_norm")}
                               for r in records], "g")
@@ -187,34 +225,24 @@ def plot(records, out_path, smooth=None, dpi=120, title=None):
     else:
         _empty(ax_act, no_health if not grads else "no activation statistics recorded")
 
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    fig.savefig(out_path, dpi=dpi)
-    plt.close(fig)
-    return out_path
-
 
 def main(args):
+    check_flags(args, {"smooth": "[1, inf)", "dpi": "[1, inf)"})
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        print("plot needs matplotlib, which is not installed: pip install \"tinygrad-llm[plot]\" "
-              "(or pip install matplotlib)", file=sys.stderr)
-        return 1
+        raise UsageError("plot needs matplotlib, which is not installed: pip install \"tinygrad-llm[plot]\" "
+                         "(or pip install matplotlib)") from None
     src = Path(args.out_dir)
     metrics = src if src.is_file() else src / "metrics.jsonl"
-    if not metrics.exists():
-        print(f"plot: no metrics file at {metrics} (a training run writes <out_dir>/metrics.jsonl)",
-              file=sys.stderr)
-        return 1
-    if args.smooth is not None and args.smooth < 1:
-        print(f"plot: --smooth must be a number of records >= 1, got {args.smooth}", file=sys.stderr)
-        return 2
+    if not metrics.is_file():
+        raise UsageError(f"no metrics file at {metrics} (a training run writes <out_dir>/metrics.jsonl)")
     records = read_metrics(metrics)
     if not records:
-        print(f"plot: {metrics} holds no metric lines yet", file=sys.stderr)
-        return 1
+        raise UsageError(f"{metrics} holds no metric lines yet")
     out = Path(args.out) if args.out else metrics.with_name("metrics.png")
-    plot(records, out, smooth=args.smooth, dpi=args.dpi, title=f"{metrics.parent.name}: {len(records)} records, "
-         f"last step {records[-1]['step']}")
+    with user_input():
+        plot(records, out, smooth=args.smooth, dpi=args.dpi, title=f"{metrics.parent.name}: {len(records)} "
+             f"records, last step {records[-1]['step']}")
     print(f"wrote {out}")
     return 0

@@ -7,36 +7,57 @@ Reads <out-dir>/ckpt.safetensors and <out-dir>/tokenizer.json (or --checkpoint /
 import sys
 from pathlib import Path
 
+from .common import UsageError, check_flags, file_digest, user_input
+
 
 def add_arguments(parser):
     parser.add_argument("--out-dir", default="out/shakespeare", help="the training run's directory")
     parser.add_argument("--checkpoint", help="checkpoint file (default <out-dir>/ckpt.safetensors)")
     parser.add_argument("--tokenizer-file", help="tokenizer (default <out-dir>/tokenizer.json)")
-    parser.add_argument("--prompt", default="\n")
-    parser.add_argument("--max-new-tokens", type=int, default=300)
-    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--prompt", default="\n", help="text the samples continue")
+    parser.add_argument("--max-new-tokens", type=int, default=300, help="tokens generated per sample")
+    parser.add_argument("--num-samples", type=int, default=1, help="samples drawn from the prompt")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--top-k", type=int, default=None, help="keep the k likeliest tokens (default: all)")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help="keep the smallest set of tokens whose probability reaches p (default: all)")
+    parser.add_argument("--seed", type=int, default=1337, help="seed of the sampling")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs")
+
+
+# numeric flags and the values they accept
+LIMITS = {"max_new_tokens": "[0, inf)", "num_samples": "[1, inf)", "temperature": "[0, inf)",
+          "top_k": "[1, inf)", "top_p": "(0, 1]", "seed": "[0, inf)"}
 
 
 def main(args):
+    from .. import backend
     from ..models import generate_text
     from ..tokenizer import load_tokenizer
     from ..train import load_model
+    check_flags(args, LIMITS)
+    if args.device == "cuda" and not backend.cuda_available():
+        raise UsageError("--device cuda: no GPU found (CuPy missing or no device); use --device cpu")
     out_dir = Path(args.out_dir)
     ckpt = Path(args.checkpoint) if args.checkpoint else out_dir / "ckpt.safetensors"
     tok_path = Path(args.tokenizer_file) if args.tokenizer_file else out_dir / "tokenizer.json"
-    for p, what in ((ckpt, "checkpoint"), (tok_path, "tokenizer")):
-        if not p.exists():
-            raise SystemExit(f"no {what} at {p}; train first (python examples/train_shakespeare.py) "
-                             f"or pass --{'checkpoint' if what == 'checkpoint' else 'tokenizer-file'}")
-    model, ck = load_model(ckpt, device=args.device)
-    tok = load_tokenizer(tok_path)
-    texts = generate_text(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                          args.top_p, args.seed, args.num_samples)
+    for p, flag in ((ckpt, "--checkpoint"), (tok_path, "--tokenizer-file")):
+        if not (p.is_file() or (flag == "--tokenizer-file" and p.is_dir())):  # GPT-2's tokenizer is a folder
+            raise UsageError(f"no {flag[2:]} file at {p}; train first (python -m tinygrad_llm train) "
+                             f"or pass {flag}")
+    with user_input():
+        model, ck = load_model(ckpt, device=args.device)
+        tok = load_tokenizer(tok_path)
+    trained_with = (ck.get("extra") or {}).get("tokenizer_sha256")
+    if tok.vocab_size > model.config.vocab_size or (trained_with and tok_path.is_file()
+                                                    and trained_with != file_digest(tok_path)):
+        raise UsageError(f"{tok_path} is not the tokenizer {ckpt} was trained with ({tok.vocab_size} tokens, "
+                         f"the model {model.config.vocab_size}; "
+                         f"{'its digest differs from the one the checkpoint recorded' if trained_with else ''})"
+                         .replace("; )", ")"))
+    with user_input("--prompt"):
+        texts = generate_text(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                              args.top_p, args.seed, args.num_samples)
     for t in ([texts] if isinstance(texts, str) else texts):
         print(t)
         print("-" * 40)
@@ -44,7 +65,5 @@ def main(args):
 
 
 if __name__ == "__main__":  # pragma: no cover
-    import argparse
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    sys.exit(main(p.parse_args()))
+    from ..__main__ import main as run_command
+    sys.exit(run_command(["sample", *sys.argv[1:]]))

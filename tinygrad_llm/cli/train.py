@@ -9,12 +9,16 @@ train a GPT on the CPU, then print the validation loss, bits per byte and a samp
 folder of shards (`tokenize encode --out DIR`); then --tokenizer-file names the tokenizer that
 wrote it (its JSON file, or GPT-2's folder), for the sample and --doc-mask.
 """
-import argparse
 import os
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import numpy as np
+
+from . import common
+from .common import UsageError, file_digest, user_input
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinygrad_llm"
@@ -45,37 +49,86 @@ TRAIN_KEYS = ("batch_size", "grad_accum", "max_iters", "max_seconds", "optimizer
               "log_every", "checkpoint_every", "seed", "device", "dtype", "health_every", "shards", "zero", "doc_mask")
 
 
+# numeric flags and the values they accept (TrainConfig.LIMITS for the training settings)
+MODEL_LIMITS = {"n_layer": "[1, inf)", "n_head": "[1, inf)", "n_kv_head": "[1, inf)", "n_embd": "[1, inf)",
+                "block_size": "[1, inf)", "dropout": "[0, 1)"}
+OTHER_LIMITS = {"vocab_size": "[1, inf)", "sample_tokens": "[0, inf)", "seed": "[0, inf)"}
+NUMERIC_FLAGS = [("max_iters", int), ("batch_size", int), ("grad_accum", int), ("block_size", int),
+                 ("n_layer", int), ("n_head", int), ("n_kv_head", int), ("n_embd", int),
+                 ("max_seconds", float), ("dropout", float), ("lr", float), ("muon_lr", float),
+                 ("warmup_iters", int), ("min_lr_ratio", float), ("weight_decay", float), ("beta2", float),
+                 ("eval_every", int), ("eval_iters", int), ("log_every", int),
+                 ("checkpoint_every", int), ("health_every", int), ("shards", int)]
+
+
+FLAG_HELP = {
+    "max_iters": "optimizer steps", "batch_size": "rows per micro-batch", "grad_accum": "micro-batches per step",
+    "block_size": "context length T", "n_layer": "transformer blocks", "n_head": "attention heads",
+    "n_kv_head": "key/value heads (grouped-query attention)", "n_embd": "width",
+    "max_seconds": "also stop after this much wall time (0: no limit)", "dropout": "dropout probability",
+    "lr": "peak learning rate (AdamW's)", "muon_lr": "Muon's peak learning rate",
+    "warmup_iters": "steps of linear warmup", "min_lr_ratio": "the schedule ends at lr x this",
+    "weight_decay": "decoupled weight decay on matrices", "beta2": "AdamW's second-moment decay",
+    "eval_every": "steps between evaluations (0: only at the end)", "eval_iters": "validation batches per evaluation",
+    "log_every": "steps between log lines and metrics records", "checkpoint_every": "steps between checkpoints "
+    "(0: at each evaluation)", "health_every": "steps between gradient-health records (0: none)",
+    "shards": "CPU threads per micro-batch (0: one per core)", "seed": "seed of data order, init and dropout",
+    "optimizer": "muon: Muon on the blocks' matrices, AdamW on the rest", "schedule": "learning-rate schedule",
+    "pos": "position encoding", "norm": "normalisation layer", "mlp": "feed-forward block",
+}
+
+
+def _default(key):
+    """What applies when a flag is not given: the preset's value per device, else the config's."""
+    from ..models import GPTConfig
+    from ..train import TrainConfig
+    if key == "n_kv_head":
+        return "n_head"
+    base = None
+    for cls in (TrainConfig, GPTConfig):
+        f = cls.__dataclass_fields__.get(key)
+        if f is not None:
+            base = f.default
+    cpu, cuda = (PRESETS[d].get(key, base) for d in ("cpu", "cuda"))
+    if key == "vocab_size":
+        cuda = "none (char)"
+    return str(cpu) if cpu == cuda else f"{cpu} on cpu, {cuda} on cuda"
+
+
 def add_arguments(parser):
+    def default(key, text=None):
+        return f"{text or FLAG_HELP.get(key, '')} (default: {_default(key)}; on --resume: the run's)".strip()
     parser.add_argument("--data", help="text file, token file (.bin) or shard folder; default: tiny Shakespeare")
     parser.add_argument("--out-dir", default="out/shakespeare", help="checkpoints, metrics.jsonl, tokenizer")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="cuda selects nanoGPT's GPU Shakespeare config")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        help="cuda selects nanoGPT's GPU Shakespeare config (default: cpu; on --resume: the run's)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"),
-                        help="bf16: bfloat16 matmuls and attention, float32 weights and loss (GPU only)")
+                        help="bf16: bfloat16 matmuls and attention, float32 weights and loss (GPU only) "
+                             "(default: fp32; on --resume: the run's)")
     parser.add_argument("--resume", action="store_true", help="continue from <out-dir>/ckpt.safetensors")
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--tokenizer", choices=("bpe", "char"), help="byte-level BPE or nanoGPT's characters")
-    parser.add_argument("--vocab-size", type=int, help="BPE vocabulary size")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an --out-dir that holds a checkpoint, replacing it")
+    parser.add_argument("--seed", type=int, help=default("seed"))
+    parser.add_argument("--tokenizer", choices=("bpe", "char"),
+                        help=default("tokenizer", "byte-level BPE or nanoGPT's characters"))
+    parser.add_argument("--vocab-size", type=int, help=default("vocab_size", "BPE vocabulary size"))
     parser.add_argument("--tokenizer-file",
                         help="tokenizer of a pre-encoded --data (its JSON file, or GPT-2's folder)")
-    for key, typ in [("max_iters", int), ("batch_size", int), ("grad_accum", int), ("block_size", int),
-                     ("n_layer", int), ("n_head", int), ("n_kv_head", int), ("n_embd", int),
-                     ("max_seconds", float), ("dropout", float), ("lr", float), ("muon_lr", float), ("warmup_iters", int),
-                     ("min_lr_ratio", float), ("weight_decay", float), ("beta2", float),
-                     ("eval_every", int), ("eval_iters", int), ("log_every", int),
-                     ("checkpoint_every", int), ("health_every", int), ("shards", int)]:
-        parser.add_argument("--" + key.replace("_", "-"), type=typ, dest=key)
+    for key, typ in NUMERIC_FLAGS:
+        parser.add_argument("--" + key.replace("_", "-"), type=typ, dest=key, help=default(key))
     parser.add_argument("--zero", type=int, choices=(0, 1),
-                        help="under mpirun: 1 shards the optimizer state across ranks (ZeRO-1)")
-    parser.add_argument("--optimizer", choices=("adamw", "muon"))
-    parser.add_argument("--schedule", choices=("cosine", "wsd", "constant"))
-    parser.add_argument("--pos", choices=("learned", "rope"))
-    parser.add_argument("--norm", choices=("layernorm", "rmsnorm"))
-    parser.add_argument("--mlp", choices=("gelu", "swiglu"))
-    parser.add_argument("--no-bias", dest="bias", action="store_false", default=None)
+                        help="under mpirun: 1 shards the optimizer state across ranks (ZeRO-1) (default: 0)")
+    parser.add_argument("--optimizer", choices=("adamw", "muon"), help=default("optimizer"))
+    parser.add_argument("--schedule", choices=("cosine", "wsd", "constant"), help=default("schedule"))
+    parser.add_argument("--pos", choices=("learned", "rope"), help=default("pos"))
+    parser.add_argument("--norm", choices=("layernorm", "rmsnorm"), help=default("norm"))
+    parser.add_argument("--mlp", choices=("gelu", "swiglu"), help=default("mlp"))
+    parser.add_argument("--no-bias", dest="bias", action="store_false", default=None,
+                        help="no biases in the linear layers and norms")
     parser.add_argument("--doc-mask", action="store_true", default=None,
                         help="attention within each document only (needs a shard folder as --data)")
-    parser.add_argument("--sample-tokens", type=int, default=None, help="length of the final sample (0: none)")
+    parser.add_argument("--sample-tokens", type=int, default=None,
+                        help="length of the final sample, 0: none (default: 250 with bpe, 500 with char)")
     parser.add_argument("--quiet", action="store_true", help="no per-step log lines")
 
 
@@ -84,7 +137,7 @@ def find_text(path=None, log=print):
     if path:
         p = Path(path)
         if not p.exists():
-            raise FileNotFoundError(f"--data {p}: no such file")
+            raise FileNotFoundError(f"--data {p}: no such file or folder")
         return p
     env = os.environ.get("TINYGRAD_LLM_DATA")
     if env:
@@ -103,7 +156,7 @@ def find_text(path=None, log=print):
         with urllib.request.urlopen(SHAKESPEARE_URL, timeout=60) as r:
             raw = r.read()
     except OSError as e:
-        raise SystemExit(f"could not download tiny Shakespeare ({e}); pass --data PATH to a text file "
+        raise UsageError(f"could not download tiny Shakespeare ({e}); pass --data PATH to a text file "
                          "or set TINYGRAD_LLM_DATA") from None
     from ..files import atomic_write
     with atomic_write(cached) as f:
@@ -111,45 +164,94 @@ def find_text(path=None, log=print):
     return cached
 
 
-def prepare_tokens(text_path, out_dir, kind, vocab_size, reuse=False, log=print):
-    """Train the tokenizer and encode the text into out_dir; returns (token file, tokenizer)."""
-    from ..tokenizer import BPETokenizer, CharTokenizer, load_tokenizer, write_token_file
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tok_path, bin_path = out_dir / "tokenizer.json", out_dir / "tokens.bin"
-    if reuse and tok_path.exists() and bin_path.exists():  # --resume: the very same ids
-        return bin_path, load_tokenizer(tok_path)
+def check_data_path(path):
+    """--data must be a non-empty file or a shard folder: refused before anything is written."""
+    from ..shard_data import is_shard_folder
+    p = Path(path)
+    if p.is_dir():
+        if not is_shard_folder(p):
+            raise UsageError(f"--data {p} is a folder without shards (.bin files with .bin.json sidecars); "
+                             "pass a text file, a token file (.bin) or a shard folder")
+        return p
+    if p.stat().st_size == 0:
+        raise UsageError(f"--data {p} is empty")
+    return p
+
+
+def encode_text(text_path, kind, vocab_size, log=print):
+    """Train the tokenizer on the text and encode it, in memory: (ids, tokenizer, name, source bytes)."""
+    from ..tokenizer import BPETokenizer, CharTokenizer
     t0 = time.perf_counter()
     raw = Path(text_path).read_bytes()
     text = raw.decode("utf-8", "surrogateescape")
     if kind == "char":
-        tok = CharTokenizer.from_text(text)
-        name = "char"
+        tok, name = CharTokenizer.from_text(text), "char"
     else:
-        tok = BPETokenizer.train(text, vocab_size=vocab_size)
-        name = f"bpe{vocab_size}"
+        tok, name = BPETokenizer.train(text, vocab_size=vocab_size, strict=True), f"bpe{vocab_size}"
     ids = tok.encode(text) if kind == "char" else tok.encode_ordinary(text)
-    tok.save(tok_path)
-    meta = write_token_file(ids, bin_path, tok.vocab_size, len(raw), name)
-    log(f"tokenizer: {name}, vocab {tok.vocab_size}, {meta['num_tokens']:,} tokens from "
-        f"{len(raw):,} bytes ({len(raw) / meta['num_tokens']:.2f} bytes/token) in {time.perf_counter() - t0:.1f}s")
-    return bin_path, tok
+    log(f"tokenizer: {name}, vocab {tok.vocab_size}, {len(ids):,} tokens from {len(raw):,} bytes "
+        f"({len(raw) / max(len(ids), 1):.2f} bytes/token) in {time.perf_counter() - t0:.1f}s")
+    return ids, tok, name, len(raw)
 
 
-def build_config(args):
-    """(TrainConfig, tokenizer kind, vocab size) from the preset of the device and the flags given."""
+def build_config(args, saved=None):
+    """(TrainConfig, tokenizer kind, vocab size) from the preset of the device (or, on resume, the
+    saved run's settings: `saved` is the checkpoint's meta) and the flags given."""
     from ..train import TrainConfig
-    preset = dict(PRESETS[args.device])
+    if saved:
+        train = dict((saved.get("extra") or {}).get("train_config") or {})
+        base = {k: train[k] for k in TRAIN_KEYS if k in train}
+        base.update({k: v for k, v in (saved.get("config") or {}).items() if k in MODEL_KEYS})
+        base.update(tokenizer=None, vocab_size=None)
+    else:
+        base = dict(PRESETS[args.device or "cpu"])
     for key in MODEL_KEYS + TRAIN_KEYS + ("tokenizer", "vocab_size"):
         v = getattr(args, key, None)
         if v is not None:
-            preset[key] = v
-    model = {k: preset[k] for k in MODEL_KEYS if k in preset}
-    train = {k: preset[k] for k in TRAIN_KEYS if k in preset}
+            base[key] = v
+    model = {k: base[k] for k in MODEL_KEYS if k in base}
+    if saved:
+        model = {**(saved.get("config") or {}), **model}
+    train = {k: base[k] for k in TRAIN_KEYS if k in base}
     cfg = TrainConfig(out_dir=args.out_dir, model=model, **train)
-    if args.quiet:
-        cfg.log_every = 10 ** 9
-    return cfg, preset["tokenizer"], preset["vocab_size"]
+    return cfg, base["tokenizer"], base["vocab_size"]
+
+
+def check_flags(args):
+    """Every numeric flag in its range, and flags that only make sense together."""
+    from ..train import TrainConfig
+    limits = {**{k: v for k, v in TrainConfig.LIMITS.items() if k in TRAIN_KEYS}, **MODEL_LIMITS, **OTHER_LIMITS}
+    common.check_flags(args, limits)
+    if args.dtype == "bf16" and args.device != "cuda" and not args.resume:
+        raise UsageError("--dtype bf16 runs on the GPU only (--device cuda); the CPU trains in float32")
+    if args.tokenizer_file and not (args.data and Path(args.data).suffix == ".bin"):
+        raise UsageError("--tokenizer-file goes with a token file as --data (a .bin from `tokenize encode`)")
+
+
+def check_saved_tokenizer(args, tok, tok_path, saved):
+    """On resume the run keeps its tokenizer: refuse --tokenizer/--vocab-size that say otherwise,
+    and a tokenizer that does not fit the checkpoint's embedding."""
+    kind = "char" if hasattr(tok, "stoi") else "bpe"
+    if args.tokenizer and args.tokenizer != kind:
+        raise UsageError(f"--tokenizer {args.tokenizer}: this run's tokenizer ({tok_path}) is {kind}; "
+                         "a resumed run keeps its tokenizer")
+    if args.vocab_size is not None and args.vocab_size != tok.vocab_size:
+        raise UsageError(f"--vocab-size {args.vocab_size}: this run's tokenizer ({tok_path}) has "
+                         f"{tok.vocab_size}; a resumed run keeps its tokenizer")
+    ck_vocab = (saved.get("config") or {}).get("vocab_size")
+    if ck_vocab is not None and ck_vocab < tok.vocab_size:
+        raise UsageError(f"{tok_path} has {tok.vocab_size} tokens but the checkpoint's model only "
+                         f"{ck_vocab}: the tokenizer is not the one this checkpoint was trained with")
+
+
+def check_inputs(cfg, data, vocab_size):
+    """What the Trainer would refuse (config, model shape, data shorter than a window), checked
+    before a fresh run writes its tokenizer and token file into --out-dir."""
+    from ..models import GPTConfig
+    cfg.validate()
+    model = GPTConfig.from_dict({"vocab_size": vocab_size, **cfg.model})
+    for split in ("train", "val"):
+        data.get_batch(split, 1, model.block_size, rng=np.random.default_rng(0))
 
 
 _print = print
@@ -158,46 +260,82 @@ _print = print
 def main(args):
     t_start = time.perf_counter()
     from .. import backend, distributed
+    from ..checkpoint import read_checkpoint_meta
+    from ..data import TokenData
+    from ..runs import RunError, clear_old_run, open_run_dir
+    from ..tokenizer import load_tokenizer, write_token_file
+    from ..tokenizer.corpus import token_dtype
     from ..train import Trainer
+    check_flags(args)
     if args.device == "cuda" and not backend.cuda_available():
-        raise SystemExit("--device cuda: no GPU found (CuPy missing or no device); use --device cpu")
-    if args.dtype == "bf16" and args.device != "cuda":
-        raise SystemExit("--dtype bf16 runs on the GPU only (--device cuda); the CPU trains in float32")
-    world = distributed.init(args.device)  # under mpirun: this rank; else a world of one
+        raise UsageError("--device cuda: no GPU found (CuPy missing or no device); use --device cpu")
+    world = distributed.init(args.device or "cpu")  # under mpirun: this rank; else a world of one
     print = _print if world.is_main else (lambda *a, **k: None)  # noqa: A001 - rank 0 alone prints
-    cfg, kind, vocab_size = build_config(args)
-    data_path = find_text(args.data)
-    if data_path.suffix == ".bin" or data_path.is_dir():
-        if not args.tokenizer_file:
-            raise SystemExit(f"--data {data_path} is pre-encoded: pass --tokenizer-file for the tokenizer "
-                             "that wrote it")
-        from ..tokenizer import load_tokenizer
-        bin_path, tok = data_path, load_tokenizer(args.tokenizer_file)
-    else:
-        print(f"data: {data_path}", flush=True)
-        # rank 0 trains the tokenizer and encodes; the others then read its files from --out-dir
-        if world.is_main:
-            bin_path, tok = prepare_tokens(data_path, args.out_dir, kind, vocab_size, reuse=args.resume)
-        world.barrier()
-        if not world.is_main:
-            bin_path, tok = prepare_tokens(data_path, args.out_dir, kind, vocab_size, reuse=True)
-    cfg.data = str(bin_path)
-    trainer = Trainer(cfg, decode_bytes=tok.decode_bytes)
-    summary = trainer.run(resume=args.resume)
+    out_dir = Path(args.out_dir)
+    with user_input():
+        data_path = check_data_path(find_text(args.data))
+        # rank 0 holds the folder; a refusal there ends the job (mpirun stops the other ranks)
+        lock = open_run_dir(out_dir, resume=args.resume, overwrite=args.overwrite) if world.is_main else None
+    log = (lambda m: None if m.startswith("step ") else print(m, flush=True)) if args.quiet else None
+    try:
+        with user_input():
+            saved = read_checkpoint_meta(out_dir / "ckpt.safetensors") if args.resume else None
+            cfg, kind, vocab_size = build_config(args, saved)
+            if cfg.dtype == "bf16" and cfg.device != "cuda":
+                raise UsageError("--dtype bf16 runs on the GPU only (--device cuda); the CPU trains in float32")
+            if kind == "char" and args.vocab_size is not None and not args.resume:
+                raise UsageError("--vocab-size sets a BPE vocabulary; this run uses --tokenizer char")
+            tok_path = Path(args.tokenizer_file) if args.tokenizer_file else out_dir / "tokenizer.json"
+            encoded = data_path.suffix == ".bin" or data_path.is_dir()  # a token file or a shard folder
+            bin_path = data_path if encoded else out_dir / "tokens.bin"
+            if encoded and not args.tokenizer_file:
+                raise UsageError(f"--data {data_path} is pre-encoded: pass --tokenizer-file for the tokenizer "
+                                 "that wrote it")
+            data = None  # the Trainer opens cfg.data (a shard folder is split between the ranks)
+            if not encoded and not args.resume:
+                print(f"data: {data_path}", flush=True)
+                # rank 0 trains the tokenizer and encodes, checks, then writes; the others read its files
+                if world.is_main:
+                    ids, tok, name, n_bytes = encode_text(data_path, kind, vocab_size, log=print)
+                    ids = np.asarray(ids, dtype=token_dtype(tok.vocab_size))
+                    data = TokenData(ids, cfg.val_fraction, seed=cfg.seed, source_bytes=n_bytes)
+                    data.meta["vocab_size"] = tok.vocab_size
+                    check_inputs(cfg, data, tok.vocab_size)
+                    clear_old_run(out_dir)  # --overwrite: the old checkpoint goes before its tokenizer does
+                    tok.save(tok_path)
+                    write_token_file(ids, bin_path, tok.vocab_size, n_bytes, name)
+                world.barrier()
+            if data is None:
+                tok = load_tokenizer(tok_path)
+            if args.resume and not encoded:
+                check_saved_tokenizer(args, tok, tok_path, saved)
+            kind = "char" if hasattr(tok, "stoi") else "bpe"
+            cfg.data = str(bin_path)
+            trainer = Trainer(cfg, data=data, decode_bytes=tok.decode_bytes, log=log)
+            if tok_path.is_file():
+                trainer.run_info["tokenizer_sha256"] = file_digest(tok_path)
+        try:
+            summary = trainer.run(resume=args.resume, overwrite=args.overwrite)
+        except RunError as e:
+            raise UsageError(str(e)) from None
+    finally:
+        if lock is not None:
+            lock.release()
     if summary["val_loss"] is not None:
         print(f"val loss {summary['val_loss']:.4f} nats/token, {summary['val_bpb']:.4f} bits/byte "
-              f"(step {summary['step']}, {summary['elapsed_s']:.1f}s training)", flush=True)
-    n = args.sample_tokens if args.sample_tokens is not None else (500 if kind == "char" else 250)
-    if n and summary["status"] != "diverged" and world.is_main:
+              f"(evaluated at step {summary['val_step']}; {summary['elapsed_s']:.1f}s training"
+              + (f", stopped at step {summary['step']})" if summary["val_step"] != summary["step"] else ")"),
+              flush=True)
+    n = args.sample_tokens if args.sample_tokens is not None else (250 if kind == "bpe" else 500)
+    if n and summary["status"] == "done" and world.is_main:
         from ..models import generate_text
         print("---- sample ----")
         print(generate_text(trainer.model, tok, "\n", n, temperature=0.8, top_k=None, seed=cfg.seed))
         print("----------------")
     print(f"total wall time {time.perf_counter() - t_start:.1f}s", flush=True)
-    return {"done": 0, "interrupted": 130, "diverged": 1}[summary["status"]]
+    return {"done": 0, "interrupted": 130, "aborted": 130, "diverged": 1}[summary["status"]]
 
 
 if __name__ == "__main__":  # pragma: no cover
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    sys.exit(main(p.parse_args()))
+    from ..__main__ import main as run_command
+    sys.exit(run_command(["train", *sys.argv[1:]]))

@@ -328,8 +328,10 @@ class GPT(nn.Module):
         idx = np.asarray(backend.to_numpy(idx), dtype=np.int64)
         if idx.shape[1] == 0:
             raise ValueError("generate: the prompt needs at least one token")
-        if temperature < 0:
-            raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
+        if not (isinstance(max_new_tokens, (int, np.integer)) and max_new_tokens >= 0):
+            raise ValueError(f"generate: max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        if not temperature >= 0 or not np.isfinite(temperature):  # a nan fails every comparison
+            raise ValueError(f"generate: temperature must be a finite number >= 0, got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"generate: top_k must be >= 1, got {top_k}")
         if top_p is not None and not 0.0 < top_p <= 1.0:

@@ -53,7 +53,7 @@ def main(args):
         return _train(args) if args.action == "train" else _encode(args)
     except (TokenizerError, FileNotFoundError, DocumentError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
 
 
 def _train(args):
@@ -61,7 +61,7 @@ def _train(args):
     pattern = None if args.pattern == "none" else args.pattern
     t0 = time.perf_counter()
     tok = BPETokenizer.train(text, args.vocab_size, pattern=pattern, special_tokens=args.special,
-                             verbose=not args.quiet)
+                             verbose=not args.quiet, strict=True)
     seconds = time.perf_counter() - t0
     tok.save(args.out)
     n = len(tok.encode_ordinary(text))

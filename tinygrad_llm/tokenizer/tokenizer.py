@@ -25,6 +25,7 @@ import collections
 import itertools
 import sys
 import time
+import warnings
 
 import regex
 
@@ -84,10 +85,12 @@ class BPETokenizer:
     # ----------------------------------------------------------------------------------- training
 
     @classmethod
-    def train(cls, text_or_iterable, vocab_size, pattern="gpt4", special_tokens=(), verbose=False):
+    def train(cls, text_or_iterable, vocab_size, pattern="gpt4", special_tokens=(), verbose=False,
+              strict=False):
         """Learn vocab_size - 256 - len(special_tokens) merges from text (a str, or an iterable of
         str such as documents or lines).  Special tokens found in the text are cut out first,
-        so no merge spans one.  Stops early if the text runs out of pairs.
+        so no merge spans one.  A text that runs out of pairs first cannot reach vocab_size: the
+        vocabulary comes out smaller, with a warning naming its size (strict=True: an error).
 
         pattern=None makes each text one chunk: right for the plain byte-level tokenizer
         (vocab_size=256) and for small texts, slow for many merges on a big one, since every
@@ -109,6 +112,13 @@ class BPETokenizer:
         freqs = list(chunk_counts.values())
         vocab = {i: bytes([i]) for i in range(256)} if verbose else None
         merges = train_merges(words, freqs, num_merges, verbose=verbose, vocab=vocab)
+        if len(merges) < num_merges:
+            reachable = 256 + len(merges) + len(special_tokens)
+            message = (f"vocab_size {vocab_size} cannot be reached: the text runs out of pairs to merge "
+                       f"after {len(merges)} merges, a vocabulary of {reachable}")
+            if strict:
+                raise TokenizerError(f"{message}; ask for at most {reachable} or give more text")
+            warnings.warn(f"{message}; the tokenizer has {reachable} tokens", stacklevel=2)
         return cls(merges, pattern=source, special_tokens=special_tokens)
 
     @classmethod
