@@ -160,8 +160,6 @@ def open_run_dir(out_dir, resume=False, overwrite=False, log=print):
         raise RunError("--resume and --overwrite contradict each other: continue the run, or start over")
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(f"--out-dir {out_dir} is a file, not a folder")
-    if resume and not (out_dir / CKPT_NAME).exists():
-        raise RunError(f"--resume: no checkpoint at {out_dir / CKPT_NAME}")
     created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,6 +169,8 @@ def open_run_dir(out_dir, resume=False, overwrite=False, log=print):
     lock = RunLock.acquire(out_dir, log=log)
     lock.created = getattr(lock, "created", False) or created
     try:
+        if resume and not (out_dir / CKPT_NAME).exists():
+            raise RunError(f"--resume: no checkpoint at {out_dir / CKPT_NAME}")
         if not resume and not overwrite and (out_dir / CKPT_NAME).exists():
             raise RunError(f"{out_dir} already holds a run's checkpoint ({CKPT_NAME}); pass --resume to "
                            "continue it, --overwrite to replace it, or another --out-dir")
