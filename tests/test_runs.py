@@ -428,7 +428,7 @@ def test_a_truncated_tokenizer_on_resume_names_its_path(run_dir, capsys):
     assert cli(["train", "--data", str(run_dir / "t.txt"), "--out-dir", str(run), "--resume", "--max-iters", "3",
                 "--sample-tokens", "0"]) == 2
     err = capsys.readouterr().err
-    assert f"tokenizer {tok} is not valid JSON" in err and err.count("\n") == 1
+    assert f"{tok} is not valid JSON" in err and err.count("\n") == 1
 
 
 def test_debug_keeps_the_traceback_and_unknown_commands_are_named(run_dir, capsys):
