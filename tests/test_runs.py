@@ -401,7 +401,7 @@ def _train(base, *flags):
      "vocab_size 5000 cannot be reached: the text runs out of pairs"),
     (lambda b: _train(b, "--vocab-size", "300"), "--vocab-size sets a BPE vocabulary"),
     (lambda b: ["train", "--data", str(b / "empty.txt"), "--out-dir", str(b / "new"), *FLAGS], "is empty"),
-    (lambda b: ["train", "--data", str(b), "--out-dir", str(b / "new"), *FLAGS], "is a folder"),
+    (lambda b: ["train", "--data", str(b), "--out-dir", str(b / "new"), *FLAGS], "is a folder without shards"),
     (lambda b: ["train", "--data", str(b / "nope.txt"), "--out-dir", str(b / "new")], "no such file"),
     (lambda b: ["train", "--data", str(b / "t.txt"), "--out-dir", str(b / "t.txt")], "is a file, not a folder"),
     (lambda b: ["sample", "--out-dir", str(b / "run"), "--num-samples", "0"], "--num-samples 0: must be"),

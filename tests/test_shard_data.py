@@ -1,6 +1,8 @@
 """The shard loader: every window once per epoch, disjoint ranks, exact resume, and training from
 a shard folder (a tiny corpus made here) with a bit-identical resume."""
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -116,9 +118,9 @@ def test_training_from_a_shard_folder_resumes_bit_identically(corpus, tmp_path):
     first = Trainer(cfg(tmp_path / "b"), log=lambda m: None)
     step = first.train_step
 
-    def interrupt_at_5():
+    def interrupt_at_5():  # Ctrl-C in the middle of step 6: it finishes, then the run stops
         if first.step == 5:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
         return step()
     first.train_step = interrupt_at_5
     assert first.run()["status"] == "interrupted"
@@ -129,7 +131,7 @@ def test_training_from_a_shard_folder_resumes_bit_identically(corpus, tmp_path):
     def losses(d):
         return {r["step"]: r["train_loss"] for r in map(json.loads, open(d / "metrics.jsonl"))}
     la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
-    assert all(la[s] == lb[s] for s in range(6, 9))
+    assert all(la[s] == lb[s] for s in range(1, 9))
     assert full.last_val == resumed.last_val
 
 
@@ -142,5 +144,5 @@ def test_train_command_takes_a_shard_folder(corpus, tmp_path, capsys):
             "--n-embd", "16", "--n-head", "2", "--batch-size", "2", "--sample-tokens", "0", "--quiet"]
     assert main(argv) == 0
     assert "bits/byte" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="pass --tokenizer-file"):
-        main(argv[:3] + argv[5:])
+    assert main(argv[:3] + argv[5:]) == 2
+    assert "pass --tokenizer-file" in capsys.readouterr().err

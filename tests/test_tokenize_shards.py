@@ -236,7 +236,7 @@ def test_encode_command_writes_shards_from_a_glob(tok, tmp_path, capsys):
     assert read_shards(tmp_path / "shards")[0] == reference_ids(tok, docs)
     one_file = argv[:5] + [str(tmp_path / "c" / "part0.jsonl"), str(tmp_path / "c" / "part1.jsonl"),
                            "--out", str(tmp_path / "x.bin")]
-    assert main(one_file) == 1
+    assert main(one_file) == 2
     assert "one token file, from one --input file" in capsys.readouterr().err
 
 

@@ -224,8 +224,13 @@ def check_flags(args):
     common.check_flags(args, limits)
     if args.dtype == "bf16" and args.device != "cuda" and not args.resume:
         raise UsageError("--dtype bf16 runs on the GPU only (--device cuda); the CPU trains in float32")
-    if args.tokenizer_file and not (args.data and Path(args.data).suffix == ".bin"):
-        raise UsageError("--tokenizer-file goes with a token file as --data (a .bin from `tokenize encode`)")
+    from ..shard_data import is_shard_folder
+    encoded = bool(args.data) and (Path(args.data).suffix == ".bin" or is_shard_folder(args.data))
+    if encoded and not args.tokenizer_file:
+        raise UsageError(f"--data {args.data} is pre-encoded: pass --tokenizer-file for the tokenizer that wrote it")
+    if args.tokenizer_file and not encoded:
+        raise UsageError("--tokenizer-file goes with pre-encoded --data (a .bin or a shard folder from "
+                         "`tokenize encode`)")
 
 
 def check_saved_tokenizer(args, tok, tok_path, saved):
@@ -288,9 +293,6 @@ def main(args):
             tok_path = Path(args.tokenizer_file) if args.tokenizer_file else out_dir / "tokenizer.json"
             encoded = data_path.suffix == ".bin" or data_path.is_dir()  # a token file or a shard folder
             bin_path = data_path if encoded else out_dir / "tokens.bin"
-            if encoded and not args.tokenizer_file:
-                raise UsageError(f"--data {data_path} is pre-encoded: pass --tokenizer-file for the tokenizer "
-                                 "that wrote it")
             data = None  # the Trainer opens cfg.data (a shard folder is split between the ranks)
             if not encoded and not args.resume:
                 print(f"data: {data_path}", flush=True)

@@ -103,7 +103,7 @@ def _encode_shards(args, tok, name, allowed):
         return 130
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(f"{summary['shards']} shards, {summary['tokens']:,} tokens in {args.out} "
           f"({summary['new_tokens']:,} new from {summary['documents']:,} documents in "
           f"{summary['seconds']:.1f} s, {summary['mb_per_s']:.2f} MB/s)")
