@@ -237,3 +237,15 @@ def test_no_import_cycles():
             visit(m, [m])
     assert not cycles, f"import cycles: {cycles}"
     assert {"tinygrad_llm.tensor", "tinygrad_llm.ops.movement"} <= set(edges)  # the walk saw the package
+
+
+def test_the_tokenizer_stands_alone():
+    # docs/architecture.md: the tokenizer imports nothing of the package but files.py (standard
+    # library only), so it can be used, and read, without the engine
+    pkg = ROOT / "tinygrad_llm"
+    outside = []
+    for py in sorted((pkg / "tokenizer").rglob("*.py")):
+        rel = py.relative_to(pkg)
+        outside += [f"{rel} imports {top}" for top in _imported_tops(py, list(rel.parts[:-1]))
+                    if top not in ("tokenizer", "files")]
+    assert not outside, f"the tokenizer reaches outside itself: {outside}"
