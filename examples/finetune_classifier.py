@@ -86,9 +86,10 @@ def shakespeare_lines(text, speakers=4):
     return [t for t, s in rows if s in top], [s for _, s in rows if s in top]
 
 
-def find_shakespeare():
+def find_shakespeare(path=None):
+    """The path given, else where train_shakespeare.py looks ($TINYGRAD_LLM_DATA, the cache, a download)."""
     from tinygrad_llm.cli.train import find_text
-    return find_text(None, log=print)
+    return find_text(path, log=print)
 
 
 def download_spam():
@@ -138,6 +139,7 @@ def main(argv=None):
                     help="a Hugging Face GPT-2 directory, or our run directory / checkpoint file")
     ap.add_argument("--tokenizer", help="tokenizer.json of our run, or a directory with GPT-2's files")
     ap.add_argument("--speakers", type=int, default=4, help="--demo shakespeare: how many speakers")
+    ap.add_argument("--text", help="--demo shakespeare: the text file (default: as train_shakespeare.py finds it)")
     ap.add_argument("--train", default="all", help="head | N (last N blocks + final norm + head) | all")
     ap.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (and the head)")
     ap.add_argument("--lora-alpha", type=float, default=16)
@@ -156,7 +158,7 @@ def main(argv=None):
     tl.manual_seed(args.seed)
 
     if args.demo == "shakespeare":
-        texts, labels = shakespeare_lines(find_shakespeare().read_text(encoding="utf-8"), args.speakers)
+        texts, labels = shakespeare_lines(find_shakespeare(args.text).read_text(encoding="utf-8"), args.speakers)
     elif args.demo == "spam":
         texts, labels = balanced(*download_spam(), seed=args.seed)
     elif args.data:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tinygrad_llm as tl
-from tinygrad_llm import nn
+from tinygrad_llm import nn, safetensors
 from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.safetensors import encode_bf16, load_file, open_mapped, save_file
 
@@ -81,8 +81,10 @@ def test_transformers_loads_the_export_with_the_same_logits(tmp_path):
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [8, 1 << 20])  # one row per chunk, or the whole tensor at once
 @pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
-def test_mapped_copy_into_converts_and_transposes(tmp_path, dtype):
+def test_mapped_copy_into_converts_and_transposes(tmp_path, monkeypatch, dtype, chunk):
+    monkeypatch.setattr(safetensors, "CHUNK_BYTES", chunk)
     rng = np.random.default_rng(0)
     w = rng.standard_normal((5, 7)).astype(np.float32)
     path = tmp_path / "w.safetensors"

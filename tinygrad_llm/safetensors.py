@@ -40,6 +40,7 @@ DTYPES = {
 }
 _NAMES = {np.dtype(v).newbyteorder("<") if v.itemsize > 1 else v: k
           for k, v in DTYPES.items() if k != "BF16"}
+CHUNK_BYTES = 8 << 20  # copy_into's step: the most of a mapped file held at once while loading
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit: a bigger header is corrupt
 
 
@@ -176,31 +177,52 @@ class MappedFile:
         offset = self._start + info["data_offsets"][0]
         return np.frombuffer(self._mm, dtype=dtype, count=count, offset=offset).reshape(info["shape"])
 
-    def copy_into(self, dst, name, transpose=False):
+    def copy_into(self, dst, name, transpose=False, release=True):
         """dst[...] = the tensor (transposed if asked), converting its dtype on the way: one pass
         over the mapped bytes and no temporary the size of the tensor.
+
+        The copy goes in chunks of about CHUNK_BYTES of the file, and with release each chunk's
+        pages are handed back as soon as it is copied: the process never holds more than one
+        chunk of the file besides the destination.
 
         BF16 into float32 writes the 16 stored bits into the high half of each float32 word in
         place (dst viewed as uint32, then shifted): bfloat16 is exactly float32's top half.
         """
         src = self.view(name)
-        src = src.T if transpose else src
-        if tuple(dst.shape) != src.shape:
-            raise ValueError(f"{self.path}: tensor {name!r} has shape {src.shape}"
+        target = dst.T if transpose else dst  # laid out like the file, so chunks go row by row
+        if tuple(target.shape) != src.shape:
+            shown = tuple(src.shape[::-1]) if transpose else src.shape
+            raise ValueError(f"{self.path}: tensor {name!r} has shape {shown}"
                              f"{' (transposed)' if transpose else ''}, the destination {tuple(dst.shape)}")
-        if self.dtype(name) != "BF16":
-            dst[...] = src  # F16 -> float32 and friends: NumPy casts while it copies
-        elif dst.dtype == np.float32 and dst.flags.c_contiguous:
-            bits = dst.view(np.uint32)
-            bits[...] = src
-            bits <<= 16
+        bf16 = self.dtype(name) == "BF16"
+        bits = target.view(np.uint32) if bf16 and dst.dtype == np.float32 else None
+        if src.ndim == 0 or src.size == 0:
+            chunks = [slice(None)]
         else:
-            dst[...] = _decode_bf16(src)  # other destinations: a temporary float32, then a cast
+            step = max(1, CHUNK_BYTES // max(src[0].nbytes, 1))
+            chunks = [slice(r, r + step) for r in range(0, src.shape[0], step)]
+        begin = self._info(name)["data_offsets"][0]
+        row_bytes = src[0].nbytes if src.ndim else src.nbytes
+        for rows in chunks:
+            part = src[rows]
+            if bits is not None:
+                bits[rows] = part
+                bits[rows] <<= 16
+            elif bf16:
+                target[rows] = _decode_bf16(part)  # other destinations: float32, then a cast
+            else:
+                target[rows] = part  # F16 -> float32 and friends: NumPy casts while it copies
+            if release and src.ndim:
+                lo = rows.start * row_bytes
+                self._release_span(begin + lo, begin + lo + part.nbytes)
         return dst
 
     def release(self, name):
         """Drop the tensor's pages from this process (they stay in the OS page cache)."""
         begin, end = self._info(name)["data_offsets"]
+        self._release_span(begin, end)
+
+    def _release_span(self, begin, end):
         page = mmap.PAGESIZE
         lo = (self._start + begin) // page * page
         if end > begin and hasattr(self._mm, "madvise"):

@@ -203,8 +203,9 @@ class GPT(nn.Module):
         if isinstance(config, dict):
             config = GPTConfig.from_dict(config)
         self.config = config
-        self.transformer = Transformer(config, dtype)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False, dtype=dtype)
+        with nn.init.skipped(not init):  # a loader overwrites every weight: leave them unwritten
+            self.transformer = Transformer(config, dtype)
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False, dtype=dtype)
         if config.tie_weights:
             # the input embedding and the output projection share one matrix (Press & Wolf 2017):
             # fewer parameters, and rare tokens' rows learn from both ends

@@ -4,14 +4,31 @@ Each fills a tensor's array in place, in its own dtype (float32 samples are draw
 no float64 detour), and returns the tensor.
 """
 import math
+from contextlib import contextmanager
 
 from .. import backend
 from ..autograd import no_grad
+
+_skipping = False
+
+
+@contextmanager
+def skipped(skip=True):
+    """Inside, every initialiser here leaves its tensor as allocated: for a loader that overwrites
+    every parameter next (models/hf.py), so no random draw is paid for and no page is touched."""
+    global _skipping
+    before, _skipping = _skipping, bool(skip)
+    try:
+        yield
+    finally:
+        _skipping = before
 
 
 @no_grad()
 def uniform_(t, a=0.0, b=1.0):
     """t ~ U(a, b)."""
+    if _skipping:
+        return t
     gen = backend.rng(t.device)
     t.data[...] = gen.random(t.shape, dtype=t.dtype)
     t.data *= (b - a)
@@ -22,6 +39,8 @@ def uniform_(t, a=0.0, b=1.0):
 @no_grad()
 def normal_(t, mean=0.0, std=1.0):
     """t ~ N(mean, std^2)."""
+    if _skipping:
+        return t
     gen = backend.rng(t.device)
     t.data[...] = gen.standard_normal(t.shape, dtype=t.dtype)
     if std != 1.0:
@@ -32,11 +51,15 @@ def normal_(t, mean=0.0, std=1.0):
 
 
 def zeros_(t):
+    if _skipping:
+        return t
     t.data[...] = 0
     return t
 
 
 def ones_(t):
+    if _skipping:
+        return t
     t.data[...] = 1
     return t
 
