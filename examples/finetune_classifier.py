@@ -140,6 +140,8 @@ def main(argv=None):
     ap.add_argument("--tokenizer", help="tokenizer.json of our run, or a directory with GPT-2's files")
     ap.add_argument("--speakers", type=int, default=4, help="--demo shakespeare: how many speakers")
     ap.add_argument("--text", help="--demo shakespeare: the text file (default: as train_shakespeare.py finds it)")
+    ap.add_argument("--from-scratch", action="store_true",
+                    help="re-draw --init's weights at random (same config, same tokenizer): what pretraining is worth")
     ap.add_argument("--train", default="all", help="head | N (last N blocks + final norm + head) | all")
     ap.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (and the head)")
     ap.add_argument("--lora-alpha", type=float, default=16)
@@ -170,6 +172,8 @@ def main(argv=None):
         texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
 
     gpt, tok = load_init(args.init, args.tokenizer)
+    if args.from_scratch:
+        gpt.reset_parameters()
     max_len = min(args.max_len, gpt.config.block_size)
     data = LabelledData.build(texts, labels, tok, max_len=max_len, val_frac=args.val_frac, seed=args.seed)
     counts = Counter(data.classes[i] for i in data.train_y)
@@ -195,7 +199,7 @@ def main(argv=None):
     print(f"val accuracy {last['val_acc']:.3f} vs majority-class baseline {baseline:.3f} "
           f"({len(data.classes)} classes); train accuracy {last['train_acc']:.3f}; wall time {wall:.1f}s")
     if args.out:
-        summary = {"classes": data.classes, "train_examples": len(data.train_x), "val_examples": len(data.val_x),
+        summary = {"init": args.init, "from_scratch": args.from_scratch, "classes": data.classes, "train_examples": len(data.train_x), "val_examples": len(data.val_x),
                    "trainable": what, "val_acc": last["val_acc"], "train_acc": last["train_acc"],
                    "majority_baseline": baseline, "wall_s": wall, "history": history}
         Path(args.out).write_text(json.dumps(summary, indent=2))

@@ -108,3 +108,14 @@ def test_mapped_copy_into_converts_and_transposes(tmp_path, monkeypatch, dtype, 
         np.testing.assert_array_equal(again, expect)
         with pytest.raises(ValueError, match=r"tensor 'w' has shape \(5, 7\), the destination \(7, 5\)"):
             f.copy_into(np.empty((7, 5), np.float32), "w")
+
+
+def test_loading_writes_each_parameter_once_and_draws_no_random_numbers(tmp_path):
+    out = trained_like().save_pretrained(tmp_path / "hf")
+    before = tl.backend.get_rng_state()
+    back = GPT.from_safetensors(out)
+    assert tl.backend.get_rng_state() == before  # no initialisation ran: the file wrote every weight
+    with nn.init.skipped():
+        bare = nn.Linear(3, 4)
+    nn.init.normal_(bare.weight)  # outside the block the initialisers work again
+    assert np.isfinite(bare.weight.numpy()).all() and back.config.n_layer == 2
