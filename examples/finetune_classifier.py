@@ -12,8 +12,9 @@ from a Hugging Face GPT-2 directory (config.json, model.safetensors, vocab.json 
     python examples/finetune_classifier.py --data reviews.csv --text-col text --label-col label \\
         --init gpt2-dir --train 2 --epochs 3
 
-The spam/ham data of "Build a Large Language Model (from Scratch)", chapter 6 (SMS Spam
-Collection, UCI; downloaded once to ~/.cache/tinygrad_llm):
+The spam/ham data of "Build a Large Language Model (from Scratch)", chapter 6: the SMS Spam
+Collection (UCI, https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip),
+downloaded once to ~/.cache/tinygrad_llm and balanced to as many spam as ham messages:
 
     python examples/finetune_classifier.py --demo spam --init gpt2-dir
 

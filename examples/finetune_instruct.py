@@ -10,7 +10,10 @@ records (never trained on) are answered greedily and written, with the reference
     python examples/finetune_instruct.py --demo book --init gpt2-dir     # the book's 1,100 records
     python examples/finetune_instruct.py --demo alpaca --init gpt2-dir   # Stanford Alpaca, 52K records
 
---demo downloads once to ~/.cache/tinygrad_llm (the URLs are below); offline, pass --data. --init
+--demo downloads once to ~/.cache/tinygrad_llm; offline, pass --data. The public files:
+    book    https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json
+    alpaca  https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json
+ --init
 is a Hugging Face GPT-2 directory (config.json, model.safetensors, vocab.json + merges.txt) or one
 of our runs (out/shakespeare). --lora-rank R trains LoRA adapters only, saved on their own to
 <out>.adapters.safetensors.
