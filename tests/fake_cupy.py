@@ -87,23 +87,12 @@ def _wrap(fn):
     return call
 
 
-class _Generator:
-    """cupy.random.Generator: NumPy's, with "device" outputs."""
-
-    def __init__(self, gen):
-        self._gen = gen
-
-    def __getattr__(self, name):
-        attr = getattr(self._gen, name)
-        return _wrap(attr) if callable(attr) else attr
-
-
 _MODULES = []
 
 
 class FakeCupy(types.ModuleType):
     """The module object: numpy's namespace with device arrays out, plus what the package asks of
-    cupy itself (ndarray, random, cuda, _core.syncdetect)."""
+    cupy itself (ndarray, cuda, _core.syncdetect)."""
 
     ndarray = FakeArray
 
@@ -111,8 +100,6 @@ class FakeCupy(types.ModuleType):
         super().__init__("fake_cupy")
         syncdetect = types.SimpleNamespace(_declare_synchronize=lambda: None)
         self._core = types.SimpleNamespace(syncdetect=syncdetect)
-        self.random = types.SimpleNamespace(
-            default_rng=lambda seed=None: _Generator(np.random.default_rng(seed)))
         device = types.SimpleNamespace(id=0, synchronize=lambda: syncdetect._declare_synchronize())
         self.cuda = types.SimpleNamespace(Device=lambda *a: device)
         _MODULES.append(self)

@@ -192,6 +192,7 @@ template <class F> bool launch(const int* cfg, F body) {
 #include "../tinygrad_llm/kernels/adamw.cu"
 #include "../tinygrad_llm/kernels/attention.cu"
 #include "../tinygrad_llm/kernels/embedding.cu"
+#include "../tinygrad_llm/kernels/random.cu"
 
 template <class F> struct Launcher;
 template <class... A> struct Launcher<void (*)(A...)> {
@@ -261,3 +262,5 @@ EXPORT_ATTN_ALL(float, float, 32) EXPORT_ATTN_ALL(float, float, 64) EXPORT_ATTN_
 EXPORT_ATTN_ALL(double, double, 32) EXPORT_ATTN_ALL(double, double, 64) EXPORT_ATTN_ALL(double, double, 128)
 EXPORT_ATTN_ALL(tgl::bf16, bf16, 32) EXPORT_ATTN_ALL(tgl::bf16, bf16, 64) EXPORT_ATTN_ALL(tgl::bf16, bf16, 128)
 EXPORT2(embedding_backward)
+EXPORT2(philox_uniform)
+EXPORT2(philox_normal)

@@ -81,6 +81,7 @@ def test_serves_only_gpu_arrays_and_obeys_the_switch():
 
 # --- the kernel runner: the host emulator everywhere, the GPU when there is one ----------------
 _CTYPES = {np.int32: ctypes.c_int32, np.int64: ctypes.c_int64, np.uint64: ctypes.c_uint64,
+           np.uint32: ctypes.c_uint32,
            np.float32: ctypes.c_float, np.float64: ctypes.c_double}
 
 
@@ -569,3 +570,48 @@ def test_tf32_switch(cp):
     assert err_fp32 < 1e-3  # float32 products: ~1e-5 relative on values of size ~16
     if int(cp.cuda.Device().compute_capability) >= 80:
         assert err_tf32 > 10 * err_fp32  # 10-bit mantissa products are visibly coarser
+
+
+# --- random numbers (kernels/random.cu) -----------------------------------------------------------
+def test_philox_reference_matches_the_published_answer():
+    """Random123's known-answer vector for Philox4x32-10: key 0, counter 0."""
+    from tinygrad_llm.cuda.random import philox_ref
+    words = philox_ref(np, np.array([0], np.uint64), 0, 0)
+    assert [int(w[0]) for w in words] == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 7, 1000])
+def test_philox_kernels_match_the_reference(kx, dtype, n):
+    from tinygrad_llm.cuda.random import DeviceGenerator, normal_ref, uniform_ref
+    gen = DeviceGenerator(seed=(5 << 32) + 123)
+    gen.counter = (1 << 32) - 3  # the 64-bit counter carries into its high word mid-draw
+    k0, k1, c = *gen.keys, gen.counter
+    u = kx.host(gen.random((n,), dtype))
+    np.testing.assert_array_equal(u, uniform_ref(np, n, dtype, k0, k1, c))
+    z = kx.host(gen.standard_normal((n,), dtype))
+    np.testing.assert_allclose(z, normal_ref(np, n, dtype, k0, k1, c + n), **TOL[dtype])
+    assert gen.counter == c + 2 * n
+    assert {"philox_uniform", "philox_normal"} <= set(kx.launched)
+    assert 0 <= u.min() and u.max() < 1 and np.isfinite(z).all()
+
+
+def test_device_generator_state_restores_the_stream_exactly():
+    from tinygrad_llm.cuda.random import DeviceGenerator
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(backend, "cupy", lambda: np)
+        cuda.set_enabled(False)  # the array-operation path: the kernels' reference
+        try:
+            gen = DeviceGenerator(seed=7)
+            gen.random((3, 4), np.float32)
+            state = gen.get_state()
+            want = gen.random((5,), np.float32), gen.standard_normal((2, 2), np.float64)
+            other = DeviceGenerator(seed=99)
+            other.set_state(state)
+            got = other.random((5,), np.float32), other.standard_normal((2, 2), np.float64)
+            sample = DeviceGenerator(seed=1).random((200_000,), np.float64)
+        finally:
+            cuda.set_enabled(True)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert abs(sample.mean() - 0.5) < 0.005 and abs(sample.var() - 1 / 12) < 0.002

@@ -110,3 +110,23 @@ def test_clip_on_the_device_is_one_reduction_per_bucket_and_matches_the_cpu(fake
     assert float(total) == pytest.approx(want, rel=1e-12)
     for p, q in zip(dev, cpu):
         np.testing.assert_allclose(p.grad.data.get(), q.grad.data, rtol=1e-12)
+
+
+def test_a_resumed_gpu_run_draws_the_same_dropout_masks(fake_gpu, tmp_path):
+    """The GPU generator's state (seed, counter) is in the checkpoint: resuming continues its
+    stream instead of starting it again."""
+    def steps(t, n):
+        out = []
+        for _ in range(n):
+            with syncs.deferred_checks():
+                loss, _ = t.train_step()
+            out.append(syncs.read(loss))
+            t.step += 1
+        return out
+    first = _trainer(tmp_path, dropout=0.3)
+    steps(first, 2)
+    first.save()
+    want = steps(first, 2)
+    resumed = _trainer(tmp_path, dropout=0.3)
+    resumed.load()
+    assert steps(resumed, 2) == want

@@ -209,14 +209,11 @@ def manual_seed(seed):
     """Seed every device's generator (like torch.manual_seed)."""
     seed = int(seed)
     _rng["cpu"] = np.random.Generator(np.random.PCG64(seed))
-    if _cupy is not None:
-        _rng["cuda"] = _cupy.random.default_rng(seed)
-    else:
-        _rng.pop("cuda", None)
-        _pending_cuda_seed[0] = seed
+    _rng.pop("cuda", None)  # made on first use, without importing CuPy here
+    _cuda_seed[0] = seed
 
 
-_pending_cuda_seed = [0]
+_cuda_seed = [0]
 
 
 _thread_rng = threading.local()  # .cpu: a generator this thread draws from instead (set_thread_rng)
@@ -244,7 +241,9 @@ def rng(device="cpu"):
         if own is not None:
             return own
     if device not in _rng:
-        _rng[device] = cupy().random.default_rng(_pending_cuda_seed[0])
+        # a Philox stream whose state is two integers (a checkpoint saves it: cuda/random.py)
+        from .cuda.random import DeviceGenerator
+        _rng[device] = DeviceGenerator(_cuda_seed[0])
     return _rng[device]
 
 
@@ -257,6 +256,15 @@ def set_rng_state(state):
     bitgen = np.random.PCG64()
     bitgen.state = state
     _rng["cpu"] = np.random.Generator(bitgen)
+
+
+def get_cuda_rng_state():
+    """The GPU generator's state (seed and counter, JSON-serialisable), for checkpoints."""
+    return rng("cuda").get_state()
+
+
+def set_cuda_rng_state(state):
+    rng("cuda").set_state(state)
 
 
 # --- dtypes -----------------------------------------------------------------------------------

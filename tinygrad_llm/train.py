@@ -220,6 +220,8 @@ class Trainer:
     def save(self):
         """Every rank calls it (the RNG states and ZeRO's optimizer blocks are gathered); rank 0 writes."""
         rng = {"global": backend.get_rng_state(), "data": self.data.state()}
+        if self.cfg.device == "cuda":  # the GPU's dropout stream (seed and counter)
+            rng["cuda"] = backend.get_cuda_rng_state()
         if self.world.size > 1:  # every rank's, so a resumed N-rank run draws what it would have
             rng["ranks"] = self.world.allgather_json(rng)
         optim_state = self.dp.optimizer_state_dict()
@@ -245,6 +247,8 @@ class Trainer:
             raise RunError(f"checkpoint written by {len(ranks)} rank(s), resumed on {self.world.size}: "
                              f"each rank's data order is in the checkpoint; resume on {len(ranks)}")
         backend.set_rng_state(ranks[self.world.rank]["global"])
+        if "cuda" in ranks[self.world.rank]:
+            backend.set_cuda_rng_state(ranks[self.world.rank]["cuda"])
         self.data.set_state(ranks[self.world.rank]["data"])
         self.step = ck["step"]
         self.elapsed = ck["extra"].get("elapsed_s", 0.0)

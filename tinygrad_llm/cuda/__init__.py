@@ -11,9 +11,9 @@ without CuPy: nothing here touches CuPy until an op hands it a CuPy array.
 
 Layout: runtime.py compiles, caches and launches (and holds the registry of kernel files); each
 kernel family has a module of its own (softmax.py, layernorm.py, cross_entropy.py, gelu.py,
-adamw.py, attention.py, embedding.py) that registers its .cu file and wraps its launches.
+adamw.py, attention.py, embedding.py, random.py) that registers its .cu file and wraps its launches.
 """
-from . import adamw, attention, cross_entropy, embedding, gelu, layernorm, runtime, softmax
+from . import adamw, attention, cross_entropy, embedding, gelu, layernorm, random, runtime, softmax
 from .adamw import adamw_step
 from .attention import flash_attention_backward, flash_attention_forward
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
