@@ -9,6 +9,7 @@ loads, stack frame and static shared memory. A spill or a stack frame is a kerne
 local memory, which costs memory traffic on the GPU.
 """
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -65,10 +66,10 @@ def compile_file(filename, arch="sm_90", nvcc="nvcc"):
     return rows, None
 
 
-def report(arch="sm_90", nvcc="nvcc", files=None, workers=2):
+def report(arch="sm_90", nvcc="nvcc", files=None, workers=None):
     """(rows for every kernel of every file, {file: error}) ; files default to the registry's."""
     files = list(files or KERNEL_FILES)
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers or min(len(files), os.cpu_count() or 1)) as pool:
         results = list(pool.map(lambda f: compile_file(f, arch, nvcc), files))
     rows = [r for rs, _ in results for r in rs]
     names = _demangle([r["entry"] for r in rows])
