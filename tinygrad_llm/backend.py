@@ -214,6 +214,13 @@ def manual_seed(seed):
 
 
 _cuda_seed = [0]
+_cuda_generator = [None]  # the GPU generator's class, registered by cuda/random.py
+
+
+def register_cuda_generator(cls):
+    """Set the class backend.rng("cuda") makes: cls(seed) with random, standard_normal,
+    get_state and set_state (cuda/random.py registers its Philox stream when imported)."""
+    _cuda_generator[0] = cls
 
 
 _thread_rng = threading.local()  # .cpu: a generator this thread draws from instead (set_thread_rng)
@@ -242,8 +249,10 @@ def rng(device="cpu"):
             return own
     if device not in _rng:
         # a Philox stream whose state is two integers (a checkpoint saves it: cuda/random.py)
-        from .cuda.random import DeviceGenerator
-        _rng[device] = DeviceGenerator(_cuda_seed[0])
+        if _cuda_generator[0] is None:
+            raise DeviceError("no GPU generator registered: import tinygrad_llm (its cuda package "
+                              "registers one)")
+        _rng[device] = _cuda_generator[0](_cuda_seed[0])
     return _rng[device]
 
 

@@ -104,3 +104,6 @@ class DeviceGenerator:
 
     def standard_normal(self, shape, dtype=np.float64):
         return self._draw("normal", shape, dtype)
+
+
+backend.register_cuda_generator(DeviceGenerator)
