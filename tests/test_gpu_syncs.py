@@ -130,3 +130,20 @@ def test_a_resumed_gpu_run_draws_the_same_dropout_masks(fake_gpu, tmp_path):
     resumed = _trainer(tmp_path, dropout=0.3)
     resumed.load()
     assert steps(resumed, 2) == want
+
+
+def test_bench_reports_the_syncs_per_step_by_place(fake_gpu, capsys):
+    """`python -m tinygrad_llm bench --device cuda` prints the sync counts of a step that does not
+    log and of one that does."""
+    import argparse
+    from tinygrad_llm.cli import bench
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--device", "cuda", "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
+                              "--block-size", "8", "--batch-size", "2", "--steps", "1", "--warmup", "1",
+                              "--shards", "1"])  # the stand-in arrays are NumPy subclasses: no CPU sharding
+    bench.main(args)
+    out = capsys.readouterr().out
+    assert "host syncs per step: 0 when the loss is not logged, 1 when it is" in out
+    assert "logged         1  (outside tinygrad_llm)" not in out  # the read is attributed to its line
+    assert "tinygrad_llm/cli/bench.py:" in out
