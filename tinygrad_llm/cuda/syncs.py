@@ -53,7 +53,11 @@ def _place():
 @contextlib.contextmanager
 def counting(cp=None):
     """Count the host syncs inside the block: `with counting() as c: ...; c.total, c.places`."""
-    detect = (cp or backend.cupy())._core.syncdetect
+    cp = cp or backend.cupy()
+    detect = getattr(getattr(cp, "_core", None), "syncdetect", None)
+    if detect is None:  # a CuPy whose _core package has not bound the submodule as an attribute
+        import importlib
+        detect = importlib.import_module(f"{cp.__name__}._core.syncdetect")
     original = detect._declare_synchronize
     count = SyncCount()
 
