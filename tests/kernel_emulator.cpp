@@ -247,6 +247,8 @@ EXPORT2(cross_entropy_forward)
 EXPORT2(cross_entropy_backward)
 EXPORT2(gelu_forward)
 EXPORT2(gelu_backward)
+EXPORT(gelu_forward, bf16)
+EXPORT(gelu_backward, bf16)
 EXPORT2(adamw_step)
 
 // attention: emu_attention_<kernel>_<float|double|bf16>_<D>

@@ -89,7 +89,7 @@ class _Emulated:
     """Stands in for a compiled CuPy kernel: runs it in the host emulator with the same args."""
 
     def __init__(self, lib, name, dtype):
-        ctype = "float" if np.dtype(dtype) == np.float32 else "double"
+        ctype = {"float32": "float", "float64": "double", "bfloat16": "bf16"}[np.dtype(dtype).name]
         base, j = re.fullmatch(r"(\w+)(?:<\{T\}, (\d+)>)?", name).groups()
         self.fn = getattr(lib, f"emu_{base}_{ctype}" + (f"_{j}" if j else ""))
         self.name = name
@@ -373,6 +373,29 @@ def test_gelu_kernel(kx, dtype, n, approximate, misalign):
     y_r, h = fwd(x64)
     _close(cuda.gelu_forward(x, approximate), y_r, dtype, "gelu forward")
     _close(cuda.gelu_backward(x, dy, approximate), bwd(dy64, x64, h), dtype, "gelu backward")
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 1001, 3 * 768 * 4 + 1])
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@pytest.mark.parametrize("misalign", [False, True])
+def test_gelu_kernel_bf16(kx, n, approximate, misalign):
+    """bfloat16 in and out (autocast's MLP activations), float math inside: within one bf16
+    rounding (2^-8 relative) of the float64 reference on the same bf16 inputs; 8-element packs,
+    tails and the misaligned scalar loop."""
+    bf16 = np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    from tinygrad_llm.ops import activation as A
+    fwd, bwd = ((A.gelu_tanh_forward_ref, A.gelu_tanh_backward_ref) if approximate == "tanh" else
+                (A.gelu_exact_forward_ref, A.gelu_exact_backward_ref))
+    x = _rand(kx, (n,), bf16, 11, misalign, scale=3.0)
+    dy = _rand(kx, (n,), bf16, 12, misalign)
+    assert cuda.serves(x, bf16=True) and not cuda.serves(x)  # only files built for bf16 take it
+    x64, dy64 = kx.host(x).astype(np.float64), kx.host(dy).astype(np.float64)
+    y_r, h = fwd(x64)
+    for got, want, what in ((cuda.gelu_forward(x, approximate), y_r, "gelu forward"),
+                            (cuda.gelu_backward(x, dy, approximate), bwd(dy64, x64, h), "gelu backward")):
+        got = kx.host(got)
+        assert got.dtype == bf16 and not np.isnan(got.astype(np.float32)).any(), what
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=2 ** -8, atol=1e-6, err_msg=what)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,15 +1,16 @@
 """GELU, tanh or exact (kernels/gelu.cu): grid-stride elementwise kernels, 16-byte packs where
-the buffers allow. Matches ops/activation.py's gelu_*_cpu functions."""
+the buffers allow; float, double and bfloat16 (computed in float). Matches ops/activation.py's
+gelu_*_cpu functions."""
 import numpy as np
 
 from . import runtime as rt
 
 FILE = "gelu.cu"
-rt.register(FILE, ("gelu_forward", "gelu_backward"))
+rt.register(FILE, ("gelu_forward", "gelu_backward"), bf16=True)
 
 
 def _elementwise_grid(n, dtype, threads=256):
-    packs = -(-n // rt.PACK[np.dtype(dtype)])
+    packs = -(-n // rt.pack(dtype))
     return (max(1, min(-(-packs // threads), rt.sm_count() * 16)),), (threads,)
 
 

@@ -30,6 +30,8 @@ KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
 KERNELS = {}
 # file -> kernels instantiated for float only (their double versions would spill registers)
 FLOAT_ONLY = {}
+# files whose kernels are also instantiated for tgl::bf16 (bf16.cuh): bfloat16 storage, float math
+BF16_FILES = set()
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 PACK = {np.dtype(np.float32): 4, np.dtype(np.float64): 2}  # elements per 16-byte load
 NULL = np.uint64(0)  # a null pointer argument (an optional weight or bias)
@@ -40,11 +42,14 @@ _functions = {}  # (file, kernel name, dtype) -> the module's function, looked u
 _INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
 
 
-def register(filename, kernels, float_only=()):
-    """Declare the kernels one .cu file defines (called by each kernel-family module)."""
+def register(filename, kernels, float_only=(), bf16=False):
+    """Declare the kernels one .cu file defines (called by each kernel-family module); bf16: they
+    are instantiated for tgl::bf16 too."""
     if filename in KERNELS and (KERNELS[filename], FLOAT_ONLY.get(filename, ())) != (tuple(kernels), tuple(float_only)):
         raise ValueError(f"{filename} is registered twice with different kernels")
     KERNELS[filename] = tuple(kernels)
+    if bf16:
+        BF16_FILES.add(filename)
     if float_only:
         FLOAT_ONLY[filename] = tuple(float_only)
 
@@ -70,8 +75,20 @@ def enabled():
     return _enabled
 
 
-def serves(*arrays):
-    """True when the kernels can take these arrays: all CuPy, C-contiguous, one float dtype.
+def ctype(dtype):
+    """The kernels' C++ type for a dtype: float, double, tgl::bf16 (ml_dtypes' bfloat16), or None."""
+    dtype = np.dtype(dtype)
+    return "tgl::bf16" if dtype.name == "bfloat16" else _CTYPE.get(dtype)
+
+
+def pack(dtype):
+    """Elements per 16-byte load."""
+    return 16 // np.dtype(dtype).itemsize
+
+
+def serves(*arrays, bf16=False):
+    """True when the kernels can take these arrays: all CuPy, C-contiguous, one float dtype
+    (bfloat16 too when the caller's kernel file has bf16 instantiations: bf16=True).
 
     None entries (an absent bias) are skipped.
     """
@@ -82,7 +99,9 @@ def serves(*arrays):
     for a in arrays:
         if a is None:
             continue
-        if not isinstance(a, cp.ndarray) or not a.flags.c_contiguous or a.dtype not in _CTYPE:
+        if not isinstance(a, cp.ndarray) or not a.flags.c_contiguous:
+            return False
+        if a.dtype not in _CTYPE and not (bf16 and a.dtype.name == "bfloat16"):
             return False
         if dtype is None:
             dtype = a.dtype
@@ -122,11 +141,13 @@ def module(filename, dtype):
     mod = _modules.get(key)
     if mod is None:
         cp = backend.cupy()
-        ctype = _CTYPE[dtype]
-        names = KERNELS[filename] + FLOAT_ONLY.get(filename, ()) * (ctype == "float")
+        ct = ctype(dtype)
+        if ct is None or (ct == "tgl::bf16" and filename not in BF16_FILES):
+            raise TypeError(f"{filename} has no kernels for dtype {dtype}")
+        names = KERNELS[filename] + FLOAT_ONLY.get(filename, ()) * (ct == "float")
         mod = cp.RawModule(code=compile_source(filename),
                            options=("-std=c++17", f"-I{KERNEL_DIR}"),
-                           name_expressions=[expr(k, ctype) for k in names])
+                           name_expressions=[expr(k, ct) for k in names])
         _modules[key] = mod
     return mod
 
@@ -142,13 +163,14 @@ def kernel(filename, name, dtype):
     key = (filename, name, dtype)
     fn = _functions.get(key)
     if fn is None:
-        fn = _functions[key] = module(filename, dtype).get_function(expr(name, _CTYPE[dtype]))
+        fn = _functions[key] = module(filename, dtype).get_function(expr(name, ctype(dtype)))
     return fn
 
 
 def launch(filename, name, dtype, grid, block, *args, shared_mem=0):
-    """Launch a kernel; Python ints become np.int32, Python floats the kernel's dtype."""
-    scalar = np.dtype(dtype).type
+    """Launch a kernel; Python ints become np.int32, Python floats the kernel's compute type (its
+    dtype; float32 for bf16)."""
+    scalar = np.float32 if ctype(dtype) == "tgl::bf16" else np.dtype(dtype).type
     packed = tuple(np.int32(a) if isinstance(a, (bool, int)) else
                    scalar(a) if isinstance(a, float) else a for a in args)
     kernel(filename, name, dtype)(tuple(grid), tuple(block), packed, shared_mem=shared_mem)

@@ -8,8 +8,10 @@
 //   gelu_forward<T>(x, y, n, approximate)
 //   gelu_backward<T>(x, dy, dx, n, approximate)      dx = dy * dy/dx(x)
 //
-// Work split: a grid-stride loop, each thread handling one 16-byte pack (4 floats / 2 doubles)
-// per step when every buffer is 16-byte aligned; the last n % pack elements (or all of them,
+// T is the storage type: float, double, or tgl::bf16 (computed in float, see bf16.cuh).
+//
+// Work split: a grid-stride loop, each thread handling one 16-byte pack (4 floats / 2 doubles /
+// 8 bf16) per step when every buffer is 16-byte aligned; the last n % pack elements (or all of them,
 // when unaligned) go through the scalar loop. Pure bandwidth: 1 read + 1 write forward,
 // 2 reads + 1 write backward; the backward recomputes tanh from x instead of saving it.
 //
@@ -17,6 +19,7 @@
 // gelu_exact_forward_cpu / gelu_exact_backward_cpu (approximate = 0) in tinygrad_llm/ops/activation.py,
 // which evaluate h by the same formula as gelu_h below (one_over_one_plus_exp in ops/elementwise.py).
 #include "common.cuh"
+#include "bf16.cuh"
 
 using namespace tgl;
 
@@ -56,11 +59,11 @@ __global__ void gelu_forward(const T* __restrict__ x, T* __restrict__ y, long lo
             T v[P];
             load_pack(x + i, v);
 #pragma unroll
-            for (int k = 0; k < P; ++k) v[k] = gelu_y(v[k], approximate);
+            for (int k = 0; k < P; ++k) put(v + k, gelu_y(to_acc(v[k]), approximate));
             store_pack(y + i, v);
         }
     }
-    for (long long i = head + tid; i < n; i += stride) y[i] = gelu_y(x[i], approximate);
+    for (long long i = head + tid; i < n; i += stride) put(y + i, gelu_y(to_acc(x[i]), approximate));
 }
 
 template <typename T>
@@ -77,14 +80,17 @@ __global__ void gelu_backward(const T* __restrict__ x, const T* __restrict__ dy,
             load_pack(x + i, v);
             load_pack(dy + i, g);
 #pragma unroll
-            for (int k = 0; k < P; ++k) v[k] = g[k] * gelu_dydx(v[k], approximate);
+            for (int k = 0; k < P; ++k) put(v + k, to_acc(g[k]) * gelu_dydx(to_acc(v[k]), approximate));
             store_pack(dx + i, v);
         }
     }
-    for (long long i = head + tid; i < n; i += stride) dx[i] = dy[i] * gelu_dydx(x[i], approximate);
+    for (long long i = head + tid; i < n; i += stride)
+        put(dx + i, to_acc(dy[i]) * gelu_dydx(to_acc(x[i]), approximate));
 }
 
 template __global__ void gelu_forward<float>(const float*, float*, long long, int);
 template __global__ void gelu_forward<double>(const double*, double*, long long, int);
 template __global__ void gelu_backward<float>(const float*, const float*, float*, long long, int);
 template __global__ void gelu_backward<double>(const double*, const double*, double*, long long, int);
+template __global__ void gelu_forward<bf16>(const bf16*, bf16*, long long, int);
+template __global__ void gelu_backward<bf16>(const bf16*, const bf16*, bf16*, long long, int);

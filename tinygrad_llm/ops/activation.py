@@ -182,7 +182,9 @@ class GELU(Function):
             raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
         fwd = gelu_tanh_forward_cpu if approximate == "tanh" else gelu_exact_forward_cpu
         x1 = x.reshape(-1)  # flat (a view): a 0-d input would turn the in-place passes into scalars
-        if cuda.serves(x1):  # the kernel's backward recomputes h from x: nothing else is saved
+        # the kernel's backward recomputes h from x: nothing else is saved. bf16 (under autocast)
+        # is served too: the kernel computes in float and rounds once
+        if cuda.serves(x1, bf16=True):
             y, h = cuda.gelu_forward(x1, approximate), None
         else:
             y, h = by_row_chunks(fwd, x1, inplace=True)
