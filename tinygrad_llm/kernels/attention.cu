@@ -60,32 +60,12 @@
 // Shared memory (dynamic, bytes from attention_smem_bytes in tinygrad_llm/cuda/attention.py) is
 // above the 48 KiB default for D = 128 and for double; the glue raises the kernel's limit.
 //
-// Must match: attention_forward_cpu / attention_backward_cpu in tinygrad_llm/ops/attention.py
+// Must match: attention_textbook / attention_backward_textbook in tinygrad_llm/ops/attention.py
 // (segment ids included), and the float64 reference in tests/test_attention_kernel.py.
 #include "common.cuh"
+#include "bf16.cuh"  // tgl::bf16, Acc<T>, to_acc, put
 
 namespace tgl {
-
-// bf16 as a 16-bit storage type of our own: the upper half of an IEEE float. Conversions round to
-// nearest even, like __float2bfloat16_rn; no header needed, and the host emulator uses the same
-// code. Arithmetic happens in float.
-struct bf16 { unsigned short bits; };
-
-__device__ __forceinline__ float to_acc(bf16 x) { return __uint_as_float(unsigned(x.bits) << 16); }
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ bf16 to_bf16(float f) {
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{(unsigned short)((u >> 16) | 0x40u)};  // NaN
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return bf16{(unsigned short)(u >> 16)};
-}
-__device__ __forceinline__ void put(bf16* p, float v) { *p = to_bf16(v); }
-__device__ __forceinline__ void put(float* p, float v) { *p = v; }
-__device__ __forceinline__ void put(double* p, double v) { *p = v; }
-
-template <typename E> struct Acc { using type = E; };
-template <> struct Acc<bf16> { using type = float; };
 
 namespace flash {
 
