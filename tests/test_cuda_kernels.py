@@ -384,8 +384,8 @@ def test_gelu_kernel_bf16(kx, n, approximate, misalign):
     tails and the misaligned scalar loop."""
     bf16 = np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
     from tinygrad_llm.ops import activation as A
-    fwd, bwd = ((A.gelu_tanh_forward_ref, A.gelu_tanh_backward_ref) if approximate == "tanh" else
-                (A.gelu_exact_forward_ref, A.gelu_exact_backward_ref))
+    fwd, bwd = ((A.gelu_tanh_forward_cpu, A.gelu_tanh_backward_cpu) if approximate == "tanh" else
+                (A.gelu_exact_forward_cpu, A.gelu_exact_backward_cpu))
     x = _rand(kx, (n,), bf16, 11, misalign, scale=3.0)
     dy = _rand(kx, (n,), bf16, 12, misalign)
     assert cuda.serves(x, bf16=True) and not cuda.serves(x)  # only files built for bf16 take it
