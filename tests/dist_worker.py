@@ -83,6 +83,9 @@ def nccl(out):
     w = cp.full(3, float(r), cp.float32)
     world.broadcast_(w, 1)
     assert w.tolist() == [1.0] * 3, w
+    loss = cp.asarray(float(r), dtype=cp.float32)  # a device scalar, as the GPU step's loss is
+    mean = world.mean(loss)
+    assert isinstance(mean, cp.ndarray) and float(mean) == 0.5 and float(loss) == r, mean
     gradients(out, device="cuda")
 
 

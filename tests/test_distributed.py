@@ -254,6 +254,8 @@ def test_nccl_collectives_in_a_world_of_one():
         comm.allgather_(out, [10])
         cp.cuda.get_current_stream().synchronize()
         assert buf.tolist() == out.tolist() == list(range(10))
+    loss = cp.asarray(2.5, dtype=cp.float32)
+    assert distributed.World().mean(loss) is loss  # one rank: the device scalar, unread
 
 
 @needs_mpi

@@ -143,7 +143,14 @@ class World:
         return float(arr[0]) if scalar else arr.tolist()
 
     def mean(self, value):
-        """A float averaged over ranks (NaN or inf on any rank makes it non-finite everywhere)."""
+        """A float averaged over ranks (NaN or inf on any rank makes it non-finite everywhere).
+        A one-element CuPy array stays on the device: averaged over NCCL, never read to the host."""
+        if _is_cupy(value):
+            if self.size == 1:
+                return value
+            buf = value.reshape(1).copy()  # NCCL reduces in place: not into the caller's array
+            self.allreduce_(buf)
+            return buf[0] / self.size
         return self.sum(value) / self.size if self.size > 1 else float(value)
 
     # ---------------------------------------------------------------- small JSON-able values

@@ -336,13 +336,13 @@ class Trainer:
                 lv = parallel.loss_backward(self._loss, self._dev(x), self._dev(y),
                                             shards=cfg.shards or None, scale=1.0 / cfg.grad_accum)
             total += lv
-        loss = total / cfg.grad_accum
-        if self.world.size > 1 or isinstance(loss, float):
-            loss = self.world.mean(loss)  # every rank sees the same value
+        loss = self.world.mean(total / cfg.grad_accum)  # over ranks: every rank sees the same value
+        if isinstance(loss, float):
             # a non-finite loss stops every rank here, before the optimizer can apply its gradients
             self._check_finite(loss)
-        # else one GPU: the loss stays a device scalar (a host read here would stall every step);
-        # it is read, and checked, when it is logged, and no checkpoint is saved before that
+        # else on GPUs: the loss stays a device scalar (averaged over NCCL; a host read here would
+        # stall every step); it is read, and checked, when it is logged, on every rank at the same
+        # step, and no checkpoint is saved before that
         self.dp.sync_gradients()
         health = self._health() if cfg.health_every and self.step % cfg.health_every == 0 else None
         if cfg.grad_clip > 0:
