@@ -133,6 +133,11 @@ def main():
             return step()
         t.train_step = failing_step
         t.run()
+    elif scenario == "quit":  # rank 1 leaves by sys.exit (no exception hook runs for that)
+        with distributed.abort_on_exit(world):
+            if world.rank == 1:
+                sys.exit("rank 1 found no data")
+            world.allreduce_(np.ones(3, np.float32))
     elif scenario == "mismatch":  # each rank is started with its own --seed
         Trainer(train_config(out, seed=int(sys.argv[3])), data=make_data(3)).run()
     else:

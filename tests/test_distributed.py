@@ -193,6 +193,13 @@ def test_an_exception_on_one_rank_aborts_the_job_naming_it(tmp_path):
 
 
 @needs_mpi
+def test_sys_exit_on_one_rank_aborts_the_job(tmp_path):
+    proc = mpirun(["quit", tmp_path], timeout=60)  # rank 0 waits in an all-reduce for rank 1
+    assert proc.returncode != 0
+    assert "[rank 1/2] exit: rank 1 found no data -- aborting the job" in proc.stderr, proc.stderr[-3000:]
+
+
+@needs_mpi
 def test_a_rank_with_another_config_is_refused(tmp_path):
     proc = mpirun(["mismatch", tmp_path, 1], ["mismatch", tmp_path, 2], timeout=60)
     assert proc.returncode != 0

@@ -276,9 +276,12 @@ def rank_seed(seed, rank):
 
 
 def seed_rank(world, seed, data):
-    """Dropout and batch windows of their own on each rank: the global RNG and the data sampler
-    reseeded from (seed, rank). Rank 0 is left as the single-process run would be."""
+    """Dropout and batch windows of their own on each rank: the global RNG and a random-window
+    sampler (TokenData's rng) reseeded from (seed, rank). A loader told the rank and world size
+    (ShardData) already gives each rank its own windows and is left alone. Rank 0 is left as the
+    single-process run would be."""
     if world.rank == 0:
         return
     backend.manual_seed(rank_seed(seed, world.rank))
-    data.rng = np.random.Generator(np.random.PCG64(rank_seed(seed + 1, world.rank)))
+    if getattr(data, "world_size", 1) == 1 and hasattr(data, "rng"):
+        data.rng = np.random.Generator(np.random.PCG64(rank_seed(seed + 1, world.rank)))

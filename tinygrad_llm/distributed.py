@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -229,12 +230,29 @@ def install_abort_hook(world):
     the other ranks would otherwise wait forever in their next collective."""
     def hook(kind, value, tb):
         text = "".join(traceback.format_exception(kind, value, tb))
-        sys.stderr.write(f"[rank {world.rank}/{world.size}] {text}"
-                         f"[rank {world.rank}/{world.size}] {kind.__name__}: {value} -- aborting the job\n")
-        sys.stderr.flush()
-        sys.stdout.flush()
-        world.comm.Abort(1)
+        sys.stderr.write(f"[rank {world.rank}/{world.size}] {text}")
+        _abort_job(world, f"{kind.__name__}: {value}")
     sys.excepthook = hook
+
+
+@contextmanager
+def abort_on_exit(world):
+    """Turn a failing sys.exit on one rank into an abort of the job. SystemExit never reaches the
+    exception hook, and a rank leaving through MPI's finalize waits there for the others, which
+    wait in their next collective for it: the job would hang."""
+    try:
+        yield
+    except SystemExit as e:
+        if world.size > 1 and e.code not in (None, 0):
+            _abort_job(world, f"exit: {e.code}", code=e.code if isinstance(e.code, int) else 1)
+        raise
+
+
+def _abort_job(world, message, code=1):
+    sys.stderr.write(f"[rank {world.rank}/{world.size}] {message} -- aborting the job\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    world.comm.Abort(code)
 
 
 def _use_local_gpu(world):

@@ -263,6 +263,12 @@ _print = print
 
 
 def main(args):
+    from .. import distributed
+    with distributed.abort_on_exit(distributed.init(args.device)):  # under mpirun: no rank exits alone
+        return _main(args)
+
+
+def _main(args):
     t_start = time.perf_counter()
     from .. import backend, distributed
     from ..checkpoint import read_checkpoint_meta
