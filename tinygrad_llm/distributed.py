@@ -374,7 +374,8 @@ def check_same(world, config):
 
 # ---------------------------------------------------------------------------------- helpers
 def _is_cupy(buf):
-    return not isinstance(buf, np.ndarray) and type(buf).__module__.startswith("cupy")
+    from . import backend
+    return backend.array_module(buf) is not np
 
 
 def _check_contiguous(buf, what):
