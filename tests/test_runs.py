@@ -131,6 +131,25 @@ def test_ctrl_c_at_a_chosen_instant_resumes_bit_identically(tmp_path, reference,
     assert_same_run(reference, tmp_path)
 
 
+def test_sigterm_stops_at_a_step_boundary_too(tmp_path, reference):
+    t = trainer(tmp_path)
+    step = t.optimizer.step
+
+    def stepped():
+        step()
+        if t.step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends before it kills a job
+    t.optimizer.step = stepped
+    assert (t.run()["status"], load_checkpoint(tmp_path / "ckpt.safetensors")["step"]) == ("interrupted", 7)
+    Trainer(t.cfg, data=make_data(), log=lambda m: None).run(resume=True)
+    assert_same_run(reference, tmp_path)
+
+
+def test_each_optimizers_learning_rate_is_logged(reference):
+    rates = records(reference)[-1]["lrs"]  # muon: Muon on the matrices, AdamW on the rest
+    assert set(rates) == {"Muon", "AdamW"} and rates["Muon"] != rates["AdamW"]
+
+
 def test_second_ctrl_c_aborts_without_touching_the_checkpoint(tmp_path):
     t = trainer(tmp_path)
     step = t.optimizer.step

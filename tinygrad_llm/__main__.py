@@ -35,7 +35,11 @@ def main(argv=None):
         return 2
     from . import backend
     backend.keep_freed_memory()  # a process of our own: the malloc setting is ours to make
-    module = importlib.import_module(COMMANDS[argv[0]][0])
+    try:
+        module = importlib.import_module(COMMANDS[argv[0]][0])
+    except KeyboardInterrupt:  # Ctrl-C while the command's code loads: nothing has started
+        print("interrupted", file=sys.stderr)
+        return 130
     command_parser = argparse.ArgumentParser(prog=f"python -m tinygrad_llm {argv[0]}",
                                              formatter_class=DefaultsHelpFormatter)
     module.add_arguments(command_parser)
