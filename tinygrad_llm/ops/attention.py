@@ -257,8 +257,10 @@ def attention_backward_cpu(do, o, qs, k, v, scale, causal=True, segment_ids=None
 
     dP = dO v^T;  dS = P * (dP - rowsum(dO * O));  dq = dS k * scale;  dk = dS^T qs;  dv = P^T dO.
     With P = E * inv_rowsum, inv_rowsum is folded into dO (a (Tq, Dv) pass) instead of the
-    (Tq, Tk) matrix. do and o may have any strides; out: (dq, dk, dv) buffers of the inputs'
-    shapes to write into (any strides), else new arrays.
+    (Tq, Tk) matrix: below, E is always P without the row factor that dor carries (the saved E
+    with factor inv_rowsum, or P itself rebuilt from lse with factor 1). do and o may have any
+    strides; out: (dq, dk, dv) buffers of the inputs' shapes to write into (any strides), else
+    new arrays.
     """
     xp = array_module(do)
     B, Hk, g, Tq, D = qs.shape
@@ -266,7 +268,7 @@ def attention_backward_cpu(do, o, qs, k, v, scale, causal=True, segment_ids=None
     do5 = _split_heads(do, Hk, g)  # (B, Hk, g, Tq, Dv)
     dsum = xp.einsum("bhgtd,bhgtd->bhgt", do5, _split_heads(o, Hk, g))  # rowsum(dO * O)
     if Es is None:
-        dor = xp.ascontiguousarray(do5)  # P is normalised already
+        dor = xp.ascontiguousarray(do5)  # row factor 1: P is rebuilt normalised
     else:
         dsum *= inv_rowsum
         dor = do5 * inv_rowsum[..., None]
