@@ -405,3 +405,47 @@ def test_flash_serves_no_numpy_and_no_float64():
     """Without CuPy (or for NumPy arrays, or float64) the query-block loop runs."""
     z = np.zeros((1, 1, 2, 32), np.float32)
     assert attention.flash_kernels(z, z, z) is None
+
+
+# --- on a GPU: the op through the real flash kernel ---------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tol", [("float32", 2e-4), ("bfloat16", 2e-2)])
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_op_runs_the_flash_kernel_on_the_gpu(cp, monkeypatch, dtype, tol, packed):
+    """F.scaled_dot_product_attention and F.qkv_attention on CuPy arrays (D = 64, GQA, T not a
+    multiple of the tile, segment ids) call the flash glue, and match the textbook in float64."""
+    if dtype == "bfloat16":
+        dtype = np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    calls = []
+    real = attention.flash_kernels
+
+    def counting(q, k, v):
+        glue = real(q, k, v)
+        calls.append(glue is not None)
+        return glue
+    monkeypatch.setattr(attention, "flash_kernels", counting)
+    rng = np.random.default_rng(9)
+    B, nh, nkv, T, D = 2, 4, 2, 70, 64
+    q = rng.standard_normal((B, nh, T, D))
+    k, v = (rng.standard_normal((B, nkv, T, D)) for _ in range(2))
+    dy = rng.standard_normal((B, nh, T, D))
+    ids = np.sort(rng.integers(0, 3, size=(B, T)), axis=1)
+    want_o = np_attention(q, k, v, True, None, ids)
+    want = attention.attention_backward_textbook(dy, q, k, v, True, None, ids)
+    if packed:
+        qkv = np.concatenate([a.transpose(0, 2, 1, 3) for a in (q, k, v)], axis=2).reshape(B, T, -1)
+        t = Tensor(qkv.astype(dtype), device="cuda", requires_grad=True)
+        out = F.qkv_attention(t, nh, nkv, segment_ids=ids)
+        out.backward(Tensor(dy.transpose(0, 2, 1, 3).reshape(B, T, -1).astype(dtype), device="cuda"))
+        got_o = out.numpy().astype(np.float64).reshape(B, T, nh, D).transpose(0, 2, 1, 3)
+        g = t.grad.numpy().astype(np.float64).reshape(B, T, nh + 2 * nkv, D).transpose(0, 2, 1, 3)
+        got = (g[:, :nh], g[:, nh:nh + nkv], g[:, nh + nkv:])
+    else:
+        ts = [Tensor(a.astype(dtype), device="cuda", requires_grad=True) for a in (q, k, v)]
+        out = F.scaled_dot_product_attention(*ts, segment_ids=ids)
+        out.backward(Tensor(dy.astype(dtype), device="cuda"))
+        got_o, got = out.numpy().astype(np.float64), [t.grad.numpy().astype(np.float64) for t in ts]
+    assert calls and all(calls)  # the kernel ran, forward and backward
+    for a, b in zip((got_o, *got), (want_o, *want)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
