@@ -9,6 +9,8 @@ B=64, vocab 65); "gpt2" = GPT-2 124M (12 x 12 x 768, T=1024, B=8, vocab 50,304).
 Four runs are interleaved step by step: ours and PyTorch, each with float32 matmuls in TF32 and in
 full float32 (tl.backend.set_tf32 / torch.backends.cuda.matmul.allow_tf32, switched before each
 step). Ratios are ours tokens/s over PyTorch's in the same precision; the target is >= 0.9.
+--bf16 adds two more: ours under tl.autocast("bf16") against PyTorch under
+torch.autocast("cuda", torch.bfloat16) (target >= 0.8; llm.c's 1.26 is the moonshot).
 """
 import argparse
 import sys
@@ -54,7 +56,12 @@ def time_interleaved(runners, steps, warmup, synchronize, clock=time.perf_counte
     return times
 
 
-def bench(name, steps, warmup):
+def _under(context, step, *batch):
+    with context:
+        return step(*batch)
+
+
+def bench(name, steps, warmup, bf16=False):
     cfg = CONFIGS[name]
     cp = backend.cupy()
     rng = np.random.default_rng(0)
@@ -64,6 +71,9 @@ def bench(name, steps, warmup):
     step_ours = ours(cfg)
     runners = {"ours tf32": lambda i: (backend.set_tf32(True), step_ours(*ours_batches[i % 4])),
                "ours fp32": lambda i: (backend.set_tf32(False), step_ours(*ours_batches[i % 4]))}
+    if bf16:
+        runners["ours bf16"] = lambda i: (backend.set_tf32(True),
+                                          _under(tl.autocast("bf16"), step_ours, *ours_batches[i % 4]))
     try:
         import torch
         if not torch.cuda.is_available():
@@ -81,6 +91,9 @@ def bench(name, steps, warmup):
             return step_torch(*torch_batches[i % 4])
         runners["torch tf32"] = lambda i: run_torch(i, True)
         runners["torch fp32"] = lambda i: run_torch(i, False)
+        if bf16:
+            runners["torch bf16"] = lambda i: _under(torch.autocast("cuda", dtype=torch.bfloat16),
+                                                     run_torch, i, True)
     times = time_interleaved(runners, steps, warmup, cp.cuda.Device().synchronize)
     backend.set_tf32(True)
     tok = B * T
@@ -88,9 +101,10 @@ def bench(name, steps, warmup):
     print(f"{name} (L={cfg['n_layer']} C={cfg['n_embd']} T={T} B={B} V={V})")
     for k, v in tps.items():
         print(f"  {k:11s} {1000 * tok / v:8.1f} ms/step {v:12,.0f} tok/s")
-    for prec in ("tf32", "fp32"):
-        if f"torch {prec}" in tps:
-            print(f"  ratio ours/torch {prec}: {tps[f'ours {prec}'] / tps[f'torch {prec}']:.2f} (target >= 0.9)")
+    for prec, target in (("tf32", 0.9), ("fp32", 0.9), ("bf16", 0.8)):
+        if f"torch {prec}" in tps and f"ours {prec}" in tps:
+            print(f"  ratio ours/torch {prec}: {tps[f'ours {prec}'] / tps[f'torch {prec}']:.2f} "
+                  f"(target >= {target})")
     return tps
 
 
@@ -99,6 +113,7 @@ def main():
     parser.add_argument("--config", choices=list(CONFIGS) + ["all"], default="all")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--bf16", action="store_true", help="also time both under bf16 autocast")
     args = parser.parse_args()
     if not tl.cuda_available():
         sys.exit("train_gpu: no GPU here (needs CuPy and an NVIDIA GPU); nothing to measure")
@@ -106,7 +121,7 @@ def main():
     name = cp.cuda.runtime.getDeviceProperties(0)["name"]
     print(f"{name.decode() if isinstance(name, bytes) else name}; medians of {args.steps} interleaved steps")
     for cname in (CONFIGS if args.config == "all" else [args.config]):
-        bench(cname, args.steps, args.warmup)
+        bench(cname, args.steps, args.warmup, args.bf16)
 
 
 if __name__ == "__main__":

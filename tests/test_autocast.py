@@ -162,3 +162,28 @@ def test_cli_refuses_bf16_on_the_cpu(command, tmp_path):
     from tinygrad_llm.cli.common import UsageError
     with pytest.raises(UsageError, match=r"--dtype bf16 runs on the GPU only \(--device cuda\)"):
         cli.main(args)
+
+
+@pytest.mark.gpu
+def test_gpt_under_autocast_on_the_gpu(cp):
+    """The real thing: CuPy bfloat16 casts, GEMMs, the flash kernel (head dim 32) and the bf16
+    GELU kernel; float32 loss and gradients that track the float32 run."""
+    from tinygrad_llm.models import GPT, GPTConfig
+    tl.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=61, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=128)).to("cuda")
+    rng = np.random.default_rng(4)
+    idx = Tensor(cp.asarray(rng.integers(0, 61, (2, 64))))
+    targets = Tensor(cp.asarray(rng.integers(0, 61, (2, 64))))
+    _, loss32 = model(idx, targets)
+    loss32.backward()
+    grads32 = {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with autocast("bf16"):
+        logits, loss = model(idx, targets)
+    loss.backward()
+    assert logits.dtype == BF16 and loss.dtype == np.float32
+    np.testing.assert_allclose(loss.item(), loss32.item(), rtol=2e-2)
+    for name, p in model.named_parameters():
+        assert p.grad.dtype == np.float32, name
+        g, g32 = p.grad.numpy(), grads32[name]
+        assert np.linalg.norm(g - g32) <= 0.1 * np.linalg.norm(g32) + 1e-6, name
