@@ -114,6 +114,19 @@ def test_train_eval_flag_reaches_every_module_and_dropout_honours_it():
     assert set(np.unique(y).tolist()) <= {0.0, 2.0} and 0.3 < (y == 0).mean() < 0.7
 
 
+def test_evaluating_turns_eval_on_inside_and_restores_the_mode_even_on_error():
+    net = Net()
+    with net.evaluating():
+        assert not any(m.training for m in net.modules())
+    assert all(m.training for m in net.modules())
+    net.eval()
+    with pytest.raises(RuntimeError, match="inside"):
+        with net.evaluating():
+            net.train()  # a body that flips the mode itself does not leak it either
+            raise RuntimeError("inside")
+    assert not any(m.training for m in net.modules())
+
+
 def test_zero_grad_and_to():
     net = Net()
     out = net.h[0](Tensor(np.ones((2, 3), np.float32))).sum()

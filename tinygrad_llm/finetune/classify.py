@@ -86,18 +86,14 @@ class LabelledData:
 @no_grad()
 def evaluate(model, seqs, labels, batch_size=32, pad_id=0):
     """{"loss", "accuracy"} of model on (seqs, labels), in eval mode (dropout off)."""
-    was_training = model.training
-    model.eval()
     total_loss, correct = 0.0, 0
-    try:
+    with model.evaluating():
         for start in range(0, len(seqs), batch_size):
             ids, lengths = pad_batch(seqs[start:start + batch_size], pad_id)
             y = labels[start:start + batch_size]
             logits, loss = model(ids, lengths, y)
             total_loss += loss.item() * len(y)
             correct += int((logits.numpy().argmax(axis=-1) == y).sum())
-    finally:
-        model.train(was_training)
     n = max(len(seqs), 1)
     return {"loss": total_loss / n, "accuracy": correct / n}
 

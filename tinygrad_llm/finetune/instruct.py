@@ -88,18 +88,14 @@ def collate(examples, pad_id=0, ignore_index=IGNORE):
 @no_grad()
 def eval_loss(model, examples, batch_size=8, pad_id=0):
     """Mean response-token loss over examples (each batch weighted by its response tokens)."""
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    try:
+    with model.evaluating():
         for start in range(0, len(examples), batch_size):
             inputs, targets = collate(examples[start:start + batch_size], pad_id)
             n = int((targets != IGNORE).sum())
             if n:
                 total += model(inputs, targets)[1].item() * n
                 count += n
-    finally:
-        model.train(was_training)
     return total / max(count, 1)
 
 

@@ -316,12 +316,8 @@ class GPT(nn.Module):
         block_size the context is cropped to the last block_size tokens (as nanoGPT does); with
         the cache that means running the cropped window again, so both paths agree exactly.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             return self._generate(idx, max_new_tokens, temperature, top_k, top_p, eos_id, seed, use_cache)
-        finally:
-            self.train(was_training)
 
     def _generate(self, idx, max_new_tokens, temperature, top_k, top_p, eos_id, seed, use_cache):
         cfg = self.config

@@ -9,6 +9,7 @@ State dicts map those names to NumPy arrays (CPU copies). Loading copies *into* 
 arrays, never rebinding them: a parameter whose `.data` is a view into an optimizer's flat buffer
 stays that view (see optim/flat.py).
 """
+import contextlib
 from collections import OrderedDict, namedtuple
 
 import numpy as np
@@ -164,6 +165,17 @@ class Module:
 
     def eval(self):
         return self.train(False)
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        """`with model.evaluating():` eval mode (dropout off) inside, the previous mode restored
+        after, also when the body raises. Evaluation and generation run inside one."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield self
+        finally:
+            self.train(was_training)
 
     def zero_grad(self, set_to_none=True):
         """Drop every parameter's .grad (or fill it with zeros, keeping the array)."""
