@@ -37,9 +37,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_kernels' timer
 
 from tinygrad_llm import backend  # noqa: E402
 from tinygrad_llm.cuda import attention as fa  # noqa: E402
+from gpu_kernels import median_ms  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -150,30 +152,6 @@ def check(cp, dims=(32, 64, 128), Ts=(1, 7, 64, 257, 1024, 4096)):
 
 
 # --- timing ---------------------------------------------------------------------------------------
-def median_ms(cp, fns, reps, warmup=1, budget_ms=8000):
-    """Median ms per call of each fn, the calls interleaved so drift hits them all alike. Slow
-    calls (seconds at T = 8192 in float32) get fewer reps: about budget_ms per fn, at least 2."""
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    slowest = 0.0
-    for fn in fns.values():
-        for _ in range(warmup):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            slowest = max(slowest, cp.cuda.get_elapsed_time(start, end))
-    reps = max(2, min(reps, int(budget_ms / max(slowest, 1e-3))))
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times[k].append(cp.cuda.get_elapsed_time(start, end))
-    return {k: float(np.median(v)) for k, v in times.items()}
-
-
 def torch_of():
     try:
         import torch
@@ -238,7 +216,7 @@ def speed(cp, torch, dtypes, dims, Ts, B, H, reps):
                 for i, stage in enumerate(("fwd", "fwd+bwd")):
                     for name, pair in fns.items():
                         try:
-                            ms = median_ms(cp, {name: pair[i]}, reps)[name]
+                            ms = median_ms(cp, {name: pair[i]}, reps, warmup=1, budget_ms=8000)[name]
                             row[f"{name}_{stage}_tflops"] = flops[stage] / ms / 1e9
                             row[f"{name}_{stage}_ms"] = ms
                         except (cp.cuda.memory.OutOfMemoryError, RuntimeError) as e:

@@ -28,20 +28,26 @@ from tinygrad_llm import backend, cuda  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def median_ms(cp, fns, reps, warmup=3):
-    """Median ms per call of each fn, the calls interleaved so drift hits them all alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+def median_ms(cp, fns, reps, warmup=3, budget_ms=None):
+    """Median ms per call of each fn, the calls interleaved so drift hits them all alike. With
+    budget_ms, slow calls get fewer reps (about budget_ms per fn, at least 2): the warm-up calls
+    are timed to find the slowest."""
     start, end = cp.cuda.Event(), cp.cuda.Event()
+
+    def elapsed(fn):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return cp.cuda.get_elapsed_time(start, end)
+
+    slowest = max([elapsed(fn) for fn in fns.values() for _ in range(warmup)], default=0.0)
+    if budget_ms is not None:
+        reps = max(2, min(reps, int(budget_ms / max(slowest, 1e-3))))
     times = {k: [] for k in fns}
     for _ in range(reps):
         for k, fn in fns.items():
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times[k].append(cp.cuda.get_elapsed_time(start, end))
+            times[k].append(elapsed(fn))
     return {k: float(np.median(v)) for k, v in times.items()}
 
 

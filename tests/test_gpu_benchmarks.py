@@ -46,3 +46,44 @@ def test_gpu_kernels_builds_only_the_families_asked_for(monkeypatch):
     built.clear()
     assert len(list(gpu_kernels.cases(None, None, np.float32, None))) == 5
     assert built == ["softmax", "layer_norm", "adamw"]
+
+
+class _FakeCuda:
+    """cp.cuda's events and timer, on a clock that each fn advances by its own cost in ms."""
+
+    def __init__(self):
+        self.now = 0.0
+        outer = self
+
+        class Event:
+            def record(self):
+                self.t = outer.now
+
+            def synchronize(self):
+                pass
+
+        self.Event = Event
+
+    @staticmethod
+    def get_elapsed_time(start, end):
+        return end.t - start.t
+
+
+def test_median_ms_interleaves_and_gives_slow_calls_fewer_reps():
+    cp = type("cp", (), {})()
+    cp.cuda = _FakeCuda()
+    calls = []
+
+    def costs(name, ms):
+        def fn():
+            calls.append(name)
+            cp.cuda.now += ms
+        return fn
+
+    fns = {"slow": costs("slow", 3000.0), "fast": costs("fast", 1.0)}
+    got = gpu_kernels.median_ms(cp, fns, reps=50, warmup=1)
+    assert got == {"slow": 3000.0, "fast": 1.0}
+    assert calls[2:6] == ["slow", "fast", "slow", "fast"] and len(calls) == 2 + 2 * 50
+    calls.clear()
+    gpu_kernels.median_ms(cp, fns, reps=50, warmup=1, budget_ms=8000)  # 8000 / 3000: 2 reps
+    assert len(calls) == 2 + 2 * 2
