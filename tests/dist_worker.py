@@ -10,20 +10,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tinygrad_llm import distributed  # noqa: E402
-from tinygrad_llm.data import TokenData  # noqa: E402
 from tinygrad_llm.train import TrainConfig, Trainer  # noqa: E402
+from train_helpers import make_data  # noqa: E402 (this script's own folder)
 
 MODEL = dict(block_size=8, n_layer=1, n_head=2, n_embd=16)
 GRAD_MODEL = dict(block_size=8, n_layer=2, n_head=2, n_embd=16, vocab_size=13, dropout=0.0)
 GRAD_ROWS = 6  # the global batch of the gradient check; each of 2 ranks takes 3 rows
-
-
-def make_data(sampler_seed=0):
-    ids = np.random.default_rng(0).integers(0, 13, 3000).astype(np.uint16)
-    ids[::3] = 5  # some structure, so the loss moves
-    d = TokenData(ids, source_bytes=6000, seed=sampler_seed)
-    d.meta["vocab_size"] = 13
-    return d
 
 
 def train_config(out_dir, **kw):

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dist_worker  # noqa: E402
 from tinygrad_llm import distributed  # noqa: E402
 from tinygrad_llm.checkpoint import load_checkpoint  # noqa: E402
+from tinygrad_llm.data import TokenData  # noqa: E402
 from tinygrad_llm.data_parallel import partition, rank_seed  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "dist_worker.py"
@@ -89,7 +90,7 @@ def test_two_ranks_gradients_equal_one_process_whole_batch(main_run):
         np.testing.assert_allclose(got[name], p.grad.data, rtol=1e-11, atol=1e-14, err_msg=name)
 
 
-class TwoRankData(dist_worker.TokenData):
+class TwoRankData(TokenData):
     """One process drawing what 2 ranks of B/2 rows draw: rank 0's rows, then rank 1's."""
 
     def __init__(self, seed):

@@ -14,9 +14,9 @@ import pytest
 
 from tinygrad_llm.__main__ import main as cli
 from tinygrad_llm.checkpoint import load_checkpoint
-from tinygrad_llm.data import TokenData
 from tinygrad_llm.runs import LOCK_NAME, RunError, RunLock, trim_metrics
 from tinygrad_llm.train import TrainConfig, Trainer
+from train_helpers import make_data
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = dict(block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.1)  # dropout: the global RNG matters too
@@ -26,14 +26,6 @@ TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n
 FLAGS = ["--tokenizer", "char", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "16",
          "--batch-size", "4", "--eval-every", "4", "--eval-iters", "2", "--log-every", "1",
          "--warmup-iters", "2", "--max-seconds", "0", "--sample-tokens", "0"]
-
-
-def make_data(sampler_seed=0):
-    ids = np.random.default_rng(0).integers(0, 13, 3000).astype(np.uint16)
-    ids[::3] = 5
-    d = TokenData(ids, source_bytes=6000, seed=sampler_seed)
-    d.meta["vocab_size"] = 13
-    return d
 
 
 def trainer(out_dir, **kw):

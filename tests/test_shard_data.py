@@ -1,8 +1,6 @@
 """The shard loader: every window once per epoch, disjoint ranks, exact resume, and training from
 a shard folder (a tiny corpus made here) with a bit-identical resume."""
 import json
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from tinygrad_llm.data import open_token_data
 from tinygrad_llm.shard_data import ShardData
 from tinygrad_llm.tokenizer import BPETokenizer
 from tinygrad_llm.tokenizer.shards import encode_corpus
+from train_helpers import interrupt_during_step
 from tinygrad_llm.train import TrainConfig, Trainer
 
 EOT = "<|endoftext|>"
@@ -116,13 +115,7 @@ def test_training_from_a_shard_folder_resumes_bit_identically(corpus, tmp_path):
     full = Trainer(cfg(tmp_path / "a"), log=lambda m: None)
     assert full.run()["status"] == "done"
     first = Trainer(cfg(tmp_path / "b"), log=lambda m: None)
-    step = first.train_step
-
-    def interrupt_at_5():  # Ctrl-C in the middle of step 6: it finishes, then the run stops
-        if first.step == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step()
-    first.train_step = interrupt_at_5
+    interrupt_during_step(first, 5)  # Ctrl-C in the middle of step 6: it finishes, then the run stops
     assert first.run()["status"] == "interrupted"
     assert load_checkpoint(tmp_path / "b" / "ckpt.safetensors")["rng"]["data"]["kind"] == "shards"
     resumed = Trainer(cfg(tmp_path / "b"), log=lambda m: None)

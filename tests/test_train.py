@@ -1,27 +1,17 @@
 """The training loop: exact resume, Ctrl-C, non-finite loss, metrics.jsonl, schedules, the health hook."""
 import json
 import math
-import os
-import signal
 
 import numpy as np
 import pytest
 
 from tinygrad_llm import optim
 from tinygrad_llm.checkpoint import load_checkpoint
-from tinygrad_llm.data import TokenData
 from tinygrad_llm.runs import RunError
 from tinygrad_llm.train import TrainConfig, Trainer, lr_factor
+from train_helpers import interrupt_during_step, make_data
 
 MODEL = dict(block_size=8, n_layer=1, n_head=2, n_embd=16)
-
-
-def make_data(sampler_seed=0):
-    ids = np.random.default_rng(0).integers(0, 13, 3000).astype(np.uint16)
-    ids[::3] = 5  # some structure, so the loss moves
-    d = TokenData(ids, source_bytes=6000, seed=sampler_seed)
-    d.meta["vocab_size"] = 13
-    return d
 
 
 def cfg(tmp_path, **kw):
@@ -41,13 +31,7 @@ def test_resume_is_bit_identical(tmp_path, opt):
     full = Trainer(cfg(a_dir, optimizer=opt, model={**MODEL, "dropout": 0.1}), data=make_data(), log=lambda m: None)
     assert full.run()["status"] == "done"
     first = Trainer(cfg(b_dir, optimizer=opt, model={**MODEL, "dropout": 0.1}), data=make_data(), log=lambda m: None)
-    step = first.train_step
-
-    def interrupt_at_5():  # Ctrl-C in the middle of step 6: it finishes, then the run stops
-        if first.step == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step()
-    first.train_step = interrupt_at_5
+    interrupt_during_step(first, 5)  # Ctrl-C in the middle of step 6: it finishes, then the run stops
     assert first.run()["status"] == "interrupted"
     assert load_checkpoint(b_dir / "ckpt.safetensors")["step"] == 6
     resumed = Trainer(cfg(b_dir, optimizer=opt, model={**MODEL, "dropout": 0.1}), data=make_data(sampler_seed=9),  # state comes from the checkpoint
