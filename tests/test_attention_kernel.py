@@ -6,7 +6,6 @@ float64 NumPy reference written here from the definition, with segment ids. Ever
 gradient buffer is NaN before the launch, so an element a kernel forgets to write fails the test.
 With a GPU the same tests run on the device as well.
 """
-import ctypes
 import re
 import shutil
 import subprocess
@@ -19,12 +18,11 @@ from hypothesis import strategies as st
 from tinygrad_llm import backend
 from tinygrad_llm.cuda import attention as fa
 from tinygrad_llm.cuda import runtime
+from emulated_kernel import EmulatedKernel
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64), "bfloat16": BF16}
-_CTYPES = {np.int32: ctypes.c_int32, np.uint64: ctypes.c_uint64, np.float32: ctypes.c_float,
-           np.float64: ctypes.c_double}
 
 
 # --- the float64 reference ------------------------------------------------------------------------
@@ -66,31 +64,11 @@ def reference(q, k, v, do, causal, scale, seg):
 
 
 # --- running the kernels: emulated, or on the GPU -------------------------------------------------
-class _Emulated:
-    """Stands in for a compiled kernel: runs attention_<stage><E, D> in the host emulator."""
-
-    def __init__(self, lib, stage, dtype, D):
-        tname = {"float": "float", "double": "double", "tgl::bf16": "bf16"}[fa.element_type(dtype)]
-        self.name = f"attention_{stage}<{tname}, {D}>"
-        self.fn = getattr(lib, f"emu_attention_{stage}_{tname}_{D}")
-
-    def __call__(self, grid, block, args, shared_mem=0):
-        cfg = (ctypes.c_int * 7)(*(tuple(grid) + (1,) * (3 - len(grid))),
-                                 *(tuple(block) + (1,) * (3 - len(block))), shared_mem)
-        vals = []
-        for a in args:
-            if isinstance(a, np.ndarray):
-                assert a.flags.c_contiguous, f"{self.name}: non-contiguous array argument"
-                vals.append(ctypes.c_void_p(a.ctypes.data))
-            else:
-                assert type(a) in _CTYPES, f"{self.name}: argument {a!r} of type {type(a).__name__}"
-                vals.append(_CTYPES[type(a)](a))
-        sizes = (ctypes.c_int * len(vals))(*(ctypes.sizeof(x) for x in vals))
-        ptrs = (ctypes.c_void_p * len(vals))(*(ctypes.cast(ctypes.pointer(x), ctypes.c_void_p)
-                                               for x in vals))
-        rc = self.fn(cfg, sizes, len(vals), ptrs)
-        assert rc != -2, f"{self.name}: wrote past its {shared_mem} bytes of dynamic shared memory"
-        assert rc == 0, f"{self.name}: argument count or size mismatch (code {rc})"
+def _emulated(lib, stage, dtype, D):
+    """The emulator's build of attention_<stage><E, D>, standing in for the compiled kernel."""
+    tname = {"float": "float", "double": "double", "tgl::bf16": "bf16"}[fa.element_type(dtype)]
+    return EmulatedKernel(getattr(lib, f"emu_attention_{stage}_{tname}_{D}"),
+                          f"attention_{stage}<{tname}, {D}>")
 
 
 class Device:
@@ -117,7 +95,7 @@ def dev(request, monkeypatch):
         xp = np
         monkeypatch.setattr(backend, "_cupy", np)
         monkeypatch.setattr(backend, "cupy", lambda: np)
-        monkeypatch.setattr(fa, "_kernel", lambda stage, dtype, D: _Emulated(lib, stage, dtype, D))
+        monkeypatch.setattr(fa, "_kernel", lambda stage, dtype, D: _emulated(lib, stage, dtype, D))
         # the emulator has every head dim in double (on the GPU the double backward would spill)
         monkeypatch.setattr(fa, "GPU_DOUBLE_HEAD_DIMS", fa.HEAD_DIMS)
         device = Device(np, True, lib)

@@ -6,7 +6,6 @@ or pack size (1 row, 1 column, V = 50,304, odd widths, buffers misaligned by one
 poison every kernel output with NaN before the launch so an element the kernel forgot to write
 cannot pass. They also gradient-check the ops in float64 on device="cuda" with the kernels on.
 """
-import ctypes
 import re
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ import tinygrad_llm as tl
 import tinygrad_llm.functional as F
 from tinygrad_llm import Tensor, backend, cuda
 from tinygrad_llm.cuda import runtime
+from emulated_kernel import EmulatedKernel
 
 gpu = pytest.mark.gpu
 DTYPES = [np.float32, np.float64]
@@ -80,37 +80,11 @@ def test_serves_only_gpu_arrays_and_obeys_the_switch():
 
 
 # --- the kernel runner: the host emulator everywhere, the GPU when there is one ----------------
-_CTYPES = {np.int32: ctypes.c_int32, np.int64: ctypes.c_int64, np.uint64: ctypes.c_uint64,
-           np.uint32: ctypes.c_uint32,
-           np.float32: ctypes.c_float, np.float64: ctypes.c_double}
-
-
-class _Emulated:
-    """Stands in for a compiled CuPy kernel: runs it in the host emulator with the same args."""
-
-    def __init__(self, lib, name, dtype):
-        ctype = {"float32": "float", "float64": "double", "bfloat16": "bf16"}[np.dtype(dtype).name]
-        base, j = re.fullmatch(r"(\w+)(?:<\{T\}, (\d+)>)?", name).groups()
-        self.fn = getattr(lib, f"emu_{base}_{ctype}" + (f"_{j}" if j else ""))
-        self.name = name
-
-    def __call__(self, grid, block, args, shared_mem=0):
-        cfg = (ctypes.c_int * 7)(*(tuple(grid) + (1,) * (3 - len(grid))),
-                                 *(tuple(block) + (1,) * (3 - len(block))), shared_mem)
-        vals = []
-        for a in args:
-            if isinstance(a, np.ndarray):
-                assert a.flags.c_contiguous, f"{self.name}: non-contiguous array argument"
-                vals.append(ctypes.c_void_p(a.ctypes.data))
-            else:  # a bare Python int or float here would be packed as 8 bytes by CuPy
-                assert type(a) in _CTYPES, f"{self.name}: argument {a!r} of type {type(a).__name__}"
-                vals.append(_CTYPES[type(a)](a))
-        sizes = (ctypes.c_int * len(vals))(*(ctypes.sizeof(v) for v in vals))
-        ptrs = (ctypes.c_void_p * len(vals))(*(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p)
-                                               for v in vals))
-        rc = self.fn(cfg, sizes, len(vals), ptrs)
-        assert rc == 0, (f"{self.name}: argument count or size mismatch with the kernel's "
-                         f"parameters (code {rc}: {'count' if rc < 0 else f'argument {rc - 1}'})")
+def _emulated(lib, name, dtype):
+    """The emulator's build of kernel `name` (as the glue names it, "{T}" for the element type)."""
+    ctype = {"float32": "float", "float64": "double", "bfloat16": "bf16"}[np.dtype(dtype).name]
+    base, j = re.fullmatch(r"(\w+)(?:<\{T\}, (\d+)>)?", name).groups()
+    return EmulatedKernel(getattr(lib, f"emu_{base}_{ctype}" + (f"_{j}" if j else "")), name)
 
 
 class Runner:
@@ -156,7 +130,7 @@ def kx(request, monkeypatch):
         monkeypatch.setattr(cuda.adamw, "_chunk_tables", {})
 
         def make(f, name, dtype):
-            return _Emulated(lib, name, dtype)
+            return _emulated(lib, name, dtype)
     runner = Runner(kx_xp, request.param == "emulated")
 
     def recording_kernel(f, name, dtype):
@@ -638,3 +612,18 @@ def test_device_generator_state_restores_the_stream_exactly():
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
     assert abs(sample.mean() - 0.5) < 0.005 and abs(sample.var() - 1 / 12) < 0.002
+
+
+def test_the_emulated_launch_refuses_arguments_the_kernel_would_misread(emulator_lib):
+    """softmax_forward(const T* x, T* y, int n_rows, int C): what a RawKernel launch would
+    corrupt on a GPU fails here, with the argument at fault named."""
+    kernel = _emulated(emulator_lib, "softmax_forward", np.float32)
+    x, y = np.ones((2, 3), np.float32), np.empty((2, 3), np.float32)
+    kernel((2,), (32,), (x, y, np.int32(2), np.int32(3)))
+    np.testing.assert_allclose(y, 1 / 3, rtol=1e-6)
+    with pytest.raises(AssertionError, match="of type int"):  # CuPy packs a bare int as 8 bytes
+        kernel((2,), (32,), (x, y, 2, np.int32(3)))
+    with pytest.raises(AssertionError, match="argument 2's size"):
+        kernel((2,), (32,), (x, y, np.int64(2), np.int32(3)))
+    with pytest.raises(AssertionError, match="parameter count"):
+        kernel((2,), (32,), (x, y, np.int32(2)))
