@@ -239,11 +239,14 @@ def test_config_hash_names_the_differing_keys():
     assert len(distributed.code_hash()) == 12
 
 
-def test_ci_runs_the_readme_test_command_with_mpi():
+def test_ci_runs_the_readme_test_command_with_mpi_then_the_parity_tests():
     root = Path(__file__).resolve().parents[1]
     command = 'pip install ".[test,dist]" && python -m pytest'
     assert command in (root / "README.md").read_text()
-    assert (root / ".ci" / "run").read_text().rstrip().splitlines()[-1] == command
+    steps = [line for line in (root / ".ci" / "run").read_text().splitlines()
+             if line and not line.startswith(("#", "set ", "cd "))]
+    assert steps[0] == command
+    assert steps[-1] == "python -m pytest -m reference"
     assert '"mpi4py' in (root / "pyproject.toml").read_text()
 
 

@@ -73,6 +73,7 @@ def test_large_inputs_stay_finite():
                                rtol=1e-6, atol=1e-30)
 
 
+@pytest.mark.reference
 def test_matches_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(7)

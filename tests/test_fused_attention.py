@@ -91,6 +91,7 @@ def test_one_new_query_matches_the_last_row_of_full_attention():
     np.testing.assert_allclose(last, full[:, :, -1:], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("causal", [True, False])
 def test_matches_torch(causal):
     torch = pytest.importorskip("torch")

@@ -106,6 +106,7 @@ def test_shifted_path_gradcheck():
     assert tl.gradcheck(lambda a: F.cross_entropy(a, t, label_smoothing=0.2), [x])
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_matches_torch(reduction):
     torch = pytest.importorskip("torch")

@@ -74,6 +74,7 @@ def test_saves_xhat_and_rstd_only():
         assert xhat.shape == (6, 8) and rstd.shape == (6,) and weight is w.data
 
 
+@pytest.mark.reference
 def test_matches_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(5)

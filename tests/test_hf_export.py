@@ -67,6 +67,7 @@ def test_export_with_lora_needs_a_merge_and_then_matches(tmp_path):
     np.testing.assert_allclose(back(idx)[0].numpy(), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.reference
 def test_transformers_loads_the_export_with_the_same_logits(tmp_path):
     torch = pytest.importorskip("torch", reason="torch is not installed: the check against transformers is skipped")
     transformers = pytest.importorskip("transformers", reason="transformers is not installed: the check is skipped")

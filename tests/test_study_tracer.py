@@ -54,6 +54,7 @@ def test_recorded_gradient_norms_equal_the_actual_gradients(n, m, k):
     np.testing.assert_allclose(add["dx_norms"][1], np.linalg.norm(b.grad.numpy()), rtol=1e-12)
 
 
+@pytest.mark.reference
 def test_gradient_norms_match_torch_on_a_shared_subexpression():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(1)
