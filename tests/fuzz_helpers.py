@@ -20,7 +20,6 @@ garbage at the end).
 """
 import contextlib
 import json
-import math
 import signal
 import tempfile
 import tracemalloc
@@ -165,7 +164,3 @@ def refused_cleanly(load, names=(), errors=(ValueError,), max_bytes=64 << 20, se
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak <= max_bytes, f"the loader allocated {peak:,} bytes at once (bound {max_bytes:,})"
-
-
-def finite(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -109,7 +109,7 @@ def test_a_changed_tensor_is_refused_before_anything_is_loaded(name, change):
         tensors[name + ".x"] = tensors.pop(name)
     with scratch_dir() as d:
         write(d / "ck.safetensors", tensors=tensors)
-        status, error = check(d / "ck.safetensors")
+        status, _ = check(d / "ck.safetensors")
         assert status == "refused", f"{change} {name} was not noticed"
 
 
@@ -150,6 +150,9 @@ def _optimizer(meta, fn):
     (lambda o: o["state"]["__items__"][0][1].pop("exp_avg_sq"), "exp_avg_sq is missing"),
     (lambda o: o.pop("param_groups"), "param_groups is missing"),
     (lambda o: o.update({"extra": 1}), "extra is unexpected"),
+    (lambda o: o["state"]["__items__"][0][1].update({"step": None}), "step is null"),  # once int(None)
+    (lambda o: o["state"]["__items__"][0][1].update({"step": 1.5}), "expected a whole number"),
+    (lambda o: o["param_groups"][0].update({"lr": float("nan")}), "expected a finite number"),
 ])
 def test_each_optimizer_state_fault_is_named(damage, fault):
     with scratch_dir() as d:

@@ -133,7 +133,7 @@ def test_a_shard_whose_size_changed_is_refused_by_name(data):
     with scratch_dir() as d:
         write_shards(d)
         (d / shard_name(1)).write_bytes(data)
-        status, error = refused_cleanly(lambda: open_shards(d), names=[d / shard_name(1)])
+        status, _ = refused_cleanly(lambda: open_shards(d), names=[d / shard_name(1)])
         assert status == "refused" or len(data) == 2 * SIZES[1]
 
 

@@ -268,5 +268,16 @@ def _misfits(saved, live, where, problems):
                 problems.append(f"{where}.{i} numbers parameter {a!r:.20}, expected {b!r}")
             else:
                 _misfits(a, b, f"{where}.{i}", problems)
-    elif live is not None and saved is not None and _kind(saved) != _kind(live):
-        problems.append(f"{where} is {_kind(saved)} {saved!r:.40}, expected a {_kind(live)}")
+    elif live is not None and not _same_kind(saved, live, count=where.endswith(".step")):
+        problems.append(f"{where} is {_kind(saved)} {saved!r:.40}, expected "
+                        f"{'a whole number' if where.endswith('.step') else 'a finite ' + _kind(live)}")
+
+
+def _same_kind(saved, live, count=False):
+    """A scalar that can stand where live stands: a whole number >= 0 for a step count, a finite
+    number for a number (a rate), the same type otherwise."""
+    if count:
+        return isinstance(saved, (int, np.integer)) and not isinstance(saved, bool) and saved >= 0
+    if _kind(live) == "number":
+        return _kind(saved) == "number" and bool(np.isfinite(saved))
+    return _kind(saved) == _kind(live)

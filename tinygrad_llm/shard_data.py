@@ -34,6 +34,10 @@ from .tokenizer.corpus import sidecar_path
 from .tokenizer.shards import check_shard_sidecar
 
 
+def _whole(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0  # JSON true is no count
+
+
 def is_shard_folder(path):
     path = Path(path)
     return path.is_dir() and any(path.glob("*.bin.json"))
@@ -179,16 +183,15 @@ class ShardData:
         if not isinstance(state, dict) or state.get("kind") != "shards":
             raise ValueError("ShardData.set_state: this checkpoint's data state is not a shard "
                              "position (was the run trained on a single token file?)")
-        whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
         for key in ("seed", "epoch", "shard", "window", "train_tokens"):
-            if not whole(state.get(key)):
+            if not _whole(state.get(key)):
                 raise ValueError(f"ShardData.set_state: {key} must be a whole number >= 0, got "
                                  f"{state.get(key)!r:.40}")
         if state["train_tokens"] != int(self.train_sizes.sum()):
             raise ValueError(f"ShardData.set_state: the checkpoint was trained on {state['train_tokens']:,} "
                              f"train tokens, {self.folder} holds {int(self.train_sizes.sum()):,}")
         T = state.get("block_size")
-        if T is not None and not (whole(T) and T >= 1):
+        if T is not None and not (_whole(T) and T >= 1):
             raise ValueError(f"ShardData.set_state: block_size must be null or a whole number >= 1, got {T!r:.40}")
         if state["shard"] >= len(self.train_paths):
             raise ValueError(f"ShardData.set_state: shard {state['shard']} of {len(self.train_paths)} train shards")

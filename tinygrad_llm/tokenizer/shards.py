@@ -231,7 +231,9 @@ def check_shard_sidecar(meta, side, index=None):
     split, shard (= index when given), eot_id, end, last and settings."""
     def bad(field, what):
         raise TokenizerFileError(f"{side}: {field} must be {what}, got {meta.get(field)!r:.60}")
-    whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
     if meta.get("split") not in ("train", "val"):
         bad("split", "'train' or 'val'")
     if not whole(meta.get("shard")) or (index is not None and meta["shard"] != index):
