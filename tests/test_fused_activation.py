@@ -62,6 +62,16 @@ def test_swiglu_gradient_for_one_input_only():
     np.testing.assert_allclose(g.grad.numpy(), u.numpy() * s * (1 + g.numpy() * (1 - s)), rtol=1e-12)
 
 
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_gelu_keeps_x_and_h_on_the_cpu(approximate):
+    """docs/backward.md#gelu: the CPU keeps h beside x so backward evaluates no tanh or erf."""
+    x = Tensor(np.linspace(-3, 3, 12).reshape(3, 4), requires_grad=True)
+    y = F.gelu(x, approximate)
+    saved_x, h = y._ctx.saved
+    assert saved_x.shape == (12,) and np.shares_memory(saved_x, x.data)
+    np.testing.assert_allclose(y.numpy().reshape(-1), x.numpy().reshape(-1) * h, rtol=1e-12)
+
+
 def test_large_inputs_stay_finite():
     x = Tensor(np.array([-1e4, -100.0, -20.0, 0.0, 20.0, 100.0, 1e4], np.float32), requires_grad=True)
     for fn in (F.gelu, lambda a: F.gelu(a, "none"), F.silu, lambda a: F.swiglu(a, a)):

@@ -266,6 +266,49 @@ def test_a_query_that_sees_only_itself():
         np.testing.assert_allclose(ts[2].grad.numpy(), dy, rtol=1e-12)
 
 
+def test_a_query_whose_document_starts_at_its_own_key_sees_only_it_when_causal():
+    """docs/backward.md#scaleddotproductattention: query i's own key is j = i + (T_k - T_q); with
+    causal masking a document starting there leaves it only that key (P_ij = 1, O_i = V_j,
+    dQ_i = 0, dV_j gets dO_i); without causal masking it sees the rest of its document too."""
+    rng = np.random.default_rng(6)
+    Tq, Tk = 3, 6  # queries are positions 3, 4, 5
+    q, dy = rng.standard_normal((1, 1, Tq, 4)), rng.standard_normal((1, 1, Tq, 4))
+    k, v = rng.standard_normal((1, 1, Tk, 4)), rng.standard_normal((1, 1, Tk, 4))
+    ids = Tensor(np.array([[0, 0, 0, 0, 1, 1]]))  # document 1 starts at key 4, query 1's own key
+    ts = [Tensor(a, requires_grad=True) for a in (q, k, v)]
+    out = F.scaled_dot_product_attention(*ts, causal=True, segment_ids=ids)
+    out.backward(Tensor(dy))
+    np.testing.assert_allclose(out.numpy()[0, 0, 1], v[0, 0, 4], rtol=1e-12)
+    np.testing.assert_allclose(ts[0].grad.numpy()[0, 0, 1], 0, atol=1e-12)
+    # dV_4 is dO_1 plus what query 2 (position 5, same document) sends it
+    dv4_from_q2 = attention.attention_textbook(q, k, v, True, None, ids.numpy())[1][0, 0, 2, 4] * dy[0, 0, 2]
+    np.testing.assert_allclose(ts[2].grad.numpy()[0, 0, 4], dy[0, 0, 1] + dv4_from_q2, rtol=1e-10)
+    both_ways = F.scaled_dot_product_attention(*(Tensor(a) for a in (q, k, v)), causal=False, segment_ids=ids)
+    assert not np.allclose(both_ways.numpy()[0, 0, 1], v[0, 0, 4])  # it sees key 5 as well
+
+
+def test_query_head_h_reads_kv_head_h_over_g():
+    """Grouped-query attention equals one attention per query head h against kv head h // g."""
+    rng = np.random.default_rng(7)
+    B, Hk, g, T, D = 2, 2, 3, 5, 4
+    q = rng.standard_normal((B, Hk * g, T, D))
+    k, v = rng.standard_normal((B, Hk, T, D)), rng.standard_normal((B, Hk, T, D))
+    dy = rng.standard_normal((B, Hk * g, T, D))
+    ts = [Tensor(a, requires_grad=True) for a in (q, k, v)]
+    F.scaled_dot_product_attention(*ts).backward(Tensor(dy))
+    dk, dv = np.zeros_like(k), np.zeros_like(v)
+    for h in range(Hk * g):
+        one = [Tensor(q[:, h:h + 1], requires_grad=True), Tensor(k[:, h // g:h // g + 1], requires_grad=True),
+               Tensor(v[:, h // g:h // g + 1], requires_grad=True)]
+        out = F.scaled_dot_product_attention(*one)
+        out.backward(Tensor(dy[:, h:h + 1]))
+        np.testing.assert_allclose(ts[0].grad.numpy()[:, h:h + 1], one[0].grad.numpy(), rtol=1e-12, atol=1e-14)
+        dk[:, h // g:h // g + 1] += one[1].grad.numpy()  # a kv head's gradient: its group's sum
+        dv[:, h // g:h // g + 1] += one[2].grad.numpy()
+    np.testing.assert_allclose(ts[1].grad.numpy(), dk, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(ts[2].grad.numpy(), dv, rtol=1e-12, atol=1e-14)
+
+
 def test_packed_documents_equal_separate_sequences():
     """Two documents packed in one row with segment ids attend exactly as two separate rows."""
     rng = np.random.default_rng(5)

@@ -3,13 +3,14 @@
 agreement; bad targets named in the error."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from opcheck import SETTINGS, seeds
 
 import tinygrad_llm as tl
 import tinygrad_llm.functional as F
 from tinygrad_llm import Tensor
+from tinygrad_llm.ops.cross_entropy import exp_rows
 
 
 def np_cross_entropy(x, t, ignore_index=-100, reduction="mean", label_smoothing=0.0):
@@ -71,6 +72,49 @@ def test_all_targets_ignored():
     assert (x.grad.numpy() == 0).all()
     assert tl.gradcheck(lambda a: F.cross_entropy(a, t, reduction="sum"), [x])
     assert np.isnan(F.cross_entropy(x, t).item())  # 0 / 0, as in PyTorch
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_all_targets_ignored_under_mean_gives_nan_forward_and_zero_gradient(device, label_smoothing):
+    """docs/backward.md#crossentropy: forward 0 / 0 = nan, backward 0 for every logit (PyTorch's)."""
+    x = Tensor(np.random.default_rng(3).standard_normal((2, 3, 5)).astype(np.float32), device=device,
+               requires_grad=True)
+    t = np.full((2, 3), -100)
+    loss = F.cross_entropy(x, t, label_smoothing=label_smoothing)
+    assert np.isnan(loss.item())
+    loss.backward()
+    assert x.grad.shape == x.shape
+    np.testing.assert_array_equal(x.grad.numpy(), 0.0)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_all_targets_ignored_matches_torch(label_smoothing):
+    torch = pytest.importorskip("torch", reason="parity with PyTorch's cross-entropy needs torch")
+    x0 = np.random.default_rng(4).standard_normal((4, 6))
+    x, tx = Tensor(x0, requires_grad=True), torch.tensor(x0, requires_grad=True)
+    t = np.full(4, -100)
+    loss = F.cross_entropy(x, t, label_smoothing=label_smoothing)
+    tloss = torch.nn.functional.cross_entropy(tx, torch.tensor(t), label_smoothing=label_smoothing)
+    loss.backward()
+    tloss.backward()
+    assert np.isnan(loss.item()) and np.isnan(tloss.item())
+    np.testing.assert_array_equal(x.grad.numpy(), tx.grad.numpy())
+
+
+def test_the_gradient_is_p_minus_the_smoothed_target():
+    """dx = g (p - q), q = (1 - eps) onehot + eps / V, g = 1 / n_valid under "mean"."""
+    rng = np.random.default_rng(5)
+    x0, t, eps = rng.standard_normal((5, 7)), np.array([1, -100, 6, 0, 3]), 0.2
+    x = Tensor(x0, requires_grad=True)
+    F.cross_entropy(x, t, label_smoothing=eps).backward()
+    p = np.exp(x0 - x0.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    q = np.full((5, 7), eps / 7)
+    valid = t != -100
+    q[np.arange(5)[valid], t[valid]] += 1 - eps
+    want = (p - q) * valid[:, None] / valid.sum()
+    np.testing.assert_allclose(x.grad.numpy(), want, rtol=1e-12, atol=1e-15)
 
 
 def test_custom_ignore_index_and_tensor_targets():
@@ -141,3 +185,32 @@ def test_bad_targets_are_named():
         F.cross_entropy(x, np.array([0, 1, 2, 3]))
     with pytest.raises(ValueError, match="reduction"):
         F.cross_entropy(x, np.array([0, 1, 2]), reduction="avg")
+
+
+def test_exp_rows_without_a_shift_can_hold_subnormal_elements():
+    """A row whose sum is in range takes no shift, yet an element far below its largest is
+    subnormal: exp(-99) in float32. The docstring says so, and bounds what it costs p."""
+    x = np.array([[-69.0, -99.0, -70.0]], np.float32)
+    e, r, shift = exp_rows(x)
+    assert isinstance(shift, int) and shift == 0  # the shift-free path was taken
+    tiny = np.finfo(np.float32).tiny
+    assert 0 < e[0, 1] < tiny  # subnormal
+    assert (e[0, [0, 2]] >= tiny).all()
+    p = e * r  # r = 1 / rowsum, (N, 1)
+    x64 = x.astype(np.float64)
+    p64 = np.exp(x64 - x64.max()) / np.exp(x64 - x64.max()).sum()
+    assert abs(p[0, 1] - p64[0, 1]) > 1e-4 * p64[0, 1]  # relative precision lost at that element
+    assert abs(p[0, 1] - p64[0, 1]) < 1.4e-15  # but below the documented absolute bound
+
+
+@settings(max_examples=60, deadline=None)
+@given(lo=st.floats(-160.0, 0.0), width=st.floats(0.0, 150.0), V=st.integers(2, 40), seed=seeds)
+def test_exp_rows_shift_free_probabilities_stay_within_the_documented_error(lo, width, V, seed):
+    x = np.random.default_rng(seed).uniform(lo, lo + width, (3, V)).astype(np.float32)
+    e, r, shift = exp_rows(x)
+    x64 = x.astype(np.float64)
+    p64 = np.exp(x64 - x64.max(-1, keepdims=True))
+    p64 /= p64.sum(-1, keepdims=True)
+    p = e * r  # r = 1 / rowsum, (N, 1)
+    # a few float32 roundings relative to each p, plus the subnormal floor times r <= 1e30
+    assert (np.abs(p - p64) <= 1e-6 * p64 + 1.4e-15).all(), (shift, np.abs(p - p64).max())

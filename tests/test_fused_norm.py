@@ -66,7 +66,7 @@ def test_constant_row_is_finite():
     assert np.isfinite(z.numpy()).all()
 
 
-def test_saves_xhat_and_rstd_only():
+def test_saves_xhat_rstd_and_w():
     x = Tensor(np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32), requires_grad=True)
     w = Tensor(np.ones(8, np.float32), requires_grad=True)
     for y in (F.layer_norm(x, w, Tensor(np.zeros(8, np.float32))), F.rms_norm(x, w)):

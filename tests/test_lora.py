@@ -72,6 +72,25 @@ def test_step_zero_unchanged_and_only_adapters_get_gradients():
     for n, p in model.named_parameters():
         if n.endswith("lora_B"):
             assert np.abs(p.grad.numpy()).max() > 0
+        if n.endswith("lora_A"):
+            np.testing.assert_array_equal(p.grad.numpy(), 0.0)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_only_b_gets_a_gradient_on_the_first_step_but_weight_decay_moves_a(weight_decay):
+    """docs/backward.md#loralinear: at step 0 dA = 0, so A moves only through decoupled decay."""
+    model = tiny_gpt()
+    nn.apply_lora(model, rank=2, alpha=4, targets=("c_attn",))
+    layers = [layer for _, layer in nn.lora_layers(model)]
+    A0 = [layer.lora_A.numpy().copy() for layer in layers]
+    opt = optim.AdamW(nn.trainable_parameters(model), lr=1e-2, weight_decay=weight_decay)
+    idx, tgt = batch()
+    model(idx, tgt)[1].backward()
+    opt.step()
+    for layer, a0 in zip(layers, A0):
+        np.testing.assert_array_equal(layer.lora_A.grad.numpy(), 0.0)
+        np.testing.assert_allclose(layer.lora_A.numpy(), a0 * np.float32(1 - 1e-2 * weight_decay), rtol=1e-6)
+        assert np.abs(layer.lora_B.numpy()).max() > 0  # B left zero
 
 
 def test_optimizer_state_only_for_adapters_and_training_moves_only_them():

@@ -149,6 +149,31 @@ def test_pow_tensor_exponent_at_zero_base(device):
     np.testing.assert_allclose(b.grad.numpy(), [0.0, 8 * np.log(2)], rtol=1e-6)  # 0^b ln 0 -> 0
 
 
+def test_pow_at_zero_base_and_zero_exponent(device):
+    # a^0 = 1 whatever a: da = 0 (not 0 * 0^-1 = nan); at a = 0 <= b, db = 0 (not 1 * ln 0 = -inf)
+    a = Tensor([0.0, 0.0, 0.0, 2.0, -2.0], requires_grad=True, device=device)
+    b = Tensor([0.0, 2.0, -1.0, 0.0, 0.0], requires_grad=True, device=device)
+    y = a ** b
+    np.testing.assert_array_equal(y.numpy(), [1.0, 0.0, np.inf, 1.0, 1.0])
+    y.sum().backward()
+    np.testing.assert_array_equal(a.grad.numpy(), [0.0, 0.0, -np.inf, 0.0, 0.0])
+    np.testing.assert_allclose(b.grad.numpy(), [0.0, 0.0, -np.inf, np.log(2), np.nan], rtol=1e-6)
+
+
+@pytest.mark.reference
+def test_pow_gradients_match_pytorch_at_the_special_points():
+    torch = pytest.importorskip("torch", reason="parity with PyTorch's pow backward needs torch")
+    grid = np.array([-2.0, -0.5, 0.0, 0.5, 1.0, 2.0])
+    a0, b0 = np.meshgrid(grid, np.array([-1.0, 0.0, 0.5, 1.0, 2.0, 3.0]))
+    a, b = Tensor(a0, requires_grad=True), Tensor(b0, requires_grad=True)
+    (a ** b).sum().backward()
+    ta = torch.tensor(a0, requires_grad=True)
+    tb = torch.tensor(b0, requires_grad=True)
+    (ta ** tb).sum().backward()
+    np.testing.assert_allclose(a.grad.numpy(), ta.grad.numpy(), rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(b.grad.numpy(), tb.grad.numpy(), rtol=1e-12, equal_nan=True)
+
+
 def test_sigmoid_and_exp_extremes(device):
     x = Tensor([-1000.0, 0.0, 1000.0], requires_grad=True, device=device)
     y = x.sigmoid()

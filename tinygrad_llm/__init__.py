@@ -6,7 +6,7 @@
 """
 from . import backend
 from .autocast import autocast
-from .autograd import is_grad_enabled, no_grad
+from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .backend import cuda_available, get_rng_state, manual_seed, set_rng_state
 from .gradcheck import GradcheckError, gradcheck
 from .tensor import Tensor, cat, stack, where
@@ -27,5 +27,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'tinygrad_llm' has no attribute {name!r}")
 
 
-__all__ = ["Tensor", "autocast", "no_grad", "is_grad_enabled", "gradcheck", "GradcheckError", "manual_seed",
+__all__ = ["Tensor", "autocast", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled", "gradcheck", "GradcheckError", "manual_seed",
            "get_rng_state", "set_rng_state", "cuda_available", "cat", "stack", "where", "backend"]

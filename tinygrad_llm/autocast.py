@@ -14,6 +14,10 @@ the weight a float32 gradient), the residual stream (bfloat16 + float32 promotes
 the norms and their statistics, softmax and log-sum-exp, the loss, and every gradient reduction
 of the optimizer and clipping.
 
+A region is the calling thread's own (as PyTorch's autocast state): other threads compute as
+they would without it, except the sharded step's workers, which parallel.py hands the caller's
+regions (`open_regions()` / `within(regions)`).
+
 The CPU stays float32: NumPy has no bfloat16 GEMM worth the name, so autocast leaves NumPy arrays
 alone. `autocast("bf16", cpu_emulation=True)` casts them anyway (ml_dtypes' bfloat16, slow, each
 bf16 op computing in float32 and rounding its result): for tests of which op runs in which dtype
@@ -23,12 +27,22 @@ bfloat16 arrays come from ml_dtypes (NumPy's dtype; CuPy carries the same one). 
 (`pip install tinygrad-llm[gpu]`), imported only when bfloat16 is asked for.
 """
 import contextlib
+import threading
 
 import numpy as np
 
 from . import backend
 
-_stack = []  # the open autocast regions, innermost last
+
+class _Regions(threading.local):
+    """The open autocast regions of the calling thread, innermost last (per thread, as PyTorch's
+    autocast state is: one thread's region does not change what another computes in)."""
+
+    def __init__(self):
+        self.stack = []
+
+
+_regions = _Regions()
 
 
 def bfloat16():
@@ -60,11 +74,11 @@ class autocast:
         self.cpu_emulation = bool(cpu_emulation)
 
     def __enter__(self):
-        _stack.append(self)
+        _regions.stack.append(self)
         return self
 
     def __exit__(self, *exc):
-        _stack.remove(self)
+        _regions.stack.remove(self)
 
     def __call__(self, fn):
         import functools
@@ -77,15 +91,33 @@ class autocast:
 
 
 def active_dtype():
-    """The dtype of the innermost open autocast region, or None."""
-    return _stack[-1].dtype if _stack else None
+    """The dtype of the calling thread's innermost open autocast region, or None."""
+    stack = _regions.stack
+    return stack[-1].dtype if stack else None
+
+
+def open_regions():
+    """The calling thread's open regions (outermost first), to hand to a worker thread that runs
+    part of its work (parallel.py) with `within(regions)`."""
+    return tuple(_regions.stack)
+
+
+@contextlib.contextmanager
+def within(regions):
+    """Inside, the calling thread computes as if the regions (from open_regions()) were open."""
+    before, _regions.stack = _regions.stack, list(regions)
+    try:
+        yield
+    finally:
+        _regions.stack = before
 
 
 def compute_dtype(array):
     """The dtype a matmul or attention on `array` should run in: the autocast dtype when a region
     is open and array is a float32 (or already autocast-dtype) GPU array, or any such NumPy array
     under cpu_emulation; else None, meaning "as it is"."""
-    region = _stack[-1] if _stack else None
+    stack = _regions.stack
+    region = stack[-1] if stack else None
     if region is None or region.dtype is None or array.dtype not in (np.float32, region.dtype):
         return None
     if region.cpu_emulation or backend.device_of(array) == "cuda":

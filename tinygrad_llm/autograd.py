@@ -15,11 +15,24 @@ intermediate activation is freed as soon as Python drops it, unless an op saved 
 gradient and each node's saved arrays as soon as they are used.
 """
 import functools
+import threading
 import time
 
 from . import backend
 
-_grad_enabled = True
+
+class _PerThread(threading.local):
+    """What the engine keeps per thread, as PyTorch does: a no_grad evaluation on one thread must
+    not stop another thread's training step from recording, nor a tracer on one thread record
+    another's backward. A new thread starts from these defaults; a worker that runs part of a
+    caller's step is handed the caller's grad mode explicitly (parallel.py)."""
+
+    def __init__(self):  # runs once in each thread that reads it (instance attributes read fastest)
+        self.grad_enabled = True  # whether Function.apply records the graph
+        self.observers = ()  # callables(ctx, dy, dxs, seconds) called per node by this thread's backward
+
+
+_thread = _PerThread()
 Tensor = None  # the class Function.apply builds its outputs with: register_tensor_class sets it
 
 
@@ -28,21 +41,22 @@ def register_tensor_class(cls):
     need the Tensor class, and importing tensor.py from here would be a cycle."""
     global Tensor
     Tensor = cls
-# Hooks for the study tools, set only through the functions below (read on the hot paths)
-_observers = []  # callables(ctx, dy, dxs, seconds) called per node during backward (the tracer)
+# Hooks for the study tools, set only through the functions below (read on the hot paths).
+# The scope hook is one for all threads: study/scope.py keeps each thread's open scopes itself.
 _scope_hook = None  # callable(ctx, out) called per op while a study.scope is open (graph clusters)
 
 
 def add_backward_observer(observe):
-    """Call observe(ctx, dy, dxs, seconds) for every node backward visits, before it is freed.
-
-    With no observer the walk pays one truthiness test per node.
+    """Call observe(ctx, dy, dxs, seconds) for every node the calling thread's backward passes
+    visit, before it is freed. With no observer the walk pays one truthiness test per node.
     """
-    _observers.append(observe)
+    _thread.observers = _thread.observers + (observe,)  # a new tuple: a walk in progress keeps its own
 
 
 def remove_backward_observer(observe):
-    _observers.remove(observe)
+    observers = list(_thread.observers)
+    observers.remove(observe)
+    _thread.observers = tuple(observers)
 
 
 def set_scope_hook(hook):
@@ -53,35 +67,66 @@ def set_scope_hook(hook):
 
 
 def graph_is_observed():
-    """True while a backward observer or a scope hook is set: the graph is being studied."""
-    return bool(_observers) or _scope_hook is not None
+    """True while this thread has a backward observer, or any thread a study.scope open: the
+    graph is being studied."""
+    return bool(_thread.observers) or _scope_hook is not None
 
 
-class no_grad:
-    """Context manager and decorator that turns graph recording off (like torch.no_grad)."""
+class set_grad_enabled:
+    """Turn graph recording on (True) or off (False) for the calling thread, like
+    torch.set_grad_enabled: at once when called, and as a context manager until the block ends,
+    when the thread's previous mode comes back."""
+
+    def __init__(self, mode):
+        self._prev = _thread.grad_enabled
+        _thread.grad_enabled = bool(mode)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _thread.grad_enabled = self._prev
+
+
+class _GradModeBlock:
+    """A context manager and decorator that sets this thread's grad mode to `mode` inside."""
+    mode = True
 
     def __init__(self):
         self._prev = []  # a stack, so one instance can be entered again while already inside
 
     def __enter__(self):
-        global _grad_enabled
-        self._prev.append(_grad_enabled)
-        _grad_enabled = False
+        self._prev.append(_thread.grad_enabled)
+        _thread.grad_enabled = self.mode
 
     def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._prev.pop()
+        _thread.grad_enabled = self._prev.pop()
 
     def __call__(self, fn):
+        block = type(self)
+
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            with no_grad():
+            with block():
                 return fn(*args, **kwargs)
         return wrapper
 
 
+class no_grad(_GradModeBlock):
+    """Context manager and decorator that turns graph recording off in the calling thread (like
+    torch.no_grad); other threads keep recording."""
+    mode = False
+
+
+class enable_grad(_GradModeBlock):
+    """Context manager and decorator that turns graph recording back on inside a no_grad block,
+    in the calling thread (like torch.enable_grad)."""
+    mode = True
+
+
 def is_grad_enabled():
-    return _grad_enabled
+    """True when the calling thread records the graph (not inside no_grad)."""
+    return _thread.grad_enabled
 
 
 class GraphError(RuntimeError):
@@ -139,7 +184,7 @@ class Function:
             _check_same_device(cls, tensors)
         ctx = Context()
         ctx.saved = None
-        if _grad_enabled:
+        if _thread.grad_enabled:
             needs = tuple([t.requires_grad for t in tensors])
             record = True in needs
         else:  # forward must not keep arrays for a backward that will never run
@@ -207,6 +252,7 @@ def backward(root, dy, retain_graph=False, leaf_sink=None):
     """
     grads = {id(root): dy}  # id(node) -> the gradient summed so far
     owned = set()  # ids whose gradient buffer the walk allocated itself: safe to add into in place
+    observers = _thread.observers
     for node in _topological_order(root):
         key = id(node)
         g = grads.pop(key, None)
@@ -220,16 +266,16 @@ def backward(root, dy, retain_graph=False, leaf_sink=None):
             owned.discard(key)
             continue
         owned.discard(key)
-        start = time.perf_counter() if _observers else 0.0
+        start = time.perf_counter() if observers else 0.0
         dxs = node.fn.backward(node, g)
         if type(dxs) is not tuple:
             dxs = (dxs,)
         if len(dxs) != len(node.parents):
             raise GraphError(f"{node.fn.__name__}.backward returned {len(dxs)} gradients for "
                              f"{len(node.parents)} inputs")
-        if _observers:
+        if observers:
             seconds = time.perf_counter() - start
-            for observe in _observers:
+            for observe in observers:
                 observe(node, g, dxs, seconds)
         del g
         for parent, dx in zip(node.parents, dxs):

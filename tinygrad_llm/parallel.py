@@ -29,6 +29,7 @@ import os
 import numpy as np
 
 from . import autograd, backend, blas
+from .autocast import open_regions, within
 from .tensor import Tensor
 
 # Shards beyond this give each thread so few rows that Python's per-op overhead, paid by every
@@ -116,6 +117,8 @@ def loss_backward(loss_fn, inputs, targets, shards=None, scale=1.0, ignore_index
     total = sum(counts)
     seeds = backend.rng("cpu").integers(0, 2 ** 63, size=n - 1)  # drawn here: a fixed order
     sinks = [[] for _ in range(n - 1)]
+    # grad mode and autocast are per thread: the workers compute in this thread's
+    grad_enabled, regions = autograd.is_grad_enabled(), open_regions()
 
     def shard(i, sink):
         lo, hi = bounds[i], bounds[i + 1]
@@ -127,7 +130,8 @@ def loss_backward(loss_fn, inputs, targets, shards=None, scale=1.0, ignore_index
     def worker(i):
         backend.set_thread_rng(np.random.Generator(np.random.PCG64(int(seeds[i - 1]))))
         try:
-            return shard(i, sinks[i - 1])
+            with autograd.set_grad_enabled(grad_enabled), within(regions):
+                return shard(i, sinks[i - 1])
         finally:
             backend.set_thread_rng(None)
 

@@ -193,24 +193,28 @@ def clear_old_run(out_dir):
 def trim_metrics(path, step):
     """Keep the records of steps <= step (the checkpoint's), so a resumed run does not log a step
     twice after a crash that came between a metrics line and its checkpoint. A line cut short by
-    a kill is dropped too. Rewritten atomically; returns the number of records dropped."""
+    a kill is dropped too, and so is any line that is not one of the trainer's records (not
+    UTF-8, not JSON, not an object with a whole-number step). Rewritten atomically; returns the
+    number of lines dropped."""
     path = Path(path)
     if not path.exists():
         return 0
     kept, dropped = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            dropped += bool(line.strip())
+    for line in path.read_bytes().splitlines():
+        if not line.strip():
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] > step:
+        try:
+            rec = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):  # cut short, not UTF-8, an integer too long to read
+            rec = None
+        record_step = rec.get("step") if isinstance(rec, dict) else None
+        if not isinstance(record_step, int) or isinstance(record_step, bool) or record_step > step:
             dropped += 1
         else:
             kept.append(line)
     if dropped:
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.write_bytes(b"".join(line + b"\n" for line in kept))
         os.replace(tmp, path)
     return dropped
 

@@ -5,9 +5,11 @@
                       "data_offsets": [begin, end]}, ...}   (offsets into the buffer below)
     [rest]     the buffer: each tensor's raw little-endian bytes, C order, back to back
 
-Reading validates everything before trusting it: the header length against the file size, the
-JSON, every dtype, shape and offset pair (inside the buffer, matching shape x itemsize, no two
-tensors overlapping), so a truncated or corrupt file is refused with a message naming the fault.
+Reading validates everything before trusting it: the header length against the file size (before
+a byte of the header is read), the JSON (UTF-8, no name given twice), every dtype, shape and
+offset pair (inside the buffer, matching shape x itemsize in exact integers, no two tensors
+overlapping), so a truncated, corrupt or hostile file is refused with one SafetensorsError naming
+the file and the field at fault, and nothing is allocated from a size the file has not backed.
 Nothing is ever unpickled: a file can only describe arrays, never run code.
 
     >>> save_file({"w": np.ones((2, 3), np.float32)}, "m.safetensors", metadata={"step": "10"})
@@ -21,6 +23,7 @@ pages are then handed back (`release`), so loading never holds a second copy of 
     ...     f.copy_into(param.data, "h.0.attn.c_attn.weight", transpose=True); f.release("h.0...")
 """
 import json
+import math
 import mmap
 import struct
 from contextlib import contextmanager
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write
+from .files import JSONFileError, atomic_write, parse_json
 
 # safetensors dtype name -> numpy dtype (little-endian). BF16 has no numpy dtype: it is read as
 # raw uint16 and widened to float32 by decoding (see _decode_bf16).
@@ -42,6 +45,7 @@ _NAMES = {np.dtype(v).newbyteorder("<") if v.itemsize > 1 else v: k
           for k, v in DTYPES.items() if k != "BF16"}
 CHUNK_BYTES = 8 << 20  # copy_into's step: the most of a mapped file held at once while loading
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit: a bigger header is corrupt
+MAX_DIMS = 32  # NumPy's lowest limit across versions; no tensor of a model comes near it
 
 
 class SafetensorsError(ValueError):
@@ -70,39 +74,57 @@ def read_header(path):
             raise SafetensorsError(f"{path}: {size} bytes is too short for a safetensors file "
                                    "(needs an 8-byte header length); truncated?")
         (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER or 8 + n > size:
+        if n > MAX_HEADER or 8 + n > size:  # checked before anything is allocated for it
             raise SafetensorsError(f"{path}: header length {n} does not fit a file of {size} bytes "
-                                   "(truncated or not a safetensors file)")
+                                   f"(at most {MAX_HEADER}; truncated or not a safetensors file)")
         raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SafetensorsError(f"{path}: the header is not valid JSON ({e}); corrupt file") from None
+        header = parse_json(raw, "the header")
+    except JSONFileError as e:
+        raise SafetensorsError(f"{path}: {e}; corrupt file") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path}: the header is a JSON {type(header).__name__}, not an object")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise SafetensorsError(f"{path}: __metadata__ must map strings to strings")
+        raise SafetensorsError(f"{path}: __metadata__ must map strings to strings, got {_shown(metadata)}")
     start = 8 + n
     _validate(path, header, size - start)
     return header, metadata, start, size
 
 
+def _shown(value, limit=80):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON true is no size
+
+
 def _validate(path, header, buffer_size):
     spans = []
     for name, info in header.items():
-        if not isinstance(info, dict) or set(info) < {"dtype", "shape", "data_offsets"}:
-            raise SafetensorsError(f"{path}: tensor {name!r} needs dtype, shape and data_offsets, got {info!r}")
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise SafetensorsError(f"{path}: tensor {name!r} needs dtype, shape and data_offsets, "
+                                   f"got {_shown(info)}")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in DTYPES:
-            raise SafetensorsError(f"{path}: tensor {name!r} has dtype {dtype!r}; supported: {sorted(DTYPES)}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise SafetensorsError(f"{path}: tensor {name!r} has shape {shape!r}; expected a list of ints >= 0")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise SafetensorsError(f"{path}: tensor {name!r} has dtype {_shown(dtype)}; supported: {sorted(DTYPES)}")
+        if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+                or not all(_is_int(d) and d >= 0 for d in shape)):
+            raise SafetensorsError(f"{path}: tensor {name!r} has shape {_shown(shape)}; expected a list of "
+                                   f"at most {MAX_DIMS} ints >= 0")
+        itemsize = DTYPES[dtype].itemsize
+        if math.prod(max(d, 1) for d in shape) * itemsize >= 2 ** 63:  # NumPy cannot hold the shape
+            raise SafetensorsError(f"{path}: tensor {name!r} has shape {_shown(shape)}, too large for any array")
         if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
-            raise SafetensorsError(f"{path}: tensor {name!r} has data_offsets {offsets!r}; expected [begin, end]")
+                or not all(_is_int(o) for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+            raise SafetensorsError(f"{path}: tensor {name!r} has data_offsets {_shown(offsets)}; "
+                                   "expected [begin, end] with 0 <= begin <= end")
         begin, end = offsets
-        expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+        expected = math.prod(shape) * itemsize  # exact: Python ints do not wrap
         if end - begin != expected:
             raise SafetensorsError(f"{path}: tensor {name!r} ({dtype} {shape}) needs {expected} bytes "
                                    f"but its data_offsets {offsets} span {end - begin}")
@@ -202,7 +224,7 @@ class MappedFile:
             step = max(1, CHUNK_BYTES // max(src[0].nbytes, 1))
             chunks = [slice(r, r + step) for r in range(0, src.shape[0], step)]
         begin = self._info(name)["data_offsets"][0]
-        row_bytes = src[0].nbytes if src.ndim else src.nbytes
+        row_bytes = src[0].nbytes if src.ndim and len(src) else src.nbytes  # (0, ...) has no row 0
         for rows in chunks:
             part = src[rows]
             if bits is not None:
@@ -212,7 +234,7 @@ class MappedFile:
                 target[rows] = _decode_bf16(part)  # other destinations: float32, then a cast
             else:
                 target[rows] = part  # F16 -> float32 and friends: NumPy casts while it copies
-            if release and src.ndim:
+            if release and src.ndim and src.size:
                 lo = rows.start * row_bytes
                 self._release_span(begin + lo, begin + lo + part.nbytes)
         return dst

@@ -31,6 +31,11 @@ import numpy as np
 
 from .tokenizer import read_token_file
 from .tokenizer.corpus import sidecar_path
+from .tokenizer.shards import check_shard_sidecar
+
+
+def _whole(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0  # JSON true is no count
 
 
 def is_shard_folder(path):
@@ -53,6 +58,7 @@ class ShardData:
         metas = {}
         for p in shards:
             ids, metas[p] = read_token_file(p)  # checks each file against its sidecar
+            check_shard_sidecar(metas[p], sidecar_path(p))
             del ids
         val = [p for p in shards if metas[p].get("split") == "val"]
         self.train_paths = [p for p in shards if metas[p].get("split") == "train"]
@@ -172,15 +178,33 @@ class ShardData:
                 "train_tokens": int(self.train_sizes.sum())}
 
     def set_state(self, state):
+        """Resume at a position from state(); every field is checked first (a ValueError naming
+        it), so a damaged one changes nothing."""
         if not isinstance(state, dict) or state.get("kind") != "shards":
             raise ValueError("ShardData.set_state: this checkpoint's data state is not a shard "
                              "position (was the run trained on a single token file?)")
+        for key in ("seed", "epoch", "shard", "window", "train_tokens"):
+            if not _whole(state.get(key)):
+                raise ValueError(f"ShardData.set_state: {key} must be a whole number >= 0, got "
+                                 f"{state.get(key)!r:.40}")
         if state["train_tokens"] != int(self.train_sizes.sum()):
             raise ValueError(f"ShardData.set_state: the checkpoint was trained on {state['train_tokens']:,} "
                              f"train tokens, {self.folder} holds {int(self.train_sizes.sum()):,}")
+        T = state.get("block_size")
+        if T is not None and not (_whole(T) and T >= 1):
+            raise ValueError(f"ShardData.set_state: block_size must be null or a whole number >= 1, got {T!r:.40}")
+        if state["shard"] >= len(self.train_paths):
+            raise ValueError(f"ShardData.set_state: shard {state['shard']} of {len(self.train_paths)} train shards")
+        if T is not None:
+            order = np.random.Generator(np.random.PCG64([state["seed"], state["epoch"]])).permutation(
+                len(self.train_paths))  # as _shard_order draws it, under the state's seed
+            windows = (int(self.train_sizes[order[state["shard"]]]) - 1) // T
+            if state["window"] >= max(windows, 1):
+                raise ValueError(f"ShardData.set_state: window {state['window']} of a shard that holds "
+                                 f"{windows} windows of {T} tokens")
         self.seed, self.epoch, self.shard, self.window = (state["seed"], state["epoch"], state["shard"],
                                                           state["window"])
-        self._block_size = state["block_size"]
+        self._block_size = T
         self._order = self._perm = None
 
 

@@ -24,26 +24,72 @@ def add_arguments(parser):
 
 
 def read_metrics(path):
-    """The JSON lines of a metrics file (a line cut short by a killed run is skipped).
+    """The records of a metrics file, cleaned (clean_record): a line cut short by a killed run, or
+    one that is not UTF-8, not JSON or not a record, is skipped.
 
     A run killed after logging a step but before its checkpoint logs that step again when it
     resumes: a record whose step is not past the last one starts over from there, so each step
     counts once (the later record, the one the resumed run went on from, wins)."""
     records = []
-    with open(path) as f:
+    with open(path, "rb") as f:
         for line in f:
-            line = line.strip()
-            if not line:
+            rec = clean_record(parse_line(line))
+            if rec is None:
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
-                while records and records[-1]["step"] >= rec["step"]:
-                    records.pop()
-                records.append(rec)
+            while records and records[-1]["step"] >= rec["step"]:
+                records.pop()
+            records.append(rec)
     return records
+
+
+def parse_line(line):
+    """One JSON line (bytes or str) as a value, or None where it is damaged in any way."""
+    try:
+        return json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, an integer too long to convert
+        return None
+
+
+def _number(v):
+    """v as a finite float, or None: bools, strings, NaN, infinities and integers beyond a float's
+    range are no points to draw."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        v = float(v)
+    except OverflowError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _numbers(d):
+    """{name: finite float} of a dict's numeric entries; {} when d is not a dict."""
+    if not isinstance(d, dict):
+        return {}
+    return {k: n for k, n in ((k, _number(v)) for k, v in d.items()) if n is not None}
+
+
+def clean_record(rec):
+    """The parts of a metrics record the plot draws, each a finite float where a number belongs
+    (others dropped), or None for a line that is no record (not an object, no usable step)."""
+    if not isinstance(rec, dict) or _number(rec.get("step")) is None:
+        return None
+    out = {"step": _number(rec["step"])}
+    out.update({k: v for k, v in _numbers(rec).items() if k in ("train_loss", "val_loss", "val_bpb", "lr")})
+    if _numbers(rec.get("lrs")):
+        out["lrs"] = _numbers(rec.get("lrs"))
+    health = rec.get("health")
+    if isinstance(health, dict):
+        h = {}
+        if _number(health.get("grad_norm")) is not None:
+            h["grad_norm"] = _number(health["grad_norm"])
+        for part in ("groups", "activations"):
+            named = health.get(part)
+            if isinstance(named, dict):
+                h[part] = {name: _numbers(v) for name, v in named.items() if isinstance(v, dict)}
+        if h:
+            out["health"] = h
+    return out
 
 
 def _series(records, key):

@@ -10,6 +10,10 @@ What differs from our layout, and how each difference is met:
   - Older files carry attn.bias (the causal mask) and attn.masked_bias: buffers, not weights,
     which our attention does not need; they are skipped.
 
+Nothing from the folder is trusted: config.json is read field by field (config_fields.py), and
+the weights file's header must hold exactly the tensors that config describes, each of its shape
+and a float dtype, before the model is allocated or a parameter written (gpt2_shapes).
+
 Loading is memory-mapped: the model is built without initialising its weights, then each tensor
 of the file is copied once, straight from the mapped pages into its parameter (transposed and
 converted from F16/BF16 on the way), and its pages are released. Peak memory is the model plus
@@ -22,21 +26,76 @@ import numpy as np
 
 from .. import safetensors
 from ..files import atomic_write_text
+from .config_fields import ConfigError, boolean, one_of, positive_float, positive_int, read_config
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 SKIPPED = (".attn.bias", ".attn.masked_bias")  # the dot: "c_attn.bias" is a real weight
 GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu")  # our F.gelu(approximate="tanh") is gelu_new
 
 
-def _config_from_hf(hf, GPTConfig):
-    act = hf.get("activation_function", "gelu_new")
-    if act not in GELU_NAMES:
-        raise ValueError(f"config.json: activation_function {act!r} is not a GELU this model has")
-    return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
-                     n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                     mlp_hidden=hf.get("n_inner") or 4 * hf["n_embd"],
-                     norm_eps=hf.get("layer_norm_epsilon", 1e-5), bias=True, dropout=0.0,
-                     tie_weights=hf.get("tie_word_embeddings", True))
+def _config_from_hf(hf, GPTConfig, path="config.json"):
+    """Our GPTConfig from a GPT-2 config.json, each field checked (config_fields: one error naming
+    the file and the field)."""
+    one_of(hf, "activation_function", GELU_NAMES, path, default="gelu_new")
+    n_embd = positive_int(hf, "n_embd", path)
+    block = positive_int(hf, "n_positions", path) if hf.get("n_positions") is not None else \
+        positive_int(hf, "n_ctx", path, default=1024)  # older files name it n_ctx
+    try:
+        return GPTConfig(vocab_size=positive_int(hf, "vocab_size", path), block_size=block,
+                         n_layer=positive_int(hf, "n_layer", path), n_head=positive_int(hf, "n_head", path),
+                         n_embd=n_embd, mlp_hidden=positive_int(hf, "n_inner", path, default=4 * n_embd),
+                         norm_eps=positive_float(hf, "layer_norm_epsilon", path, default=1e-5), bias=True,
+                         dropout=0.0, tie_weights=boolean(hf, "tie_word_embeddings", path, default=True))
+    except ConfigError:
+        raise
+    except ValueError as e:  # GPTConfig's own checks (n_embd a multiple of n_head, ...)
+        raise ConfigError(f"{path}: {e}") from None
+
+
+BLOCK_TENSORS = 12  # per transformer block: ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj
+
+
+def gpt2_tensor_count(config):
+    """How many tensors gpt2_shapes(config) names: compared with the file's count first, so a
+    config that claims 2^40 layers is refused before its names are listed."""
+    return 4 + BLOCK_TENSORS * config.n_layer + (0 if config.tie_weights else 1)
+
+
+def gpt2_shapes(config):
+    """Our parameter name -> the shape GPT-2's safetensors file stores it in (Conv1D matrices as
+    (in, out)), from the config alone: what a file must hold before a model is allocated for it."""
+    C, H, V = config.n_embd, config.mlp_hidden, config.vocab_size
+    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (config.block_size, C),
+              "transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)}
+    block = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
+             "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
+             "mlp.c_fc.weight": (C, H), "mlp.c_fc.bias": (H,), "mlp.c_proj.weight": (H, C), "mlp.c_proj.bias": (C,)}
+    for i in range(config.n_layer):
+        shapes.update({f"transformer.h.{i}.{k}": v for k, v in block.items()})
+    if not config.tie_weights:
+        shapes["lm_head.weight"] = (V, C)
+    return shapes
+
+
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+def _check_file_fits(f, names, weights, config):
+    """Every tensor the config asks for is in the file, nothing else, each of the right shape and a
+    float dtype: checked on the header alone, before a model is allocated or a parameter written."""
+    if gpt2_tensor_count(config) > 2 * len(names) + BLOCK_TENSORS:  # far off: do not even list them
+        raise ValueError(f"{weights} holds {len(names)} tensors, but GPT-2 {config.n_layer} layers / "
+                         f"{config.n_embd} wide (its config.json) has {gpt2_tensor_count(config)}")
+    expected = gpt2_shapes(config)
+    missing, unexpected = sorted(set(expected) - set(names)), sorted(set(names) - set(expected))
+    wrong = [f"{names[n]} is {f.dtype(names[n])} {list(f.shape(names[n]))}, expected a float "
+             f"{list(expected[n])}" for n in sorted(set(names) & set(expected))
+             if f.shape(names[n]) != expected[n] or f.dtype(names[n]) not in FLOAT_DTYPES]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{weights} does not fit GPT-2 {config.n_layer} layers / {config.n_embd} wide "
+                         f"(its config.json): missing {missing[:6]}, unexpected {unexpected[:6]}, "
+                         f"wrong {wrong[:4]}")
+    return expected
 
 
 def _our_name(key):
@@ -75,7 +134,7 @@ def _paths(path):
 
 def load_hf_gpt2(cls, path, dtype=None):
     config_path, weights = _paths(path)
-    config = _config_from_hf(json.loads(config_path.read_text()), cls.config_class)
+    config = _config_from_hf(read_config(config_path), cls.config_class, config_path)
     with safetensors.open_mapped(weights) as f:
         names = {}  # our name -> HF key
         for key in f.keys():
@@ -83,17 +142,17 @@ def load_hf_gpt2(cls, path, dtype=None):
             if name is not None:
                 names[name] = key
         tied = config.tie_weights
-        if tied and "lm_head.weight" in names:
-            head, wte = f.view(names.pop("lm_head.weight")), f.view(names.get("transformer.wte.weight", ""))
+        head_key = names.pop("lm_head.weight") if tied and "lm_head.weight" in names else None
+        expected = _check_file_fits(f, names, weights, config)
+        if head_key is not None:
+            head, wte = f.view(head_key), f.view(names["transformer.wte.weight"])
             if head.shape != wte.shape or head.dtype != wte.dtype or not np.array_equal(head, wte):
                 raise ValueError(f"{weights}: lm_head.weight differs from wte.weight, but GPT-2 ties them")
             del head, wte  # views into the mapping: drop them so it can close
         model = cls(config, dtype=dtype, init=False)
         params = dict(model.named_parameters())  # tied: lm_head.weight is wte's, listed once
-        missing, unexpected = sorted(set(params) - set(names)), sorted(set(names) - set(params))
-        if missing or unexpected:
-            raise ValueError(f"{weights} does not fit GPT-2 {config.n_layer} layers / {config.n_embd} wide: "
-                             f"missing {missing[:6]}, unexpected {unexpected[:6]}")
+        if set(params) != set(expected):  # gpt2_shapes must describe the model GPT builds
+            raise RuntimeError(f"gpt2_shapes disagrees with the model: {sorted(set(params) ^ set(expected))[:6]}")
         for name, key in names.items():
             f.copy_into(params[name].data, key, transpose=name.endswith(CONV1D))
             f.release(key)

@@ -172,8 +172,9 @@ class GELU(Function):
     Phi ~ h = 0.5 (1 + tanh(K (x + 0.044715 x^3))), K = sqrt(2 / pi).
 
     Backward: exact dx = dy (Phi + x phi); tanh dx = dy (h + 2 K x h (1 - h)(1 + 0.134145 x^2)).
-    Saved: x and h, so backward needs no tanh/erf. The CPU and the GPU compute h alike, as
-    1 / (1 + exp(-2u)) (gelu_tanh_forward_cpu says why).  Derivation: docs/backward.md#gelu
+    Saved on the CPU: x and h, so backward needs no tanh/erf; on the GPU only x (the kernel's
+    backward recomputes h). The CPU and the GPU compute h alike, as 1 / (1 + exp(-2u))
+    (gelu_tanh_forward_cpu says why).  Derivation: docs/backward.md#gelu
     """
 
     @staticmethod

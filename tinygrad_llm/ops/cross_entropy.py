@@ -43,9 +43,16 @@ def cross_entropy_backward_textbook(x, t, valid, g, label_smoothing=0.0):
 def exp_rows(x):
     """(e, r, shift) with e = exp(x - shift) and r = 1 / sum(e) over the last axis.
 
-    The shift is 0 when every row's sum of exp(x) lands in [1e-30, 1e30]: then nothing overflowed
-    or vanished into subnormals, and the max pass and the subtraction pass are saved (two of the
-    four sweeps over x). Otherwise shift is the row max, the usual stable form.
+    The shift is 0 when every row's sum of exp(x) lands in [1e-30, 1e30]: then no row sum
+    overflowed or lost precision, so r is accurate, and the max pass and the subtraction pass are
+    saved (two of the four sweeps over x). Otherwise shift is the row max, the usual stable form.
+
+    Single elements may still underflow on the shift-free path: exp(x_j) is subnormal, or 0,
+    where x_j lies far below its row's largest entries (float32: exp(x_j) < 1.2e-38 for
+    x_j < -87.3), and then p_j = e_j r keeps only a few significant bits. Its absolute error stays
+    below the smallest subnormal times r <= 1e30, about 1.4e-15 in float32 (far below float32's
+    resolution at 1, 6e-8), so row sums, losses and gradients do not see it; only the relative
+    precision of such a tiny p_j is lost, where exp(x_j - max) would keep it.
     """
     xp = array_module(x)
     with np.errstate(over="ignore", under="ignore"):
@@ -121,7 +128,9 @@ def cross_entropy_backward_cpu(e, r, t, valid, g, label_smoothing=0.0):
 class CrossEntropy(Function):
     """loss = -log softmax(logits)[target] (optionally label-smoothed), reduced over the rows.
 
-    Backward: dlogits = (softmax(logits) - onehot(target)) * dloss per row, 0 for ignored rows.
+    Backward: dlogits = g * (softmax(logits) - q) per row, q = (1 - eps) onehot(target) + eps / V
+    the smoothed target, g the row's share of dloss (dloss / n_valid for "mean"), 0 for ignored rows;
+    with every row ignored, "mean" gives a nan loss and a zero gradient (as PyTorch).
     Saved on the CPU: e = exp(logits - shift) and r = 1 / rowsum(e), so p = e * r costs one pass;
     on the GPU's fused kernel: the logits and lse per row (p = exp(logits - lse), one re-read);
     either way the targets and the mask of rows that count.

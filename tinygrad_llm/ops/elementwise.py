@@ -148,7 +148,8 @@ class PowScalar(Function):
 
 
 class Pow(Function):
-    """y = a ** b, both tensors.   da = b * a^(b-1) * dy,  db = y * ln(a) * dy  (a > 0 for db).
+    """y = a ** b, both tensors.   da = b * a^(b-1) * dy,  db = y * ln(a) * dy  (a > 0 for db);
+    da = 0 where b = 0 and db = 0 where a = 0 <= b, as PyTorch gives (so 0^0 passes no nan).
 
     Keeps a, b and y.  Derivation: docs/backward.md#pow
     """
@@ -165,14 +166,17 @@ class Pow(Function):
         a, b, y = ctx.saved
         need_a, need_b = ctx.needs_input_grad
         xp = array_module(dy)
-        da = _back(dy * b * a ** (b - 1), *ctx.a_meta) if need_a else None
-        db = None
-        if need_b:
-            # d/db a^b = a^b ln a: undefined (nan) for a < 0; where y == 0 (a == 0, b > 0) the
-            # product y ln a tends to 0, so it is taken as 0 rather than 0 * -inf = nan
-            with np.errstate(divide="ignore", invalid="ignore"):
-                dyl = xp.where(y == 0, dy.dtype.type(0), dy * y * xp.log(a))
-            db = _back(dyl, *ctx.b_meta)
+        zero = dy.dtype.type(0)
+        da = db = None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if need_a:
+                # a^0 = 1 is constant in a: b * a^(b-1) would give 0 * inf = nan at a = 0
+                da = _back(xp.where(b == 0, zero, dy * b * a ** (b - 1)), *ctx.a_meta)
+            if need_b:
+                # d/db a^b = a^b ln a: undefined (nan) for a < 0; at a = 0 with b >= 0 it is taken
+                # as 0 (PyTorch's choice: y ln a -> 0 as a -> 0+ for b > 0) rather than 0 * -inf
+                # = nan, or 1 * -inf at b = 0
+                db = _back(xp.where((a == 0) & (b >= 0), zero, dy * y * xp.log(a)), *ctx.b_meta)
         return da, db
 
 

@@ -52,7 +52,7 @@ class LoRALinear(Function):
             dx = dx.reshape(ctx.x_shape)
         dw = dy2.T @ x2 if need[1] else None
         dA = (g.T * s) @ x2 if need[2] else None  # (r, in)
-        dB = (dy2.T * s) @ u if need[3] else None  # (out, r)
+        dB = dy2.T @ (u * s) if need[3] else None  # (out, r); s on the (N, r) factor, not (out, N)
         if len(need) == 4:
             return dx, dw, dA, dB
         db = array_module(dy2).ones(dy2.shape[0], dtype=dy2.dtype) @ dy2 if need[4] else None

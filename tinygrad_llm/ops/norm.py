@@ -1,4 +1,4 @@
-"""Layer norm and RMS norm over the last axis, each one op that saves only xhat and rstd.
+"""Layer norm and RMS norm over the last axis, each one op that saves only xhat, rstd and w.
 
 Per row of C features: layer norm y = (x - mean) * rstd * w + b with rstd = 1 / sqrt(var + eps);
 RMS norm y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps). The row reductions of products

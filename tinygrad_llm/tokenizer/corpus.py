@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write, atomic_write_text
+from ..files import JSONFileError, atomic_write, atomic_write_text, read_json
 from .errors import TokenizerFileError
 
 SIDECAR_KEYS = ("dtype", "vocab_size", "num_tokens", "source_bytes", "tokenizer")
@@ -139,22 +139,41 @@ def _encode_block(tokenizer, text, allowed_special):
     return ids, piece[starts[k]:]
 
 
+MAX_SIDECAR_BYTES = 1 << 20  # a sidecar is a few hundred bytes; a shard's settings list its inputs
+
+
+def _whole(v, low=0):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
 def read_token_file(path):
-    """(np.memmap of ids, sidecar dict) for a file written by encode_file; checks they agree."""
+    """(np.memmap of ids, sidecar dict) for a file written by encode_file; checks they agree.
+
+    Every sidecar field is checked before the ids are touched (a TokenizerFileError naming the
+    sidecar and the field): dtype uint16/uint32 wide enough for vocab_size, whole-number counts,
+    num_tokens times the dtype's size equal to the file's size."""
     path = Path(path)
     side = sidecar_path(path)
     try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
+        meta = read_json(side, MAX_SIDECAR_BYTES)
     except FileNotFoundError:
         raise TokenizerFileError(f"{path} has no sidecar {side.name}; was it written by encode_file?") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerFileError(f"{side} is not valid JSON ({e}); truncated or corrupt") from None
+    except JSONFileError as e:
+        raise TokenizerFileError(f"{e}; truncated or corrupt") from None
     missing = [k for k in SIDECAR_KEYS if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise TokenizerFileError(f"{side} lacks the keys {missing}")
-    if meta["dtype"] not in ("uint16", "uint32"):
-        raise TokenizerFileError(f"{side}: dtype {meta['dtype']!r} is not uint16 or uint32")
+    if not isinstance(meta["dtype"], str) or meta["dtype"] not in ("uint16", "uint32"):
+        raise TokenizerFileError(f"{side}: dtype {meta['dtype']!r:.40} is not uint16 or uint32")
     itemsize = np.dtype(meta["dtype"]).itemsize
+    for key in ("num_tokens", "source_bytes"):
+        if not _whole(meta[key]):
+            raise TokenizerFileError(f"{side}: {key} must be a whole number >= 0, got {meta[key]!r:.40}")
+    if not _whole(meta["vocab_size"], 1) or meta["vocab_size"] > 1 << (8 * itemsize):
+        raise TokenizerFileError(f"{side}: vocab_size must be a whole number in [1, {1 << (8 * itemsize):,}] "
+                                 f"for {meta['dtype']} ids, got {meta['vocab_size']!r:.40}")
+    if not isinstance(meta["tokenizer"], str):
+        raise TokenizerFileError(f"{side}: tokenizer must be a name (a string), got {meta['tokenizer']!r:.40}")
     size = path.stat().st_size
     if size != meta["num_tokens"] * itemsize:
         raise TokenizerFileError(f"{path} has {size} bytes but {side.name} promises {meta['num_tokens']} "

@@ -225,6 +225,31 @@ class ShardWriter:
             self.file = self.writing = None
 
 
+def check_shard_sidecar(meta, side, index=None):
+    """Raise TokenizerFileError naming the sidecar and the field unless meta (read_token_file's,
+    whose own fields are already checked) holds the fields a shard's sidecar adds, well formed:
+    split, shard (= index when given), eot_id, end, last and settings."""
+    def bad(field, what):
+        raise TokenizerFileError(f"{side}: {field} must be {what}, got {meta.get(field)!r:.60}")
+
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    if meta.get("split") not in ("train", "val"):
+        bad("split", "'train' or 'val'")
+    if not whole(meta.get("shard")) or (index is not None and meta["shard"] != index):
+        bad("shard", f"this shard's number{'' if index is None else f' ({index})'}")
+    eot = meta.get("eot_id")
+    if eot is not None and not (whole(eot) and eot < meta["vocab_size"]):
+        bad("eot_id", f"null or an id in [0, {meta['vocab_size']})")
+    end = meta.get("end")
+    if not (isinstance(end, list) and len(end) == 2 and all(whole(v) for v in end)):
+        bad("end", "[document, tokens into it], two whole numbers")
+    if not isinstance(meta.get("last"), bool):
+        bad("last", "true or false")
+    if not isinstance(meta.get("settings"), dict):
+        bad("settings", "an object")
+
+
 def finished_shards(out_dir, settings):
     """Sidecars of the shards a previous run finished with the same settings, in order."""
     out_dir = Path(out_dir)
@@ -237,10 +262,11 @@ def finished_shards(out_dir, settings):
             break
         try:
             _, meta = read_token_file(path)
+            check_shard_sidecar(meta, sidecar_path(path), i)
         except (TokenizerFileError, FileNotFoundError):
-            break  # not finished after all: written again
-        if meta.get("settings") != settings:
-            theirs = meta.get("settings") or {}
+            break  # not finished after all (or its sidecar is damaged): written again
+        if meta["settings"] != settings:
+            theirs = meta["settings"]
             differ = sorted(k for k in set(settings) | set(theirs) if settings.get(k) != theirs.get(k))
             raise ValueError(f"{out_dir} holds shards made with other settings (differing: {differ}); "
                              "to start over, delete them or pass another --out")
