@@ -122,18 +122,22 @@ def dropout(x, p=0.5, training=True):
     return Dropout.apply(x, p=p)
 
 
-def scaled_dot_product_attention(q, k, v, causal=True, scale=None, segment_ids=None):
+def scaled_dot_product_attention(q, k, v, causal=True, scale=None, segment_ids=None, window=None,
+                                 softcap=None):
     """softmax(q k^T * scale (+ mask)) v for q (B, H, T_q, D), k and v (B, H_kv, T_k, D).
 
     H must be a multiple of H_kv (grouped-query attention); scale defaults to 1 / sqrt(D).
-    Causal: query i sees keys j <= i + (T_k - T_q). segment_ids: integers (B, T_k), one id per
-    document packed into the sequence; a query sees only keys with its own id (the queries' ids
-    are the last T_q of the keys', as with a KV cache).
+    Causal: query i, at position p = i + (T_k - T_q), sees keys j <= p. window W (causal only):
+    also j > p - W, the W keys up to its own (a sliding window). segment_ids: integers (B, T_k),
+    one id per document packed into the sequence; a query sees only keys with its own id (the
+    queries' ids are the last T_q of the keys', as with a KV cache). softcap: the scaled scores
+    S become softcap * tanh(S / softcap) before the mask (Gemma 2).
     """
     if segment_ids is not None:
         segment_ids = _raw(segment_ids)
     q, k, v = _autocast(q, q, k, v)
-    return ScaledDotProductAttention.apply(q, k, v, causal=causal, scale=scale, segment_ids=segment_ids)
+    return ScaledDotProductAttention.apply(q, k, v, causal=causal, scale=scale, segment_ids=segment_ids,
+                                           window=window, softcap=softcap)
 
 
 def qkv_attention(qkv, n_head, n_kv_head=None, causal=True, scale=None, segment_ids=None):
