@@ -42,7 +42,7 @@ def lora_linear(x, weight, lora_A, lora_B, scale, bias=None):
 
 # --- fused neural-network ops (ops/softmax.py, cross_entropy.py, norm.py, activation.py, ...) ---
 from .backend import array_module as _array_module  # noqa: E402
-from .ops.activation import GELU, SiLU, SwiGLU  # noqa: E402
+from .ops.activation import GELU, GeGLU, SiLU, SoftCap, SwiGLU  # noqa: E402
 from .ops.attention import QKVAttention, ScaledDotProductAttention  # noqa: E402
 from .ops.cross_entropy import CrossEntropy  # noqa: E402
 from .ops.dropout import Dropout  # noqa: E402
@@ -103,6 +103,16 @@ def silu(x):
 def swiglu(x_gate, x_up):
     """silu(x_gate) * x_up, the gated product of a SwiGLU MLP, as one op."""
     return SwiGLU.apply(x_gate, x_up)
+
+
+def geglu(x_gate, x_up, approximate="tanh"):
+    """gelu(x_gate) * x_up, the gated product of a GeGLU MLP (Gemma), as one op."""
+    return GeGLU.apply(x_gate, x_up, approximate=approximate)
+
+
+def soft_cap(x, cap):
+    """cap * tanh(x / cap): bounds x to (-cap, cap), ~x where |x| << cap (Gemma's logit cap)."""
+    return SoftCap.apply(x, cap=cap)
 
 
 def embedding(ids, weight):
