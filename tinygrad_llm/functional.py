@@ -115,9 +115,12 @@ def soft_cap(x, cap):
     return SoftCap.apply(x, cap=cap)
 
 
-def embedding(ids, weight):
-    """weight[ids]: rows of weight (V, C) picked by integer ids of any shape."""
-    return Embedding.apply(weight, ids=_raw(ids))
+def embedding(ids, weight, padding_idx=None):
+    """weight[ids]: rows of weight (V, C) picked by integer ids of any shape. padding_idx: a row
+    that gets no gradient from the lookup (PyTorch's nn.Embedding(padding_idx=...))."""
+    if padding_idx is None:
+        return Embedding.apply(weight, ids=_raw(ids))
+    return Embedding.apply(weight, ids=_raw(ids), padding_idx=int(padding_idx))
 
 
 def dropout(x, p=0.5, training=True):

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from ..ops.rope import check_rope_scaling
 from .transformer import TransformerConfig
 
-# Fields that change no number the model computes: names, ids the tokenizer side uses, generation
+# Fields that change no number the model computes: names, ids the tokenizer side uses (pad_token_id
+# is read too: its embedding row does not train, as in transformers' padding_idx), generation
 # defaults (generation_config.json's business), the dtype the file was saved in (loading converts)
 METADATA = {
     "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype", "dtype",
@@ -96,7 +97,7 @@ FAMILIES = {f.model_type: f for f in (
            COMMON_READS + ("hidden_activation", "hidden_act", "attention_bias", "query_pre_attn_scalar",
                            "sliding_window", "layer_types", "attn_logit_softcapping", "final_logit_softcapping"),
            {"max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
-            "rope_theta": 10000.0, "hidden_activation": "gelu_pytorch_tanh", "head_dim": 256,
+            "rope_theta": 10000.0, "hidden_activation": "gelu_pytorch_tanh", "head_dim": 256, "pad_token_id": 0,
             "attention_bias": False, "query_pre_attn_scalar": 256, "sliding_window": 4096,
             "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0},
            {**_NO_DROPOUT, "use_bidirectional_attention": None}),
@@ -108,7 +109,7 @@ FAMILIES = {f.model_type: f for f in (
            {"max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
             "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0, "hidden_activation": "gelu_pytorch_tanh",
             "head_dim": 256, "attention_bias": False, "query_pre_attn_scalar": 256, "sliding_window": 4096,
-            "final_logit_softcapping": None},
+            "final_logit_softcapping": None, "pad_token_id": 0},
            # transformers' Gemma 3 reads attn_logit_softcapping but never applies it (Gemma 2 does):
            # a config that sets it is refused rather than guessed at
            {**_NO_DROPOUT, "use_bidirectional_attention": False, "attn_logit_softcapping": None}),
@@ -179,7 +180,7 @@ def config_from_hf(hf, where="config.json"):
                num_hidden_layers=c["num_hidden_layers"], num_attention_heads=heads, num_key_value_heads=kv,
                head_dim=head_dim, max_position_embeddings=c["max_position_embeddings"],
                rms_norm_eps=c["rms_norm_eps"], tie_word_embeddings=bool(c["tie_word_embeddings"]),
-               model_type=family.model_type)
+               model_type=family.model_type, pad_token_id=hf.get("pad_token_id", family.defaults.get("pad_token_id")))
     cfg.update(family.changes)
     cfg["hidden_act"] = _activation(c, family, where)
     cfg.update(_biases(c, family))
@@ -244,7 +245,10 @@ def _rope_dict(params, theta, where):
     theta = params.pop("rope_theta", theta)
     if "type" in params and "rope_type" not in params:
         params["rope_type"] = params.pop("type")
-    check_rope_scaling(params, where)
+    try:
+        check_rope_scaling(params, where)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if params.get("rope_type", "default") == "default" and set(params) <= {"rope_type"}:
         return float(theta), None
     return float(theta), params
@@ -287,7 +291,8 @@ def config_to_hf(config):
           "num_attention_heads": config.num_attention_heads, "num_key_value_heads": config.num_key_value_heads,
           "head_dim": config.head_dim, "max_position_embeddings": config.max_position_embeddings,
           "rms_norm_eps": config.rms_norm_eps, "tie_word_embeddings": config.tie_word_embeddings,
-          "initializer_range": config.initializer_range, "attention_dropout": 0.0, "torch_dtype": "float32"}
+          "initializer_range": config.initializer_range, "attention_dropout": 0.0, "torch_dtype": "float32",
+          "pad_token_id": config.pad_token_id}
     act = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}[config.hidden_act]
     rope = {"rope_type": "default", **(config.rope_scaling or {}), "rope_theta": config.rope_theta}
     if family.model_type == "gemma3_text":

@@ -64,6 +64,7 @@ class TransformerConfig(DictConfig):
     embed_scale: bool = False        # embeddings times sqrt(hidden_size), rounded to the dtype (Gemma)
     final_logit_softcap: float = None  # logits -> cap tanh(logits / cap) (Gemma 2)
     tie_word_embeddings: bool = False  # lm_head shares embed_tokens' matrix
+    pad_token_id: int = None         # its embedding row gets no gradient from the lookup (padding_idx)
     # what save_pretrained writes (families.py), and the random initialisation's std
     model_type: str = "llama"
     initializer_range: float = 0.02
@@ -100,6 +101,9 @@ class TransformerConfig(DictConfig):
             w = self.sliding_window
             if not isinstance(w, (int, np.integer)) or isinstance(w, bool) or w < 1:
                 raise ValueError(f"{where}: sliding layers need sliding_window >= 1, got {w!r}")
+        if self.pad_token_id is not None and not (isinstance(self.pad_token_id, (int, np.integer))
+                                                  and 0 <= self.pad_token_id < self.vocab_size):
+            raise ValueError(f"{where}: pad_token_id {self.pad_token_id!r} is not a token id of [0, {self.vocab_size})")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"{where}: hidden_act={self.hidden_act!r}; implemented: {ACTIVATIONS}")
         for name in ("rms_norm_eps", "rope_theta"):
@@ -246,7 +250,8 @@ class DecoderStack(nn.Module):
 
     def __init__(self, config, dtype=None):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype,
+                                         padding_idx=config.pad_token_id)
         self.layers = nn.ModuleList([DecoderLayer(config, i, dtype) for i in range(config.num_hidden_layers)])
         self.norm = _norm(config, config.hidden_size, dtype)
 
@@ -281,6 +286,8 @@ class Transformer(nn.Module):
                 value = rng.standard_normal(p.shape) * std
             else:
                 value = np.zeros(p.shape)
+            if name == "model.embed_tokens.weight" and self.config.pad_token_id is not None:
+                value[self.config.pad_token_id] = 0  # as transformers does for its padding_idx
             p.data[...] = backend.xp_of(p.device).asarray(value.astype(p.dtype))
 
     # ---------------------------------------------------------------------------------- forward

@@ -44,16 +44,18 @@ class Linear(Module):
 
 class Embedding(Module):
     """y = weight[ids]: a lookup table of num_embeddings rows of size embedding_dim.
-    Init: N(0, 1) (PyTorch's default; GPT-2 uses std 0.02, which the model sets itself)."""
+    Init: N(0, 1) (PyTorch's default; GPT-2 uses std 0.02, which the model sets itself).
+    padding_idx: a row the lookup never trains (as in PyTorch; Hugging Face models pass their
+    pad_token_id)."""
 
-    def __init__(self, num_embeddings, embedding_dim, dtype=None, device=None):
+    def __init__(self, num_embeddings, embedding_dim, dtype=None, device=None, padding_idx=None):
         super().__init__()
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.weight = _param((num_embeddings, embedding_dim), dtype, device)
         init.normal_(self.weight)
 
     def forward(self, ids):
-        return F.embedding(ids, self.weight)
+        return F.embedding(ids, self.weight, padding_idx=self.padding_idx)
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}"
