@@ -23,7 +23,8 @@ def _autocast(decider, *tensors):
 def _float32(x):
     """x cast to float32 when it is bfloat16: softmax, log-sum-exp, norms and the loss keep float32
     under autocast (their sums and exponentials need its range and digits)."""
-    return Cast.apply(x, dtype="float32") if _is_low_precision(x.dtype) else x
+    # itemsize first: a cheap test that settles float32 and float64 (dtype.name costs microseconds)
+    return Cast.apply(x, dtype="float32") if x.dtype.itemsize == 2 and _is_low_precision(x.dtype) else x
 
 
 def linear(x, weight, bias=None):

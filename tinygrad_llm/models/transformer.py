@@ -175,10 +175,13 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, H|Hk, T, D)
         q, k = F.rope(q, *rope), F.rope(k, *rope)
+        causal, window = True, self.window
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        y = F.scaled_dot_product_attention(q, k, v, causal=True, scale=self.scale, segment_ids=segment_ids,
-                                           window=self.window, softcap=self.softcap)  # (B, H, T, D)
+            if T == 1 and (window is None or k.shape[2] <= window):
+                causal, window = False, None  # one new query sees every key handed to it: no mask to build
+        y = F.scaled_dot_product_attention(q, k, v, causal=causal, scale=self.scale, segment_ids=segment_ids,
+                                           window=window, softcap=self.softcap)  # (B, H, T, D)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, H * D)  # (B, T, H D): heads side by side again
         return self.o_proj(y)
 

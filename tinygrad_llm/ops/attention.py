@@ -477,7 +477,7 @@ def _attend(ctx, q, k, v, causal, scale, segment_ids, out=None, window=None, sof
         o, lse = flash.flash_attention_forward(q, k, v, causal, scale, segment_ids=segment_ids)
         ctx.save_for_backward(q, k, v, o, lse, segment_ids)
         return _into(out, o)
-    ctx.low_precision = q.dtype if is_low_precision(q.dtype) else None
+    ctx.low_precision = q.dtype if q.dtype.itemsize == 2 and is_low_precision(q.dtype) else None
     if ctx.low_precision is not None:  # no bfloat16 loop: float32 inside, the result rounded
         q, k, v = (a.astype(np.float32) for a in (q, k, v))
     o, qs, Es, inv_rowsum, lse = attention_forward_cpu(q, k, v, causal, scale, segment_ids,
