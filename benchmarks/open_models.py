@@ -229,7 +229,8 @@ def main():
     bandwidth = copy_bandwidth(args.threads)
     per_token = weight_bytes_per_token(args.shape)
     bound = bandwidth / per_token
-    best = {side: {"prefill_tok_s": max(x["prefill_tok_s"] for x in rs), "decode_tok_s": max(x["decode_tok_s"] for x in rs),
+    best = {side: {"prefill_tok_s": max(x["prefill_tok_s"] for x in rs),
+                   "decode_tok_s": max(x["decode_tok_s"] for x in rs),
                    "peak_rss_mb": min(x["peak_rss_mb"] for x in rs)} for side, rs in results.items()}
     o, t = best["ours"], best["transformers"]
     print(f"\ncopy bandwidth {bandwidth / 1e9:.2f} GB/s ({args.threads} threads), {per_token / 1e6:.1f} MB of weights "

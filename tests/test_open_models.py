@@ -237,10 +237,11 @@ def test_folder_refusals(tmp_path):
     (folder / "pytorch_model.bin").write_bytes(b"not read")
     with pytest.raises(FileNotFoundError, match=r"pytorch_model.bin is a pickle and is never loaded"):
         from_pretrained(folder)
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": "../x.safetensors"}}))
-    with pytest.raises(CheckpointMismatch, match=r"points at '../x.safetensors'; shards must be .safetensors files in the folder"):
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"lm_head.weight": "../x.safetensors"}}))
+    with pytest.raises(CheckpointMismatch, match=r"points at '../x.safetensors'; shards must be .safetensors files"):
         from_pretrained(folder)
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": "a.safetensors"}}))
+    index.write_text(json.dumps({"weight_map": {"lm_head.weight": "a.safetensors"}}))
     with pytest.raises(FileNotFoundError, match=r"names a.safetensors, which is not in"):
         from_pretrained(folder)
     (folder / "config.json").write_text("{not json")
@@ -343,9 +344,9 @@ def test_long_dynamic_rope_generation_matches_the_cache_free_path():
 def test_gradcheck_of_the_whole_model(variant):
     """float64: the loss of a model with every switch of the variant on, against central
     differences along random directions of every parameter (windows shorter than the sequence)."""
+    two_layers = {"layer_types": ["sliding_attention", "full_attention"]} if "layer_types" in VARIANTS[variant] else {}
     model = random_model(variant, dtype=np.float64, hidden_size=12, intermediate_size=16, num_attention_heads=2,
-                         num_key_value_heads=1, num_hidden_layers=2, vocab_size=17,
-                         **({"layer_types": ["sliding_attention", "full_attention"]} if "layer_types" in VARIANTS[variant] else {}))
+                         num_key_value_heads=1, num_hidden_layers=2, vocab_size=17, **two_layers)
     x, y = ids(2, 7, V=17), ids(2, 7, seed=5, V=17)
     params = list(model.parameters())
     assert tl.gradcheck(lambda *ps: model(x, y)[1], params, max_full=0, directions=4, atol=1e-7, rtol=1e-5)

@@ -116,6 +116,11 @@ def test_greedy_tokens_through_the_kv_cache(folders, variant):
     np.testing.assert_array_equal(ours, theirs)
 
 
+def torch_loss(logits, targets):
+    """Mean cross-entropy of logits (B, T, V) against targets (B, T), as our models' loss (no shift)."""
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.tensor(targets).reshape(-1))
+
+
 def _sgd_steps(ours, theirs, idx, targets, steps=3, lr=0.05):
     opt = optim.SGD(ours.parameters(), lr=lr)
     topt = torch.optim.SGD(theirs.parameters(), lr=lr)
@@ -127,7 +132,7 @@ def _sgd_steps(ours, theirs, idx, targets, steps=3, lr=0.05):
         opt.step()
         topt.zero_grad()
         logits = theirs(torch.tensor(idx)).logits
-        tloss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.tensor(targets).reshape(-1))
+        tloss = torch_loss(logits, targets)
         tloss.backward()
         topt.step()
         np.testing.assert_allclose(loss.item(), tloss.item(), rtol=1e-4)
@@ -173,7 +178,8 @@ def test_gemma3_older_config_spelling(folders, tmp_path):
     hf = json.loads((src / "config.json").read_text())
     rope = hf.pop("rope_parameters")
     hf.pop("layer_types")
-    hf.update(rope_theta=rope["full_attention"]["rope_theta"], rope_local_base_freq=rope["sliding_attention"]["rope_theta"],
+    hf.update(rope_theta=rope["full_attention"]["rope_theta"],
+              rope_local_base_freq=rope["sliding_attention"]["rope_theta"],
               rope_scaling={"rope_type": "linear", "factor": 4.0}, sliding_window_pattern=2)
     folder = tmp_path / "old"
     folder.mkdir()
@@ -197,7 +203,8 @@ def test_rope_tables_match_transformers_init_functions():
              {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "attention_factor": 0.9},
              dict(LLAMA3, original_max_position_embeddings=64), dict(LLAMA3, factor=32.0, high_freq_factor=2.0)]
     for scaling in cases:
-        config = transformers.LlamaConfig(hidden_size=64, num_attention_heads=2, head_dim=32, max_position_embeddings=256,
+        config = transformers.LlamaConfig(hidden_size=64, num_attention_heads=2, head_dim=32,
+                                          max_position_embeddings=256,
                                           rope_parameters={**scaling, "rope_theta": 10000.0})
         for seq_len in (None, 300, 1000):
             if seq_len and scaling["rope_type"] != "dynamic":
@@ -216,7 +223,7 @@ def test_gradients_match_torch_on_a_batch(folders):
     _, loss = ours(idx, targets)
     loss.backward()
     logits = theirs(torch.tensor(idx)).logits
-    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.tensor(targets).reshape(-1)).backward()
+    torch_loss(logits, targets).backward()
     grads = dict(theirs.named_parameters())
     for name, p in ours.named_parameters():
         want = grads[name].grad.numpy()

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..ops.rope import check_rope_scaling
-from .transformer import TransformerConfig
+from .transformer_config import TransformerConfig
 
 # Fields that change no number the model computes: names, ids the tokenizer side uses (pad_token_id
 # is read too: its embedding row does not train, as in transformers' padding_idx), generation
@@ -317,8 +317,9 @@ def config_to_hf(config):
         hf["sliding_window"] = config.sliding_window
     if family.model_type in ("qwen2", "qwen3"):
         sliding = config.sliding_window is not None
+        first = config.layer_types.index("sliding_attention") if sliding else config.num_hidden_layers
         hf.update(use_sliding_window=sliding, sliding_window=config.sliding_window, layer_types=config.layer_types,
-                  max_window_layers=config.layer_types.index("sliding_attention") if sliding else config.num_hidden_layers)
+                  max_window_layers=first)
     return hf
 
 

@@ -1,5 +1,5 @@
-"""Hugging Face folders in and out: from_pretrained(folder) for every family of families.py (and
-gpt2, which loads into GPT), save_pretrained(model, folder) in the family's own layout.
+"""Hugging Face folders in: from_pretrained(folder) for every family of families.py (and gpt2,
+which loads into GPT). export.py writes them back out.
 
 A folder holds config.json and either model.safetensors or model.safetensors.index.json with the
 shards it names. Loading is memory-mapped (safetensors.open_mapped): the model is built without
@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import backend, safetensors
-from ..files import atomic_write_text
-from .families import ConfigError, config_from_hf, config_to_hf, family_of
+from .. import safetensors
+from .families import ConfigError, config_from_hf, family_of
 from .transformer import Transformer
 
 SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -151,24 +150,3 @@ def _check_tied_head(model, shards, found):
     if not np.array_equal(head, np.asarray(embed)):
         raise CheckpointMismatch("lm_head.weight differs from model.embed_tokens.weight, but "
                                  "tie_word_embeddings is true (they are one matrix)")
-
-
-def save_pretrained(model, directory):
-    """Write config.json and model.safetensors (float32) in the family's Hugging Face layout. A model
-    with LoRA adapters must merge them first (nn.merge_lora): the layout has no place for them."""
-    hf = config_to_hf(model.config)
-    params = dict(model.named_parameters(remove_duplicate=False))
-    adapters = [k for k in params if ".lora_" in k]
-    if adapters and not all(getattr(m, "merged", True) for m in model.modules()):
-        raise ValueError(f"save_pretrained: the model has unmerged LoRA adapters ({adapters[0]}, ...); "
-                         "call nn.merge_lora(model) first, or save them alone with save_adapters")
-    if model.config.tie_word_embeddings:
-        params.pop("lm_head.weight", None)  # one matrix, stored once as the embedding
-    # the parameters' own arrays (float32 ones are written as they are: no copy of the model)
-    tensors = {k: np.asarray(backend.to_numpy(p.data), dtype=np.float32) for k, p in params.items()
-               if ".lora_" not in k}
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    safetensors.save_file(tensors, directory / SINGLE, metadata={"format": "pt"})
-    atomic_write_text(directory / "config.json", json.dumps(hf, indent=2) + "\n")
-    return directory
