@@ -24,6 +24,7 @@ from .gpt import sample_next
 from .kv_cache import KVCache
 from .transformer_config import TransformerConfig
 
+
 def _norm(config, size, dtype):
     return nn.RMSNorm(size, eps=config.rms_norm_eps, dtype=dtype, offset=1.0 if config.norm_unit_offset else 0.0)
 
