@@ -179,3 +179,29 @@ def test_matches_torch(window, softcap):
     np.testing.assert_allclose(got.numpy(), want.detach().numpy(), rtol=1e-10, atol=1e-12)
     for t, w in zip(ts, (tq, tk, tv)):
         np.testing.assert_allclose(t.grad.numpy(), w.grad.numpy(), rtol=1e-9, atol=1e-11)
+
+
+@SETTINGS
+@given(B=st.integers(1, 2), Hk=st.integers(1, 2), g=st.integers(1, 3), Tk=st.integers(1, 7), D=st.integers(1, 4),
+       softcap=st.sampled_from([None, 1.5]), causal=st.booleans(), seed=seeds)
+def test_the_decode_step_path_against_the_textbook(monkeypatch, B, Hk, g, Tk, D, softcap, causal, seed):
+    """One query per head under no_grad takes attention_decode_cpu (the general loop is not run)
+    and equals the textbook; with a gradient wanted, the general path runs."""
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, Hk * g, 1, D)) * 2
+    k, v = rng.standard_normal((B, Hk, Tk, D)), rng.standard_normal((B, Hk, Tk, D))
+    window = Tk if causal else None  # a window no shorter than the keys hides nothing
+    want, _ = attention.attention_textbook(q, k, v, causal, None, None, window, softcap)
+    loop = attention.attention_forward_cpu
+
+    def refuse(*a, **kw):
+        raise AssertionError("the general loop ran for a decoding step")
+    monkeypatch.setattr(attention, "attention_forward_cpu", refuse)
+    with tl.no_grad():
+        got = F.scaled_dot_product_attention(*(Tensor(a) for a in (q, k, v)), causal=causal, window=window,
+                                             softcap=softcap)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(attention, "attention_forward_cpu", loop)
+    ts = [Tensor(a, requires_grad=True) for a in (q, k, v)]
+    F.scaled_dot_product_attention(*ts, causal=causal, window=window, softcap=softcap).sum().backward()
+    assert ts[0].grad is not None

@@ -176,5 +176,7 @@ def rope(x, cos, sin):
 
 
 def _as_constant(a):
-    from .tensor import Tensor
-    return a if isinstance(a, Tensor) else Tensor(a)
+    return a if isinstance(a, _Tensor) else _Tensor(a)
+
+
+from .tensor import Tensor as _Tensor  # noqa: E402  (tensor.py does not import this module)

@@ -6,6 +6,8 @@ The same math lives here three times, from plainest to fastest:
       with the (T_q, T_k) matrices written out: the reference the tests hold the others to.
   attention_forward_cpu, attention_backward_cpu      the tuned loop over query blocks that the
       CPU runs (and the GPU where the flash kernel does not serve, e.g. float64 gradchecks).
+  attention_decode_cpu                               one query per head and no backward (a
+      generation step): the same softmax without anything a backward would need.
   the flash kernel (kernels/attention.cu through its CuPy glue)   CuPy float32 / bfloat16.
 
 Grouped-query attention without copies: q (B, H, Tq, D) is viewed as (B, H_kv, g, Tq, D), the
@@ -289,6 +291,33 @@ def attention_forward_cpu(q, k, v, causal=True, scale=None, segment_ids=None, ou
     return out, qs, Es, inv_rowsum, lse
 
 
+def attention_decode_cpu(q, k, v, scale, softcap=None):
+    """o (B, H, 1, Dv) for one query per head that sees every key it is handed (a decoding step
+    after a KV cache), when no backward will run: softmax(C(q k^T * scale)) v with the row max
+    shifted out, and nothing kept. Six array passes over (Tk,)-long rows, where the general loop
+    also builds the ones column, the mask and the log-sum-exp a backward would need."""
+    B, H, _, D = q.shape
+    Hk, Dv = k.shape[1], v.shape[3]
+    xp = array_module(q)
+    qs = _split_heads(q, Hk, H // Hk) * q.dtype.type(scale)  # (B, Hk, g, 1, D)
+    S = qs @ k[:, :, None].swapaxes(-1, -2)  # (B, Hk, g, 1, Tk)
+    if softcap is not None:
+        soft_cap_(S, softcap)
+    S -= S.max(axis=-1, keepdims=True)
+    xp.exp(S, out=S)
+    o = S @ v[:, :, None]  # (B, Hk, g, 1, Dv)
+    o /= S.sum(axis=-1, keepdims=True)
+    return o.reshape(B, H, 1, Dv)
+
+
+def _decodes(ctx, q, k, causal, segment_ids, window):
+    """Whether attention_decode_cpu serves: one query row that every key is visible to, no segment
+    ids, no gradient wanted, and not a kernel's arrays (the flash kernel serves those)."""
+    return (q.shape[2] == 1 and segment_ids is None and not any(ctx.needs_input_grad)
+            and (window is None or k.shape[2] <= window) and flash_kernels(q, k, k) is None
+            and not (q.dtype.itemsize == 2 and is_low_precision(q.dtype)))
+
+
 def _start_key_grads(dSt, Et, qsb, dorb, dk, dv):
     """dK, dV of the last query block, which sees every key: they start the sums, so no zero-filled
     (B, Hk, Tk, .) arrays are needed. Without buffers (dk None) the block's results are the sums;
@@ -549,6 +578,8 @@ class ScaledDotProductAttention(Function):
         window, softcap = check_window_softcap(window, softcap, causal)
         ctx.causal = causal
         ctx.scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else float(scale)
+        if _decodes(ctx, q, k, causal, segment_ids, window):  # a generation step: nothing to save
+            return attention_decode_cpu(q, k, v, ctx.scale, softcap)
         # BLAS keeps its threads: measured on a quiet 2-core machine, one thread was no faster at
         # T=64 (1.34 ms either way per layer, forward + backward) and slower at T=256 (42 vs 36 ms)
         return _attend(ctx, q, k, v, causal, ctx.scale, segment_ids, window=window, softcap=softcap)
