@@ -226,8 +226,10 @@ class Transformer(nn.Module):
         if cache is not None and cache.batch != B:
             raise ValueError(f"the KV cache holds {cache.batch} rows, idx has {B}")
         x = self.model.embed_tokens(Tensor(data))  # (B, T, C)
-        if cfg.embed_scale:  # Gemma: sqrt(hidden) rounded to the weights' dtype, as transformers does
-            x = x * float(np.sqrt(cfg.hidden_size))
+        if cfg.embed_scale:
+            # Gemma: sqrt(hidden) as transformers holds it, a float32 number, then in the weights'
+            # dtype (bfloat16 rounds it: sqrt(640) = 25.298 becomes 25.25)
+            x = x * float(np.float32(np.sqrt(cfg.hidden_size)))
         ropes = {t: self.rope(t, start, T, x) for t in set(cfg.layer_types)}
         for layer in self.model.layers:
             x = layer(x, ropes[layer.self_attn.layer_type], cache, segment_ids)
