@@ -55,3 +55,23 @@ def test_bad_ids_are_named():
         F.embedding(np.array([0.0, 1.0]), w)
     with pytest.raises(ValueError, match=r"\(5, 2, 1\)"):
         F.embedding(np.array([0]), Tensor(np.zeros((5, 2, 1), np.float32)))
+
+
+@SETTINGS
+@given(N=st.integers(1, 12), V=st.integers(1, 5), seed=seeds)
+def test_padding_idx_row_gets_no_gradient(device, N, V, seed):
+    """padding_idx p: the forward is the plain lookup, and dW is np.add.at's with row p zeroed (as
+    PyTorch's nn.Embedding(padding_idx=p) and every Hugging Face model with a pad_token_id)."""
+    rng = np.random.default_rng(seed)
+    ids, p = rng.integers(0, V, N), int(rng.integers(0, V))
+    w, dy = rng.standard_normal((V, 3)), rng.standard_normal((N, 3))
+    t = Tensor(w, device=device, requires_grad=True)
+    y = F.embedding(ids, t, padding_idx=p)
+    y.backward(Tensor(dy, device=device))
+    np.testing.assert_array_equal(y.numpy(), w[ids])
+    want = np.zeros_like(w)
+    np.add.at(want, ids, dy)
+    want[p] = 0
+    np.testing.assert_allclose(t.grad.numpy(), want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=rf"padding_idx {V} is outside \[0, {V}\)"):
+        F.embedding(ids, t, padding_idx=V)

@@ -23,7 +23,8 @@ def _autocast(decider, *tensors):
 def _float32(x):
     """x cast to float32 when it is bfloat16: softmax, log-sum-exp, norms and the loss keep float32
     under autocast (their sums and exponentials need its range and digits)."""
-    return Cast.apply(x, dtype="float32") if _is_low_precision(x.dtype) else x
+    # itemsize first: a cheap test that settles float32 and float64 (dtype.name costs microseconds)
+    return Cast.apply(x, dtype="float32") if x.dtype.itemsize == 2 and _is_low_precision(x.dtype) else x
 
 
 def linear(x, weight, bias=None):
@@ -42,7 +43,7 @@ def lora_linear(x, weight, lora_A, lora_B, scale, bias=None):
 
 # --- fused neural-network ops (ops/softmax.py, cross_entropy.py, norm.py, activation.py, ...) ---
 from .backend import array_module as _array_module  # noqa: E402
-from .ops.activation import GELU, SiLU, SwiGLU  # noqa: E402
+from .ops.activation import GELU, GeGLU, SiLU, SoftCap, SwiGLU  # noqa: E402
 from .ops.attention import QKVAttention, ScaledDotProductAttention  # noqa: E402
 from .ops.cross_entropy import CrossEntropy  # noqa: E402
 from .ops.dropout import Dropout  # noqa: E402
@@ -105,9 +106,22 @@ def swiglu(x_gate, x_up):
     return SwiGLU.apply(x_gate, x_up)
 
 
-def embedding(ids, weight):
-    """weight[ids]: rows of weight (V, C) picked by integer ids of any shape."""
-    return Embedding.apply(weight, ids=_raw(ids))
+def geglu(x_gate, x_up, approximate="tanh"):
+    """gelu(x_gate) * x_up, the gated product of a GeGLU MLP (Gemma), as one op."""
+    return GeGLU.apply(x_gate, x_up, approximate=approximate)
+
+
+def soft_cap(x, cap):
+    """cap * tanh(x / cap): bounds x to (-cap, cap), ~x where |x| << cap (Gemma's logit cap)."""
+    return SoftCap.apply(x, cap=cap)
+
+
+def embedding(ids, weight, padding_idx=None):
+    """weight[ids]: rows of weight (V, C) picked by integer ids of any shape. padding_idx: a row
+    that gets no gradient from the lookup (PyTorch's nn.Embedding(padding_idx=...))."""
+    if padding_idx is None:
+        return Embedding.apply(weight, ids=_raw(ids))
+    return Embedding.apply(weight, ids=_raw(ids), padding_idx=int(padding_idx))
 
 
 def dropout(x, p=0.5, training=True):
@@ -122,18 +136,22 @@ def dropout(x, p=0.5, training=True):
     return Dropout.apply(x, p=p)
 
 
-def scaled_dot_product_attention(q, k, v, causal=True, scale=None, segment_ids=None):
+def scaled_dot_product_attention(q, k, v, causal=True, scale=None, segment_ids=None, window=None,
+                                 softcap=None):
     """softmax(q k^T * scale (+ mask)) v for q (B, H, T_q, D), k and v (B, H_kv, T_k, D).
 
     H must be a multiple of H_kv (grouped-query attention); scale defaults to 1 / sqrt(D).
-    Causal: query i sees keys j <= i + (T_k - T_q). segment_ids: integers (B, T_k), one id per
-    document packed into the sequence; a query sees only keys with its own id (the queries' ids
-    are the last T_q of the keys', as with a KV cache).
+    Causal: query i, at position p = i + (T_k - T_q), sees keys j <= p. window W (causal only):
+    also j > p - W, the W keys up to its own (a sliding window). segment_ids: integers (B, T_k),
+    one id per document packed into the sequence; a query sees only keys with its own id (the
+    queries' ids are the last T_q of the keys', as with a KV cache). softcap: the scaled scores
+    S become softcap * tanh(S / softcap) before the mask (Gemma 2).
     """
     if segment_ids is not None:
         segment_ids = _raw(segment_ids)
     q, k, v = _autocast(q, q, k, v)
-    return ScaledDotProductAttention.apply(q, k, v, causal=causal, scale=scale, segment_ids=segment_ids)
+    return ScaledDotProductAttention.apply(q, k, v, causal=causal, scale=scale, segment_ids=segment_ids,
+                                           window=window, softcap=softcap)
 
 
 def qkv_attention(qkv, n_head, n_kv_head=None, causal=True, scale=None, segment_ids=None):
@@ -158,5 +176,7 @@ def rope(x, cos, sin):
 
 
 def _as_constant(a):
-    from .tensor import Tensor
-    return a if isinstance(a, Tensor) else Tensor(a)
+    return a if isinstance(a, _Tensor) else _Tensor(a)
+
+
+from .tensor import Tensor as _Tensor  # noqa: E402  (tensor.py does not import this module)

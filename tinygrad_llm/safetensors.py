@@ -279,27 +279,28 @@ def _dtype_name(arr):
 
 
 def serialize(tensors, metadata=None, dtypes=None):
-    """The file's bytes as a list of chunks (header first). dtypes may force e.g. {"w": "BF16"}
-    for a float32 array, which is then rounded to bfloat16."""
+    """The file's bytes as an iterator of chunks: the header first, then each tensor's bytes, one
+    tensor at a time (a contiguous array is handed over as it is, so writing a model never holds a
+    second copy of its weights). dtypes may force e.g. {"w": "BF16"} for a float32 array, which is
+    then rounded to bfloat16."""
     dtypes = dtypes or {}
-    header, chunks, offset = {}, [], 0
+    header, plan, offset = {}, [], 0
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     for name in sorted(tensors):  # sorted like the reference writer, so files are reproducible
         arr = np.asarray(tensors[name])
-        if dtypes.get(name) == "BF16":
-            name_dtype, data = "BF16", encode_bf16(arr)
-        else:
-            name_dtype = _dtype_name(arr)
-            data = np.ascontiguousarray(arr, dtype=DTYPES[name_dtype])
-        raw = data.tobytes()
-        header[name] = {"dtype": name_dtype, "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
+        name_dtype = "BF16" if dtypes.get(name) == "BF16" else _dtype_name(arr)
+        nbytes = int(np.prod(arr.shape, dtype=np.int64)) * DTYPES[name_dtype].itemsize
+        header[name] = {"dtype": name_dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + nbytes]}
+        plan.append((arr, name_dtype))
+        offset += nbytes
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)  # pad so the buffer starts 8-byte aligned
-    return [struct.pack("<Q", len(head)), head] + chunks
+    yield struct.pack("<Q", len(head))
+    yield head
+    for arr, name_dtype in plan:
+        data = encode_bf16(arr) if name_dtype == "BF16" else np.ascontiguousarray(arr, dtype=DTYPES[name_dtype])
+        yield memoryview(data.reshape(-1)).cast("B") if data.size else b""
 
 
 def save_file(tensors, path, metadata=None, dtypes=None):

@@ -106,19 +106,6 @@ def _our_name(key):
     return name if name == "lm_head.weight" else "transformer." + name
 
 
-def hf_state_to_ours(tensors):
-    """HF GPT-2 tensor names/layouts -> our state dict (float32 arrays, GPT-2 names)."""
-    out = {}
-    for key, arr in tensors.items():
-        name = _our_name(key)
-        if name is None:
-            continue
-        if name.endswith(CONV1D):
-            arr = arr.T  # Conv1D (in, out) -> Linear (out, in)
-        out[name] = np.ascontiguousarray(arr, dtype=np.float32)  # F16/BF16 files widen to float32
-    return out
-
-
 def _paths(path):
     path = Path(path)
     directory, weights = (path, path / "model.safetensors") if path.is_dir() else (path.parent, path)
@@ -160,7 +147,7 @@ def load_hf_gpt2(cls, path, dtype=None):
 
 
 def to_hf_state(state_dict):
-    """Our state dict -> HF's naming and Conv1D layout (the inverse of hf_state_to_ours)."""
+    """Our state dict -> HF's naming and Conv1D layout (the inverse of what load_hf_gpt2 copies in)."""
     out = {}
     for name, arr in state_dict.items():
         if name == "lm_head.weight":

@@ -44,16 +44,18 @@ class Linear(Module):
 
 class Embedding(Module):
     """y = weight[ids]: a lookup table of num_embeddings rows of size embedding_dim.
-    Init: N(0, 1) (PyTorch's default; GPT-2 uses std 0.02, which the model sets itself)."""
+    Init: N(0, 1) (PyTorch's default; GPT-2 uses std 0.02, which the model sets itself).
+    padding_idx: a row the lookup never trains (as in PyTorch; Hugging Face models pass their
+    pad_token_id)."""
 
-    def __init__(self, num_embeddings, embedding_dim, dtype=None, device=None):
+    def __init__(self, num_embeddings, embedding_dim, dtype=None, device=None, padding_idx=None):
         super().__init__()
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.weight = _param((num_embeddings, embedding_dim), dtype, device)
         init.normal_(self.weight)
 
     def forward(self, ids):
-        return F.embedding(ids, self.weight)
+        return F.embedding(ids, self.weight, padding_idx=self.padding_idx)
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}"
@@ -77,18 +79,29 @@ class LayerNorm(Module):
 
 
 class RMSNorm(Module):
-    """y = x / sqrt(mean(x^2) + eps) * weight over the last axis. Init: weight ones."""
+    """y = x / sqrt(mean(x^2) + eps) * (offset + weight) over the last axis. Init: a unit gain
+    (weight ones, or zeros with offset 1).
 
-    def __init__(self, normalized_shape, eps=1e-6, dtype=None, device=None):
+    offset=1 is Gemma's form, whose checkpoints store the gain minus one: the gain is formed as
+    (1 + weight) each call, an Add before the norm op, so dweight is the norm's dw unchanged."""
+
+    def __init__(self, normalized_shape, eps=1e-6, dtype=None, device=None, offset=0.0):
         super().__init__()
-        self.normalized_shape, self.eps = int(normalized_shape), eps
-        self.weight = init.ones_(_param((self.normalized_shape,), dtype, device))
+        if offset not in (0, 1):
+            raise ValueError(f"RMSNorm: offset must be 0 (gain = weight) or 1 (gain = 1 + weight), got {offset!r}")
+        self.normalized_shape, self.eps, self.offset = int(normalized_shape), eps, float(offset)
+        self.weight = _param((self.normalized_shape,), dtype, device)
+        if self.offset:
+            init.zeros_(self.weight)
+        else:
+            init.ones_(self.weight)
 
     def forward(self, x):
-        return F.rms_norm(x, self.weight, eps=self.eps)
+        gain = self.weight if self.offset == 0 else self.weight + self.offset
+        return F.rms_norm(x, gain, eps=self.eps)
 
     def extra_repr(self):
-        return f"({self.normalized_shape},), eps={self.eps}"
+        return f"({self.normalized_shape},), eps={self.eps}" + (f", offset={self.offset:g}" if self.offset else "")
 
 
 class Dropout(Module):

@@ -1,4 +1,5 @@
-"""Activations as single ops: GELU (tanh and exact forms), SiLU, and the fused SwiGLU product.
+"""Activations as single ops: GELU (tanh and exact forms), SiLU, the fused SwiGLU and GeGLU
+products, and tanh soft-capping.
 
 Each forward keeps what makes its backward cheap: the tanh (or erf) term for GELU and the sigmoid
 for SiLU/SwiGLU, so backward is a few multiplies and no transcendental function. Every pass after
@@ -257,3 +258,103 @@ class SwiGLU(Function):
         need_g, need_u = ctx.needs_input_grad
         dgate, dup = swiglu_backward_cpu(dy.reshape(-1), a, up, s)
         return (dgate.reshape(dy.shape) if need_g else None), (dup.reshape(dy.shape) if need_u else None)
+
+
+# --- GeGLU: gelu(gate) * up (Gemma's gated MLP) ------------------------------------------------
+def geglu_textbook(gate, up, approximate="tanh"):
+    """y = gelu(gate) * up."""
+    return gelu_textbook(gate, approximate) * up
+
+
+def geglu_backward_textbook(dy, gate, up, approximate="tanh"):
+    """(dgate, dup) = (dy up gelu'(gate), dy gelu(gate))."""
+    return gelu_backward_textbook(dy * up, gate, approximate), dy * gelu_textbook(gate, approximate)
+
+
+class GeGLU(Function):
+    """y = gelu(gate) * up, the gated unit of a GeGLU MLP (Gemma: gelu's tanh form), as one op.
+
+    Backward: dgate = dy up gelu'(gate),  dup = dy gelu(gate) = dy gate h, with h GELU's Phi (or its
+    tanh form) as in GELU, so gelu' = h + gate h' needs no tanh or erf either.
+    Saved: gate, h and up; gelu(gate) = gate h is rebuilt in backward (one multiply, one array less).
+    Derivation: docs/backward.md#geglu
+    """
+
+    @staticmethod
+    def forward(ctx, gate, up, approximate="tanh"):
+        if approximate not in ("tanh", "none"):
+            raise ValueError(f"geglu: approximate must be 'tanh' or 'none', got {approximate!r}")
+        if gate.shape != up.shape:
+            raise ValueError(f"geglu: gate {gate.shape} and up {up.shape} must have the same shape")
+        shape = gate.shape
+        gate, up = gate.reshape(-1), up.reshape(-1)  # flat, as in GELU
+        fwd = gelu_tanh_forward_cpu if approximate == "tanh" else gelu_exact_forward_cpu
+        a, h = by_row_chunks(fwd, gate, inplace=True)  # a = gelu(gate)
+        a *= up
+        ctx.save_for_backward(gate, h, up)
+        ctx.approximate = approximate
+        return a.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        gate, h, up = ctx.saved
+        need_g, need_u = ctx.needs_input_grad
+        dy1 = dy.reshape(-1)
+        dup = dy1 * gate * h if need_u else None  # dy gelu(gate)
+        dgate = None
+        if need_g:
+            bwd = gelu_tanh_backward_cpu if ctx.approximate == "tanh" else gelu_exact_backward_cpu
+            dgate = bwd(dy1 * up, gate, h)
+        return (dgate.reshape(dy.shape) if need_g else None), (dup.reshape(dy.shape) if need_u else None)
+
+
+# --- tanh soft-capping: cap tanh(x / cap) (Gemma's final logits) -------------------------------
+def soft_cap_textbook(x, cap):
+    """y = cap tanh(x / cap)."""
+    return cap * np.tanh(x / cap)
+
+
+def soft_cap_backward_textbook(dy, x, cap):
+    """dx = dy (1 - tanh^2(x / cap))."""
+    return dy * (1.0 - np.tanh(x / cap) ** 2)
+
+
+def soft_cap_forward_cpu(x, cap):
+    """y = cap tanh(x / cap), in two in-place passes after the first."""
+    xp = array_module(x)
+    y = xp.multiply(x, x.dtype.type(1.0 / cap))
+    xp.tanh(y, out=y)
+    y *= x.dtype.type(cap)
+    return y
+
+
+def soft_cap_backward_cpu(dy, y, cap):
+    """dx = dy (1 - (y / cap)^2): the tanh is y / cap, so backward evaluates no tanh."""
+    t = y * y.dtype.type(1.0 / cap)
+    t *= t
+    array_module(y).subtract(y.dtype.type(1.0), t, out=t)
+    t *= dy
+    return t
+
+
+class SoftCap(Function):
+    """y = cap tanh(x / cap): smooth, odd, ~x for |x| << cap, never past +-cap.
+
+    Backward: dx = dy (1 - tanh^2(x / cap)) = dy (1 - (y / cap)^2). Saved: y only.
+    Derivation: docs/backward.md#softcap
+    """
+
+    @staticmethod
+    def forward(ctx, x, cap):
+        cap = float(cap)
+        if not np.isfinite(cap) or cap <= 0:
+            raise ValueError(f"soft_cap: cap must be a finite number > 0, got {cap}")
+        y = soft_cap_forward_cpu(x.reshape(-1), cap)  # flat, as in GELU
+        ctx.save_for_backward(y)
+        ctx.cap = cap
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved
+        return soft_cap_backward_cpu(dy.reshape(-1), y, ctx.cap).reshape(dy.shape)

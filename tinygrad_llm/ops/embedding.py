@@ -62,12 +62,13 @@ def embedding_backward_cpu(ids, dy, V):
 class Embedding(Function):
     """y = weight[ids] for integer ids of any shape and weight (V, C); y has shape ids.shape + (C,).
 
-    Backward: dW[v] = sum of dy[i] over positions i with ids[i] = v (no gradient for ids).
+    Backward: dW[v] = sum of dy[i] over positions i with ids[i] = v (no gradient for ids); with a
+    padding_idx p, dW[p] = 0 (PyTorch's nn.Embedding(padding_idx=p): the padding row never trains).
     Saved: the ids only.  Derivation: docs/backward.md#embedding
     """
 
     @staticmethod
-    def forward(ctx, weight, ids=None):
+    def forward(ctx, weight, ids=None, padding_idx=None):
         if ids.dtype.kind not in "iu":
             raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
         if weight.ndim != 2:
@@ -77,15 +78,22 @@ class Embedding(Function):
             syncs.check((ids < 0).any() | (ids >= V).any(),
                         lambda: f"embedding: id {syncs.out_of_range(ids, V)} is outside [0, {V}) "
                                 f"for a weight of shape {weight.shape}")
+        if padding_idx is not None and not 0 <= padding_idx < V:
+            raise ValueError(f"embedding: padding_idx {padding_idx} is outside [0, {V})")
         ctx.save_for_backward(ids)
-        ctx.V = V
+        ctx.V, ctx.padding_idx = V, padding_idx
         return embedding_forward_cpu(ids, weight)
 
     @staticmethod
     def backward(ctx, dy):
         (ids,) = ctx.saved
+        dw = None
         if backend.device_of(dy) == "cuda":
             dy = backend.cupy().ascontiguousarray(dy)
             if cuda.serves(dy):  # deterministic: no float atomics
-                return cuda.embedding_backward(ids, dy, ctx.V)
-        return embedding_backward_cpu(ids, dy, ctx.V)
+                dw = cuda.embedding_backward(ids, dy, ctx.V)
+        if dw is None:
+            dw = embedding_backward_cpu(ids, dy, ctx.V)
+        if ctx.padding_idx is not None:
+            dw[ctx.padding_idx] = 0
+        return dw
