@@ -1,7 +1,8 @@
 // Fused ("flash") scaled dot-product attention, forward and backward, that never builds the
 // T_q x T_k score matrix in memory.
 //
-//   attention_forward<E, D, BN>(q, k, v, seg, slopes, o, lse, H, Hkv, Tq, Tk, causal, window, scale)
+//   attention_forward<E, D, BN>(q, k, v, seg, slopes, o, lse, H, Hkv, Tq, Tk, causal, window,
+//                               scale)
 //   attention_backward_prep<E, D>(o, do, delta, n_rows)            delta_i = sum_d dO_id O_id
 //   attention_backward_dq<E, D, BN>(q, k, v, do, lse, delta, seg, slopes, dq, H, Hkv, Tq, Tk,
 //                                   causal, window, scale)
@@ -233,9 +234,20 @@ __device__ __forceinline__ void load_seg(int* dst, const int* seg, int row0, int
         dst[idx] = row0 + idx < T ? seg[row0 + idx + shift] : -1;
 }
 
-// Does the query at position p see key j? (the mask at the top; i < Tq, j < Tk are the caller's)
-__device__ __forceinline__ bool sees(int p, int j, int causal, int window, int seg_i, int seg_j) {
-    return (!causal || j <= p) && (window <= 0 || j > p - window) && seg_i == seg_j;
+// The keys the query at position p may see, lo < j <= hi: the causal mask and the window of the
+// mask at the top as two bounds per row, so the per-element test is two compares (documents and
+// j < Tk are checked beside them).
+__device__ __forceinline__ void key_bounds(int p, int causal, int window, int& lo, int& hi) {
+    hi = causal ? p : 0x7fffffff;
+    lo = window > 0 ? p - window : -1;
+}
+
+// The same for the dkdv kernel, whose rows are keys: the queries i (at positions i + off) that
+// see key j, lo < i <= hi (causal: i + off >= j; the window: i + off < j + window).
+__device__ __forceinline__ void query_bounds(int j, int off, int causal, int window, int& lo,
+                                             int& hi) {
+    lo = causal ? j - off - 1 : -1;
+    hi = window > 0 ? int(min(0x7fffffffLL, (long long)j + window - 1 - off)) : 0x7fffffff;
 }
 
 // The first key tile (a multiple of BN) that a query tile starting at position p0 can see: its
@@ -244,10 +256,9 @@ template <int BN> __device__ __forceinline__ int first_key_tile(int p0, int wind
     return window > 0 ? int(max(0LL, (long long)p0 - window + 1) / BN * BN) : 0;
 }
 
-// The ALiBi bias slope (j - p) of query position p and key j (slope = 0 without ALiBi).
-template <typename A> __device__ __forceinline__ A alibi(A slope, int j, int p) {
-    return slope * A(j - p);
-}
+// ALiBi's slope (j - p) for the elements of a C fragment: the lane's column 8n + 2t + (e & 1) of a
+// tile starting at key k0 gives slope (k0 + 2t - p) + slope (8n + (e & 1)), a per-row base plus
+// a compile-time multiple of the slope (cheaper in registers than converting j - p per element).
 
 // Write this lane's C-fragment rows (row0 + g, row0 + g + 8) of a 16 x D result, times `mul`.
 template <int D, typename E, typename A>
@@ -307,6 +318,8 @@ __global__ void attention_forward(const E* __restrict__ q, const E* __restrict__
     // query sees nothing before (q0 + off - window + 1)
     const int kv_end = causal ? min(Tk, min(q0 + BM, Tq) + off) : Tk;
     const int kv_begin = first_key_tile<BN>(q0 + off, window);
+    int lo[2], hi[2];  // this lane's rows see keys lo < j <= hi
+    for (int r = 0; r < 2; ++r) key_bounds(pos[r], causal, window, lo[r], hi[r]);
 
     A m[2] = {neg_inf<A>(), neg_inf<A>()}, l[2] = {A(0), A(0)};
     A acc[D / 8][4];
@@ -321,15 +334,17 @@ __global__ void attention_forward(const E* __restrict__ q, const E* __restrict__
         A s[NT][4];
         zero(s);
         warp_mma(s, Qs + warp * 16 * LD, LD, 1, Ks, 1, LD, D);  // S = Q K^T (16 x BN)
-        A m_new[2] = {m[0], m[1]};
+        A m_new[2] = {m[0], m[1]}, bias[2];
+        for (int r = 0; r < 2; ++r) bias[r] = slope * A(k0 + 2 * t - pos[r]);
 #pragma unroll
         for (int n = 0; n < NT; ++n)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int r = e >> 1, c = 8 * n + 2 * t + (e & 1), j = k0 + c;
-                const bool vis = j < Tk && sees(pos[r], j, causal, window, seg_q[r],
-                                                seg_b ? seg_k[c] : -1);
-                s[n][e] = vis ? s[n][e] * scale + alibi(slope, j, pos[r]) : neg_inf<A>();
+                const bool vis = j < Tk && j <= hi[r] && j > lo[r] &&
+                                 (!seg_b || seg_q[r] == seg_k[c]);
+                s[n][e] = vis ? s[n][e] * scale + (bias[r] + slope * A(8 * n + (e & 1)))
+                              : neg_inf<A>();
                 m_new[r] = max(m_new[r], s[n][e]);
             }
         A alpha[2], sum[2] = {A(0), A(0)};
@@ -426,6 +441,11 @@ __global__ void attention_backward_dq(const E* __restrict__ q, const E* __restri
     }
     const int kv_end = causal ? min(Tk, min(q0 + BM, Tq) + off) : Tk;
     const int kv_begin = first_key_tile<BN>(q0 + off, window);
+    int lo[2], hi[2];
+    for (int r = 0; r < 2; ++r) {
+        key_bounds(pos[r], causal, window, lo[r], hi[r]);
+        if (row[r] >= Tq) hi[r] = -1;  // a row past Tq sees nothing (and is never stored)
+    }
 
     A acc[D / 8][4];
     zero(acc);
@@ -442,14 +462,17 @@ __global__ void attention_backward_dq(const E* __restrict__ q, const E* __restri
         zero(dp);
         warp_mma(s, Qs + warp * 16 * LD, LD, 1, Ks, 1, LD, D);    // S = Q K^T
         warp_mma(dp, dOs + warp * 16 * LD, LD, 1, Vs, 1, LD, D);  // dP = dO V^T
+        A bias[2];
+        for (int r = 0; r < 2; ++r) bias[r] = slope * A(k0 + 2 * t - pos[r]) - lse_r[r];
 #pragma unroll
         for (int n = 0; n < NT; ++n)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int r = e >> 1, c = 8 * n + 2 * t + (e & 1), j = k0 + c;
-                const bool vis = row[r] < Tq && j < Tk &&
-                                 sees(pos[r], j, causal, window, seg_q[r], seg_b ? seg_k[c] : -1);
-                const A p = vis ? exp_(s[n][e] * scale + alibi(slope, j, pos[r]) - lse_r[r]) : A(0);
+                const bool vis = j < Tk && j <= hi[r] && j > lo[r] &&
+                                 (!seg_b || seg_q[r] == seg_k[c]);
+                const A p = vis ? exp_(s[n][e] * scale + (bias[r] + slope * A(8 * n + (e & 1))))
+                                : A(0);
                 put(dSs + (g + 8 * r) * LDP + c, p * (dp[n][e] - delta_r[r]));  // dS
             }
         __syncwarp();
@@ -495,10 +518,12 @@ __global__ void attention_backward_dkdv(const E* __restrict__ q, const E* __rest
     load_rows<D, LD>(Ks, k + bhk * Tk * D, k0, BM, Tk);
     load_rows<D, LD>(Vs, v + bhk * Tk * D, k0, BM, Tk);
 
-    int key[2], seg_k[2];  // this lane's two key rows and their documents
-    for (int r = 0; r < 2; ++r) {
+    int key[2], seg_k[2], lo[2], hi[2];  // this lane's two key rows, their documents, the
+    for (int r = 0; r < 2; ++r) {          // queries lo < i <= hi that may see them
         key[r] = k0 + warp * 16 + g + 8 * r;
         seg_k[r] = seg_b && key[r] < Tk ? seg_b[key[r]] : -1;
+        query_bounds(key[r], off, causal, window, lo[r], hi[r]);
+        if (key[r] >= Tk) hi[r] = -1;  // a key past Tk is seen by nobody (and never stored)
     }
     // causal: query i sees key k0 once i + off >= k0; start at the tile holding that query.
     // The window: query i still sees the tile's last key k0 + BM - 1 while i + off - window <
@@ -534,15 +559,17 @@ __global__ void attention_backward_dkdv(const E* __restrict__ q, const E* __rest
             zero(dpt);
             warp_mma(st, Ks + warp * 16 * LD, LD, 1, Qs, 1, LD, D);    // S^T = K Q^T
             warp_mma(dpt, Vs + warp * 16 * LD, LD, 1, dOs, 1, LD, D);  // dP^T = V dO^T
+            A bias[2];  // slope (key - p) at the lane's first column: p = i0 + 2t + off
+            for (int r = 0; r < 2; ++r) bias[r] = slope * A(key[r] - (i0 + 2 * t + off));
 #pragma unroll
             for (int n = 0; n < NT; ++n)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    const int r = e >> 1, c = 8 * n + 2 * t + (e & 1), i = i0 + c, p = i + off;
-                    const bool vis = i < Tq && key[r] < Tk &&
-                                     sees(p, key[r], causal, window, seg_b ? seg_q[c] : -1, seg_k[r]);
-                    st[n][e] = vis ? exp_(st[n][e] * scale + alibi(slope, key[r], p) - lse_s[c])
-                                   : A(0);  // P^T
+                    const int r = e >> 1, c = 8 * n + 2 * t + (e & 1), i = i0 + c;
+                    const bool vis = i < Tq && i <= hi[r] && i > lo[r] &&
+                                     (!seg_b || seg_q[c] == seg_k[r]);
+                    st[n][e] = vis ? exp_(st[n][e] * scale + (bias[r] - slope * A(8 * n + (e & 1))) -
+                                          lse_s[c]) : A(0);  // P^T
                     put(Ps + (g + 8 * r) * LDP + c, st[n][e]);
                 }
             __syncwarp();
