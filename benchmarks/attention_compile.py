@@ -36,9 +36,10 @@ def ptxas(nvcc):
         sys.exit(f"nvcc failed:\n{run.stderr}")
     rows, name = {}, None
     for line in run.stderr.splitlines():
-        m = re.search(r"Compiling entry function '_Z\d+attention_(\w+?)I(f|d|N3tgl4bf16E)Li(\d+)EE", line)
+        m = re.search(r"Compiling entry function '_Z\d+attention_(\w+?)I(f|d|N3tgl4bf16E)Li(\d+)E(?:Li(\d+)E)?E",
+                      line)
         if m:
-            name = (m.group(1), TYPES[m.group(2)], int(m.group(3)))
+            name = (m.group(1), TYPES[m.group(2)], int(m.group(3)), int(m.group(4) or 0))
         m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
         if m and name:
             rows[name] = [0, int(m.group(1)), int(m.group(2))]
@@ -62,17 +63,19 @@ def main():
            "# regs: registers per thread (ptxas); smem: the dynamic shared bytes per block the glue",
            "# asks for; blocks/SM: the fewest of 65536 / (threads x regs), 228 KiB / smem and",
            "# 2048 / threads (H100). Threads per block: 128 (256 for backward_prep).",
+           "# BN: rows of the streamed tile (16 where a GPU's opt-in shared memory is below what 32 needs;",
+           "# backward_prep has none).",
            "",
-           f"{'kernel':26s} {'type':7s} {'D':>4s} {'regs':>5s} {'spill st':>9s} {'spill ld':>9s} "
+           f"{'kernel':26s} {'type':7s} {'D':>4s} {'BN':>3s} {'regs':>5s} {'spill st':>9s} {'spill ld':>9s} "
            f"{'smem B':>8s} {'blocks/SM':>9s}"]
     order = {"float": 0, "bf16": 1, "double": 2}
-    for (stage, ty, D), (regs, st, ld) in sorted(rows.items(), key=lambda kv: (
-            order[kv[0][1]], kv[0][2], fa.STAGES.index(kv[0][0]))):
-        smem = fa.smem_bytes(stage, np.dtype(dtypes[ty]), D)
+    for (stage, ty, D, BN), (regs, st, ld) in sorted(rows.items(), key=lambda kv: (
+            order[kv[0][1]], kv[0][2], -kv[0][3], fa.STAGES.index(kv[0][0]))):
+        smem = fa.smem_bytes(stage, np.dtype(dtypes[ty]), D, BN or 32)
         threads = 256 if stage == "backward_prep" else 128
         blocks = min(SM_REGS // (threads * (-(-regs // 8) * 8)), SM_THREADS // threads,
                      SM_SMEM // (smem + 1024) if smem else SM_THREADS // threads)
-        out.append(f"attention_{stage:16s} {ty:7s} {D:4d} {regs:5d} {st:9d} {ld:9d} {smem:8d} "
+        out.append(f"attention_{stage:16s} {ty:7s} {D:4d} {BN or '-':>3} {regs:5d} {st:9d} {ld:9d} {smem:8d} "
                    f"{blocks:9d}")
     path = ROOT / "benchmarks" / "results" / f"attention_compile_{datetime.date.today()}.txt"
     path.write_text("\n".join(out) + "\n")

@@ -2,6 +2,7 @@
 kernel(grid, block, args, shared_mem=...). The kernel tests put it where the glue looks up its
 compiled functions, so the glue's real launch arguments reach the real kernel source."""
 import ctypes
+import re
 
 import numpy as np
 
@@ -33,3 +34,14 @@ class EmulatedKernel:
         assert rc != -2, f"{self.name}: wrote past its {shared_mem} bytes of dynamic shared memory"
         assert rc != -1, f"{self.name}: {len(vals)} arguments, not the kernel's parameter count"
         assert rc == 0, f"{self.name}: argument {rc - 1}'s size differs from the kernel's parameter"
+
+
+_TYPE_NAMES = {"float": "float", "double": "double", "tgl::bf16": "bf16"}
+
+
+def emulated_attention(lib, name):
+    """The emulator's build of one attention instantiation, by its C++ name:
+    attention_forward<float, 64, 32> is emu_attention_forward_float_64_32 (prep has no tile size)."""
+    stage, ctype, D, BN = re.fullmatch(r"attention_(\w+)<([\w:]+), (\d+)(?:, (\d+))?>", name).groups()
+    symbol = f"emu_attention_{stage}_{_TYPE_NAMES[ctype]}_{D}" + (f"_{BN}" if BN else "")
+    return EmulatedKernel(getattr(lib, symbol), name)

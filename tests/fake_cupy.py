@@ -7,7 +7,15 @@ module returns them. Each conversion that CuPy implements with a device-to-host 
 `module._core.syncdetect._declare_synchronize()`, the same hook real CuPy calls at each of its
 synchronising copies, so the package's sync counter (tinygrad_llm/cuda/syncs.py) counts the same
 places on the CPU as on a GPU. Like CuPy, out-of-range integer indices wrap instead of raising.
-Kernels are not emulated here: use it with the kernels switched off.
+
+Devices: `FakeCupy(devices=[props, ...])` has one fake GPU per dict of device properties (the
+keys of `cupy.cuda.runtime.getDeviceProperties`: name, major, minor, sharedMemPerBlockOptin);
+`cuda.Device(i).use()` or `with cuda.Device(i):` makes one current. Kernels: `RawModule` records
+what each compile is asked for (`fake.modules`: the name_expressions of each); its functions
+launch `kernels(name)` when a kernel source is given (the host emulator), and refuse, like the
+driver, a launch asking for more dynamic shared memory than the device allows or than the
+function was opted in to on the current device (`max_dynamic_shared_size_bytes`, per device as in
+CuPy). Without `kernels`, use it with the kernels switched off.
 """
 import types
 
@@ -88,21 +96,99 @@ def _wrap(fn):
 
 
 _MODULES = []
+H100 = dict(name=b"NVIDIA H100 80GB HBM3", major=9, minor=0, sharedMemPerBlockOptin=232448)
+DEFAULT_SMEM = 48 * 1024  # what a launch may use without opting in
+
+
+class FakeDevice:
+    def __init__(self, fake, id):
+        self.fake, self.id, self._previous = fake, id, []
+
+    @property
+    def compute_capability(self):
+        props = self.fake.device_properties[self.id]
+        return f"{props['major']}{props['minor']}"
+
+    def use(self):
+        self.fake.current_device = self.id
+
+    def synchronize(self):
+        self.fake._core.syncdetect._declare_synchronize()
+
+    def __enter__(self):
+        self._previous.append(self.fake.current_device)
+        self.use()
+        return self
+
+    def __exit__(self, *exc):
+        self.fake.current_device = self._previous.pop()
+
+
+class FakeFunction:
+    """A compiled kernel: checks the launch's shared memory against the current device."""
+
+    def __init__(self, fake, name, run):
+        self.fake, self.name, self.run = fake, name, run
+        self._opt_in = {}  # device id -> bytes
+        self.launches = []  # (device id, shared_mem)
+
+    @property
+    def max_dynamic_shared_size_bytes(self):
+        return self._opt_in.get(self.fake.current_device, DEFAULT_SMEM)
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, nbytes):
+        limit = self.fake.device_properties[self.fake.current_device]["sharedMemPerBlockOptin"]
+        if nbytes > limit:
+            raise RuntimeError(f"CUDA_ERROR_INVALID_VALUE: {self.name}: {nbytes} bytes of shared "
+                               f"memory, the device allows {limit}")
+        self._opt_in[self.fake.current_device] = nbytes
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        if shared_mem > self.max_dynamic_shared_size_bytes:
+            raise RuntimeError(f"CUDA_ERROR_INVALID_VALUE: {self.name} launched with {shared_mem} "
+                               f"bytes of shared memory on device {self.fake.current_device}, opted "
+                               f"in to {self.max_dynamic_shared_size_bytes}")
+        self.launches.append((self.fake.current_device, shared_mem))
+        if self.run is None:
+            raise RuntimeError(f"{self.name}: this FakeCupy was given no kernels to run")
+        self.run(grid, block, args, shared_mem=shared_mem)
 
 
 class FakeCupy(types.ModuleType):
     """The module object: numpy's namespace with device arrays out, plus what the package asks of
-    cupy itself (ndarray, cuda, _core.syncdetect)."""
+    cupy itself (ndarray, cuda, _core.syncdetect, RawModule)."""
 
     ndarray = FakeArray
 
-    def __init__(self):
+    def __init__(self, devices=None, kernels=None, version="14.2.0"):
         super().__init__("fake_cupy")
+        self.__version__ = version
         syncdetect = types.SimpleNamespace(_declare_synchronize=lambda: None)
         self._core = types.SimpleNamespace(syncdetect=syncdetect)
-        device = types.SimpleNamespace(id=0, synchronize=lambda: syncdetect._declare_synchronize())
-        self.cuda = types.SimpleNamespace(Device=lambda *a: device)
+        self.device_properties = [dict(p) for p in (devices or [H100])]
+        self.current_device = 0
+        self.kernels = kernels
+        self.modules = []  # the name_expressions of each RawModule made
+        runtime = types.SimpleNamespace(
+            getDeviceProperties=lambda i: dict(self.device_properties[i]),
+            getDeviceCount=lambda: len(self.device_properties),
+            getDevice=lambda: self.current_device)
+        self.cuda = types.SimpleNamespace(
+            Device=lambda i=None: FakeDevice(self, self.current_device if i is None else i),
+            runtime=runtime)
         _MODULES.append(self)
+
+    def RawModule(self, code, options=(), name_expressions=()):
+        fake, names = self, tuple(name_expressions)
+        self.modules.append(names)
+
+        class Module:
+            def get_function(self, name):
+                if name not in names:
+                    raise KeyError(f"{name} was not named in name_expressions {names}")
+                return FakeFunction(fake, name, fake.kernels(name) if fake.kernels else None)
+        return Module()
 
     def take(self, a, indices, axis=None, out=None, mode="wrap"):
         return _to_device(np.take(np.asarray(a), np.asarray(indices), axis=axis, out=out, mode=mode))

@@ -9,6 +9,16 @@
 // check the kernels' logic (reductions, packs, tails, index arithmetic) and the glue's launch
 // arguments on a machine without a GPU. Speed is not the point: small sizes only.
 //
+// Two more things a GPU would show and a plain run would not:
+// - shared-memory bank conflicts of the mma fragment loads: each lane reports the shared address
+//   of every fragment register it loads (attention.cu's pair()), and at each emulated mma the
+//   warp's loads since the last one are grouped by position, one warp-wide load each, and
+//   counted the way the hardware splits them: one wavefront per distinct 4-byte word in the
+//   busiest of the 32 banks (emu_fragment_bank_stats);
+// - huge tensors: emu_set_block_range(first, end) runs only the blocks with linear index
+//   first <= x + gx (y + gy z) < end, so a test can hand a kernel arrays of more than 2^31
+//   elements (mapped, never filled) and run just the last block, whose offsets need 64 bits.
+//
 // Exported: emu_<kernel>_<float|double>(cfg, sizes, n_args, args) -> 0, or -1 (argument count),
 // i + 1 (argument i's byte size), -2 (a write past the dynamic shared memory), where cfg = grid xyz,
 // block xyz, dynamic shared bytes; args[i] points at the i-th argument's value and sizes[i] is its byte size, checked
@@ -61,11 +71,50 @@ struct Warp {
     std::unique_ptr<std::barrier<>> bar;
     unsigned char slot[32][8];
     unsigned frag[32][6];  // mma fragments: A's four registers, then B's two
+    std::vector<long> loads[32];  // each lane's fragment loads since the last mma (byte offsets)
 };
 static std::vector<Warp> warps;
 
 static std::vector<unsigned char> dynamic_shared;  // the launch's dynamic shared memory
 template <typename T> T* dynamic_smem() { return reinterpret_cast<T*>(dynamic_shared.data()); }
+
+// --- bank conflicts of the fragment loads -------------------------------------------------------
+static std::atomic<long> fragment_requests{0}, fragment_wavefronts{0};
+static thread_local std::vector<long> lane_loads;  // this lane's loads since its last mma
+extern "C" void emu_fragment_bank_stats(long* out) {
+    out[0] = fragment_requests.exchange(0);
+    out[1] = fragment_wavefronts.exchange(0);
+}
+// A fragment register loaded from p (one 4-byte load, or two 2-byte loads p[0], p[stride]).
+template <typename E> void tgl_emulated_fragment_load(const E* p, int stride) {
+    const long base = long(reinterpret_cast<const unsigned char*>(p) - dynamic_shared.data());
+    if (stride == 1) {
+        lane_loads.push_back(base);
+    } else {
+        lane_loads.push_back(base);
+        lane_loads.push_back(base + long(stride) * long(sizeof(E)));
+    }
+}
+// Called by every lane of a warp between two of the mma's warp barriers: the warp's loads,
+// position by position, each split into wavefronts by its busiest bank.
+static void count_fragment_loads(Warp& w, int lane) {
+    if (lane != 0) return;
+    const size_t n = w.loads[0].size();
+    for (int l = 1; l < 32; ++l)
+        if (w.loads[l].size() != n) { std::fprintf(stderr, "emulator: lanes loaded different fragment counts\n"); std::abort(); }
+    for (size_t i = 0; i < n; ++i) {
+        std::vector<long> words[32];
+        for (int l = 0; l < 32; ++l) {
+            const long word = w.loads[l][i] >> 2;
+            auto& bank = words[((word % 32) + 32) % 32];
+            if (std::find(bank.begin(), bank.end(), word) == bank.end()) bank.push_back(word);
+        }
+        size_t ways = 1;
+        for (auto& bank : words) ways = std::max(ways, bank.size());
+        ++fragment_requests;
+        fragment_wavefronts += long(ways);
+    }
+}
 
 inline int flat_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
 
@@ -83,7 +132,9 @@ void tgl_emulated_mma_m16n8k16_bf16(float* c, const unsigned* a, const unsigned*
     Warp& w = warps[tid >> 5];
     std::memcpy(w.frag[lane], a, 16);
     std::memcpy(w.frag[lane] + 4, b, 8);
+    w.loads[lane].swap(lane_loads);
     w.bar->arrive_and_wait();
+    count_fragment_loads(w, lane);
     auto half = [](unsigned reg, int h) { return __uint_as_float((h ? reg >> 16 : reg & 0xffffu) << 16); };
     auto A = [&](int row, int k) {
         return half(w.frag[(row & 7) * 4 + (k & 7) / 2][(row >> 3) + 2 * (k >> 3)], k & 1);
@@ -97,6 +148,7 @@ void tgl_emulated_mma_m16n8k16_bf16(float* c, const unsigned* a, const unsigned*
         d[e] = acc;
     }
     w.bar->arrive_and_wait();  // every lane has read the fragments before they change
+    w.loads[lane].clear();
     std::memcpy(c, d, 16);
     if (lane == 0) ++emulated_mma_count;
 }
@@ -159,6 +211,10 @@ static Pool& pool = *new Pool;  // never destroyed: its detached threads wait in
 // launch: a kernel that writes past what the glue asked for fails instead of corrupting memory.
 constexpr int SHARED_GUARD = 1024;
 
+// The blocks a launch runs, by linear index (all of them unless a test narrows it).
+static long long block_first = 0, block_end = -1;
+extern "C" void emu_set_block_range(long long first, long long end) { block_first = first; block_end = end; }
+
 template <class F> bool launch(const int* cfg, F body) {
     gridDim = {unsigned(cfg[0]), unsigned(cfg[1]), unsigned(cfg[2])};
     blockDim = {unsigned(cfg[3]), unsigned(cfg[4]), unsigned(cfg[5])};
@@ -173,13 +229,14 @@ template <class F> bool launch(const int* cfg, F body) {
     pool.run(n, [&](int t) {
         threadIdx = {unsigned(t % blockDim.x), unsigned(t / blockDim.x % blockDim.y),
                      unsigned(t / (blockDim.x * blockDim.y))};
-        for (unsigned bz = 0; bz < gridDim.z; ++bz)
-            for (unsigned by = 0; by < gridDim.y; ++by)
-                for (unsigned bx = 0; bx < gridDim.x; ++bx) {
-                    blockIdx = {bx, by, bz};
-                    body();
-                    between_blocks.arrive_and_wait();
-                }
+        const long long total = (long long)gridDim.x * gridDim.y * gridDim.z;
+        const long long end = block_end < 0 ? total : std::min(block_end, total);
+        for (long long id = block_first; id < end; ++id) {
+            blockIdx = {unsigned(id % gridDim.x), unsigned(id / gridDim.x % gridDim.y),
+                        unsigned(id / ((long long)gridDim.x * gridDim.y))};
+            body();
+            between_blocks.arrive_and_wait();
+        }
     });
     return std::all_of(dynamic_shared.begin() + cfg[6], dynamic_shared.end(),
                        [](unsigned char c) { return c == 0xff; });
@@ -251,18 +308,31 @@ EXPORT(gelu_forward, bf16)
 EXPORT(gelu_backward, bf16)
 EXPORT2(adamw_step)
 
-// attention: emu_attention_<kernel>_<float|double|bf16>_<D>
+// attention: emu_attention_<kernel>_<float|double|bf16>_<D>[_<BN>] (prep has no BN)
 #define EXPORT_ATTN(name, T, tname, D)                                                          \
     extern "C" int emu_##name##_##tname##_##D(const int* cfg, const int* sizes, int n, void** a) { \
         auto k = &name<T, D>;                                                                   \
         return Launcher<decltype(k)>::run(k, cfg, sizes, n, a);                                 \
     }
-#define EXPORT_ATTN_ALL(T, tname, D)                                                  \
-    EXPORT_ATTN(attention_forward, T, tname, D) EXPORT_ATTN(attention_backward_prep, T, tname, D) \
-    EXPORT_ATTN(attention_backward_dq, T, tname, D) EXPORT_ATTN(attention_backward_dkdv, T, tname, D)
+#define EXPORT_ATTN_BN(name, T, tname, D, BN)                                                   \
+    extern "C" int emu_##name##_##tname##_##D##_##BN(const int* cfg, const int* sizes, int n,   \
+                                                     void** a) {                                \
+        auto k = &name<T, D, BN>;                                                               \
+        return Launcher<decltype(k)>::run(k, cfg, sizes, n, a);                                 \
+    }
+#define EXPORT_ATTN_TILES(T, tname, D, BN)                                                    \
+    EXPORT_ATTN_BN(attention_forward, T, tname, D, BN)                                          \
+    EXPORT_ATTN_BN(attention_backward_dq, T, tname, D, BN)                                      \
+    EXPORT_ATTN_BN(attention_backward_dkdv, T, tname, D, BN)
+#define EXPORT_ATTN_ALL(T, tname, D) \
+    EXPORT_ATTN(attention_backward_prep, T, tname, D) EXPORT_ATTN_TILES(T, tname, D, 32)
 EXPORT_ATTN_ALL(float, float, 32) EXPORT_ATTN_ALL(float, float, 64) EXPORT_ATTN_ALL(float, float, 128)
 EXPORT_ATTN_ALL(double, double, 32) EXPORT_ATTN_ALL(double, double, 64) EXPORT_ATTN_ALL(double, double, 128)
 EXPORT_ATTN_ALL(tgl::bf16, bf16, 32) EXPORT_ATTN_ALL(tgl::bf16, bf16, 64) EXPORT_ATTN_ALL(tgl::bf16, bf16, 128)
+// the BN = 16 tiles the glue picks on GPUs with less shared memory (float D = 128, double D = 32),
+// and one bf16 size so the 16-wide P V product runs through the mma model too
+EXPORT_ATTN_TILES(float, float, 128, 16) EXPORT_ATTN_TILES(float, float, 64, 16)
+EXPORT_ATTN_TILES(double, double, 32, 16) EXPORT_ATTN_TILES(tgl::bf16, bf16, 64, 16)
 EXPORT2(embedding_backward)
 EXPORT2(philox_uniform)
 EXPORT2(philox_normal)

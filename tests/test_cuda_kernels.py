@@ -44,9 +44,10 @@ def test_every_kernel_compiles_with_nvcc(tmp_path):
         ptx = (tmp_path / (Path(f).stem + ".ptx")).read_text()
         wanted = [(n, "fd") for n in cuda.KERNELS[f]] + [(n, "f") for n in cuda.FLOAT_ONLY.get(f, ())]
         for name, codes in wanted:
-            base, j = re.fullmatch(r"(\w+)(?:<\{T\}, (\d+)>)?", name).groups()
+            base, ints = re.fullmatch(r"(\w+)(?:<\{T\}((?:, \d+)+)>)?", name).groups()
             for code in codes:  # the float and double instantiations name_expressions asks for
-                mangled = rf"_Z{len(base)}{base}I{code}" + (rf"Li{j}E" if j else "") + "E"
+                mangled = rf"_Z{len(base)}{base}I{code}" + "".join(
+                    rf"Li{j}E" for j in re.findall(r"\d+", ints or "")) + "E"
                 assert re.search(rf"\.entry {mangled}", ptx), (
                     f"{f} defines no {runtime.expr(name, 'float' if code == 'f' else 'double')}")
 

@@ -1,4 +1,5 @@
 """The GPU benchmarks' own logic, checked on the CPU with stand-ins for the device."""
+import re
 import sys
 from pathlib import Path
 
@@ -87,3 +88,30 @@ def test_median_ms_interleaves_and_gives_slow_calls_fewer_reps():
     calls.clear()
     gpu_kernels.median_ms(cp, fns, reps=50, warmup=1, budget_ms=8000)  # 8000 / 3000: 2 reps
     assert len(calls) == 2 + 2 * 2
+
+
+def test_gpu_check_plans_every_measurement_and_survives_missing_pieces(tmp_path, monkeypatch):
+    """The one-command check lists each thing the GPU issue measures, in priority order; a
+    missing piece (here: no training text, and no CuPy on this machine) is reported in the
+    summary and the run goes on."""
+    import gpu_check
+    import gpu_compile_time
+    compile(gpu_compile_time.CHILD, "child", "exec")  # the child script parses
+    plan = gpu_check.steps(sys.executable, tmp_path, 120, None)
+    names = [p[0] for p in plan]
+    assert names == ["env", "compiletime", "kernels", "gputests", "syncs", "nccl", "train", "bench",
+                     "attention", "trainbench", "report"]
+    train = dict((p[0], p[3]) for p in plan)["train"]
+    assert isinstance(train, str) and "--data" in train  # said, not run
+    cmds = {p[0]: " ".join(p[3]) for p in plan if not isinstance(p[3], str)}
+    assert "--T 1024 4096 --dims 64 128" in cmds["attention"]
+    assert "--config gpt2 --bf16" in cmds["trainbench"]
+    assert "test_nccl_collectives_in_a_world_of_one" in cmds["nccl"]
+    with_text = dict((p[0], p[3]) for p in gpu_check.steps(sys.executable, tmp_path, 120, "t.txt"))
+    assert with_text["train"][-4:] == ["--max-seconds", "120", "--sample-tokens", "0"]
+    monkeypatch.setattr(gpu_check.shutil, "which", lambda name: None)  # no nvidia-smi
+    monkeypatch.setattr(gpu_check, "find_text", lambda given: None)  # and no training text
+    assert gpu_check.main(["--out", str(tmp_path), "--only", "env", "train", "--budget", "60"]) == 0
+    summary = (tmp_path / "summary.txt").read_text()
+    assert re.search(r"^env +(ok|rc=1)", summary, re.M)
+    assert re.search(r"^train +SKIPPED .*no tiny Shakespeare text", summary, re.M)

@@ -13,8 +13,10 @@ def test_gpu_extras_bring_the_toolkit_for_cuda_12_and_13():
     """A bare cupy-cudaXXx wheel cannot compile the kernels without a local CUDA toolkit: every
     GPU extra asks for CuPy's [ctk] extra (NVRTC and headers from PyPI)."""
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert extras["cuda12"][0] == "cupy-cuda12x[ctk]>=14"
-    assert extras["cuda13"][0] == "cupy-cuda13x[ctk]>=14"
+    assert extras["cuda12"][0] == "cupy-cuda12x[ctk]>=14.2"  # the first disk cache of name_expressions modules
+    assert extras["cuda13"][0] == "cupy-cuda13x[ctk]>=14.2"
+    from tinygrad_llm.cuda import runtime
+    assert runtime.CACHED_NAME_EXPRESSIONS == (14, 2)
     assert extras["gpu"] == extras["cuda12"]
     readme = (ROOT / "README.md").read_text()
     for cmd in ('pip install ".[cuda12]"', 'pip install ".[cuda13]"', "`pip install . ml_dtypes`"):

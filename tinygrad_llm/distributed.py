@@ -265,9 +265,37 @@ def _use_local_gpu(world):
 
 
 # ------------------------------------------------------------------------------------- NCCL
+NCCL_UNIQUE_ID_BYTES = 128  # sizeof(ncclUniqueId)
+
+
+def nccl_id_bytes(uid):
+    """The 128 bytes of an NCCL unique id as unsigned values 0..255, from either form CuPy gives:
+    `bytes` (CuPy 14 and later) or a tuple of signed chars -128..127 (CuPy 13 and earlier)."""
+    raw = np.frombuffer(uid, np.uint8) if isinstance(uid, (bytes, bytearray)) else \
+        np.array([int(b) & 0xFF for b in uid], np.uint8)
+    if raw.size != NCCL_UNIQUE_ID_BYTES:
+        raise ValueError(f"NCCL unique id of {raw.size} bytes, expected {NCCL_UNIQUE_ID_BYTES}")
+    return raw
+
+
+def nccl_id_for_cupy(raw, cupy_major):
+    """The id as NcclCommunicator takes it: `bytes` since CuPy 14, before that a tuple of signed
+    chars (its constructor stores each one in a C char, which refuses 128..255)."""
+    raw = np.asarray(raw, np.uint8)
+    if cupy_major >= 14:
+        return raw.tobytes()
+    return tuple(int(b) for b in raw.view(np.int8))
+
+
+def _cupy_major():
+    import cupy
+    return int(cupy.__version__.split(".")[0])
+
+
 class NcclComm:
-    """An NCCL communicator over the MPI world: rank 0 makes the unique id, MPI broadcasts it,
-    every rank joins with its rank. Collectives run on the current CuPy stream."""
+    """An NCCL communicator over the MPI world: rank 0 makes the unique id, MPI broadcasts it as
+    128 unsigned bytes, every rank rebuilds the form its CuPy takes and joins with its rank.
+    Collectives run on the current CuPy stream."""
 
     def __init__(self, world):
         try:
@@ -279,9 +307,11 @@ class NcclComm:
                                "(python -m cupyx.tools.install_library --library nccl --cuda 12.x, "
                                "or NCCL from NVIDIA's packages)")
         self.nccl, self.world = nccl, world
-        uid = nccl.get_unique_id() if world.rank == 0 else None
-        uid = world.broadcast_json(list(uid) if uid is not None else None)
-        self.comm = nccl.NcclCommunicator(world.size, tuple(uid), world.rank)
+        raw = np.empty(NCCL_UNIQUE_ID_BYTES, np.uint8)
+        if world.rank == 0:
+            raw[:] = nccl_id_bytes(nccl.get_unique_id())
+        world.broadcast_(raw)  # a NumPy buffer: over MPI, rank 0's 128 bytes everywhere
+        self.comm = nccl.NcclCommunicator(world.size, nccl_id_for_cupy(raw, _cupy_major()), world.rank)
 
     def _dtype(self, buf):
         types = {"float32": self.nccl.NCCL_FLOAT32, "float64": self.nccl.NCCL_FLOAT64,

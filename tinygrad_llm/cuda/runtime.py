@@ -12,12 +12,19 @@ starts with a comment carrying a digest of every file it includes (see `compile_
 edited common.cuh changes the key and is compiled afresh. Each kernel function is looked up once
 per (file, kernel, dtype) and kept (`get_function` builds a new RawKernel every time it is called).
 
+Only the instantiations named in name_expressions are compiled: each .cu file's explicit
+instantiation list (which nvcc's compile check and report need) sits behind
+`#ifndef __CUDACC_RTC__`, which NVRTC defines. CuPy's disk cache serves modules built with
+name_expressions from CuPy 14.2 on (earlier releases compile them again in every process);
+`note_cupy_cache` says so once when an older CuPy is in use.
+
 Ints are passed as np.int32 and scalars in the kernel's own dtype: CuPy packs each argument by its
 Python type, so a bare Python int would go in as a 64-bit value and a float as a double.
 """
 import hashlib
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +44,8 @@ PACK = {np.dtype(np.float32): 4, np.dtype(np.float64): 2}  # elements per 16-byt
 NULL = np.uint64(0)  # a null pointer argument (an optional weight or bias)
 
 _enabled = os.environ.get("TINYGRAD_LLM_KERNELS", "1") != "0"
+CACHED_NAME_EXPRESSIONS = (14, 2)  # the first CuPy whose disk cache keeps name_expressions modules
+_cache_noted = False
 _modules = {}  # (file, dtype) -> cupy.RawModule
 _functions = {}  # (file, kernel name, dtype) -> the module's function, looked up once
 _INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
@@ -134,6 +143,26 @@ def compile_source(filename):
     return f"// includes: {digests}\n#line 1\n{kernel_source(filename)}"
 
 
+def cupy_version(cp):
+    """(major, minor) of a CuPy module, (0, 0) where it does not say."""
+    m = re.match(r"(\d+)\.(\d+)", str(getattr(cp, "__version__", "")))
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def note_cupy_cache(cp):
+    """Warn once when this CuPy recompiles every kernel module in every process."""
+    global _cache_noted
+    if _cache_noted:
+        return
+    _cache_noted = True
+    version = cupy_version(cp)
+    if (0, 0) < version < CACHED_NAME_EXPRESSIONS:
+        warnings.warn(f"CuPy {cp.__version__} does not serve kernels built with name_expressions from "
+                      f"its disk cache: each process compiles them again (CuPy >= "
+                      f"{'.'.join(map(str, CACHED_NAME_EXPRESSIONS))} keeps them)", RuntimeWarning,
+                      stacklevel=3)
+
+
 def module(filename, dtype):
     """The compiled RawModule for one kernel file and dtype (compiled on first use, then cached)."""
     dtype = np.dtype(dtype)
@@ -145,6 +174,7 @@ def module(filename, dtype):
         if ct is None or (ct == "tgl::bf16" and filename not in BF16_FILES):
             raise TypeError(f"{filename} has no kernels for dtype {dtype}")
         names = KERNELS[filename] + FLOAT_ONLY.get(filename, ()) * (ct == "float")
+        note_cupy_cache(cp)
         mod = cp.RawModule(code=compile_source(filename),
                            options=("-std=c++17", f"-I{KERNEL_DIR}"),
                            name_expressions=[expr(k, ct) for k in names])

@@ -56,6 +56,7 @@ __global__ void adamw_step(T* const* __restrict__ params, const T* const* __rest
     }
 }
 
+#ifndef __CUDACC_RTC__  // for nvcc's check and report; NVRTC builds only what name_expressions names
 template __global__ void adamw_step<float>(float* const*, const float* const*, float* const*,
                                            float* const*, const int*, const long long*,
                                            const long long*, int, int, float, float, float, float,
@@ -64,3 +65,4 @@ template __global__ void adamw_step<double>(double* const*, const double* const*
                                             double* const*, const int*, const long long*,
                                             const long long*, int, int, double, double, double,
                                             double, double, int, double, double);
+#endif

@@ -1,27 +1,37 @@
 // Fused ("flash") scaled dot-product attention, forward and backward, that never builds the
 // T_q x T_k score matrix in memory.
 //
-//   attention_forward<E, D>(q, k, v, seg, o, lse, H, Hkv, Tq, Tk, causal, scale)
+//   attention_forward<E, D, BN>(q, k, v, seg, slopes, o, lse, H, Hkv, Tq, Tk, causal, window,
+//                               scale)
 //   attention_backward_prep<E, D>(o, do, delta, n_rows)            delta_i = sum_d dO_id O_id
-//   attention_backward_dq<E, D>(q, k, v, do, lse, delta, seg, dq, H, Hkv, Tq, Tk, causal, scale)
-//   attention_backward_dkdv<E, D>(q, k, v, do, lse, delta, seg, dk, dv, H, Hkv, Tq, Tk, causal, scale)
+//   attention_backward_dq<E, D, BN>(q, k, v, do, lse, delta, seg, slopes, dq, H, Hkv, Tq, Tk,
+//                                   causal, window, scale)
+//   attention_backward_dkdv<E, D, BN>(q, k, v, do, lse, delta, seg, slopes, dk, dv, H, Hkv, Tq,
+//                                     Tk, causal, window, scale)
 //
 // q, o, do, dq: (B, H, Tq, D); k, v, dk, dv: (B, Hkv, Tk, D), all contiguous; lse, delta:
 // (B, H, Tq) in the accumulator type A (float for E = float and bf16, double for E = double).
 // E is the element type: float, double (so the host emulator can check the algorithm against
 // float64) or tgl::bf16 (bf16 storage, float32 accumulation on the tensor cores through
-// mma.sync.m16n8k16). D, the head dim, is 32, 64 or 128. Query head h reads key/value head
-// h / (H / Hkv) (grouped-query attention).
+// mma.sync.m16n8k16). D, the head dim, is 32, 64 or 128; BN, the rows of the streamed side per
+// step, is 32, or 16 where a GPU's shared memory cannot hold the larger tiles (the glue picks it).
+// Query head h reads key/value head h / (H / Hkv) (grouped-query attention).
 //
-// The mask: query i (0-based among the Tq queries) sees key j when
-//   j < Tk,  and j <= i + (Tk - Tq) if causal (the queries are the LAST Tq positions of the
-//   sequence, as with a KV cache),  and seg[j] == seg[i + Tk - Tq] if seg is not null
+// The mask: query i (0-based among the Tq queries) sits at position p = i + (Tk - Tq) (the
+// queries are the LAST Tq positions of the sequence, as with a KV cache) and sees key j when
+//   j < Tk,  and j <= p if causal,  and j > p - window if window > 0 (a sliding window of
+//   `window` keys, itself included),  and seg[j] == seg[p] if seg is not null
 // (seg: (B, Tk) int32 document ids; a token attends only within its own document). A query that
 // sees no key at all gets O = 0 and lse = -inf.
 //
+// The scores: s_ij = scale q_i.k_j + slopes[h] (j - p) where slopes is not null (ALiBi: one
+// slope per query head, in the accumulator type; the bias is added after the scaling, before
+// the mask). The bias is a constant, so the backward's formulas below do not change: P is
+// recomputed with the same bias and dS flows to q and k through the scaled product alone.
+//
 // Work split. A block has 4 warps and owns BM = 64 rows: 64 queries of one (batch, head) in the
 // forward and dq kernels, 64 keys of one (batch, kv head) in the dkdv kernel. Each warp owns 16 of
-// those rows, the M of one m16n8k16 tensor-core tile, and walks the other side in tiles of BN = 32
+// those rows, the M of one m16n8k16 tensor-core tile, and walks the other side in tiles of BN
 // rows staged through shared memory. Every matrix product is a warp_mma over shared-memory
 // operands whose result lands in registers in the mma "C fragment" layout: lane (g = lane / 4,
 // t = lane % 4) holds rows g and g + 8, columns 8n + 2t and 8n + 2t + 1 of n-tile n. For bf16 the
@@ -54,11 +64,20 @@
 // order inside the block). The price is computing P and dP twice.
 //
 // Tails: tiles are zero-filled past T (a zero row of K or V contributes nothing once its score is
-// masked) and rows past Tq / Tk are never written. The causal mask also trims the loops: a query
-// tile stops at the last key it can see, a key tile starts at the first query that sees it.
+// masked) and rows past Tq / Tk are never written. The causal mask and the window trim the
+// loops: a query tile runs from the first key tile its first query's window reaches to the last
+// key it can see; a key tile runs over the query tiles from the first query that sees it to the
+// last one whose window still holds it.
 //
-// Shared memory (dynamic, bytes from attention_smem_bytes in tinygrad_llm/cuda/attention.py) is
-// above the 48 KiB default for D = 128 and for double; the glue raises the kernel's limit.
+// Shared memory (dynamic, bytes from smem_bytes in tinygrad_llm/cuda/attention.py, which mirrors
+// the layout at the top of each kernel) is above the 48 KiB default for D = 128 and for double;
+// the glue raises the kernel's limit, and picks BN = 16 where the device's opt-in limit is below
+// what BN = 32 needs.
+//
+// Index widths: every offset into q, k, v, o and their gradients is 64-bit (the (batch, head)
+// base and the row times D are computed in long long), and so is the row index of
+// attention_backward_prep; int holds only positions within one sequence (T < 2^31) and tile
+// coordinates. The tensors may have more than 2^31 elements.
 //
 // Must match: attention_textbook / attention_backward_textbook in tinygrad_llm/ops/attention.py
 // (segment ids included), and the float64 reference in tests/test_attention_kernel.py.
@@ -72,11 +91,16 @@ namespace flash {
 constexpr int WARPS = 4;
 constexpr int THREADS = 32 * WARPS;
 constexpr int BM = 16 * WARPS;  // rows a block owns (queries, or keys in dkdv)
-constexpr int BN = 32;          // rows of the streamed side per step
-// Row strides in shared memory, padded so a warp reading one column of 8 rows hits 8 banks.
-// bf16 stays padded by 2 elements so element pairs keep their 4-byte alignment.
-template <typename E, int D> struct Stride {
-    static constexpr int pad = sizeof(E) == 2 ? 2 : 1;
+// Row strides in shared memory, padded against bank conflicts (32 banks of 4 bytes).
+// float / double: a warp reads one element from each of 8 rows (lanes with the same g share it);
+// a pad of 1 puts the 8 rows in 8 banks. bf16: a fragment load is lane (g, t) reading the 4-byte
+// pair at row g, column 2t, i.e. word g LD/2 + t. With a pad of 8 elements a row is D/2 + 4 words
+// (BN/2 + 4 for P, dS and the transposed tiles), 4 mod 8 for every D and BN here, so the 8 rows
+// start 4 banks apart and the 32 lanes hit 32 different banks (a pad of 2 made it g (D/2 + 1) + t:
+// 4-way conflicts at D = 64 and 128, 2-way on the BN-wide tiles). It also keeps every row
+// 16-byte aligned. tests/test_attention_kernel.py counts the conflicts in the emulator.
+template <typename E, int D, int BN> struct Stride {
+    static constexpr int pad = sizeof(E) == 2 ? 8 : 1;
     static constexpr int LD = D + pad;   // a Q, K, V or dO row
     static constexpr int LDP = BN + pad;  // a row of P or dS, or of a transposed tile
     // bf16 backward: a second, transposed copy of the tiles read down their rows as the B of a
@@ -142,6 +166,9 @@ __device__ __forceinline__ unsigned pack2(bf16 lo, bf16 hi) {
 // and starts at an even element (every row stride and tile offset is even for bf16), so it is
 // one aligned 4-byte load instead of two 2-byte loads.
 __device__ __forceinline__ unsigned pair(const bf16* p, int stride) {
+#ifdef TGL_HOST_EMULATION
+    ::tgl_emulated_fragment_load(p, stride);  // the emulator counts shared-memory bank conflicts
+#endif
     if (stride != 1) return pack2(p[0], p[stride]);
 #ifdef TGL_HOST_EMULATION
     unsigned r;
@@ -207,10 +234,31 @@ __device__ __forceinline__ void load_seg(int* dst, const int* seg, int row0, int
         dst[idx] = row0 + idx < T ? seg[row0 + idx + shift] : -1;
 }
 
-// Does query i see key j? (see the mask at the top; i < Tq and j < Tk are the caller's)
-__device__ __forceinline__ bool sees(int i, int j, int off, int causal, int seg_i, int seg_j) {
-    return (!causal || j <= i + off) && seg_i == seg_j;
+// The keys the query at position p may see, lo < j <= hi: the causal mask and the window of the
+// mask at the top as two bounds per row, so the per-element test is two compares (documents and
+// j < Tk are checked beside them).
+__device__ __forceinline__ void key_bounds(int p, int causal, int window, int& lo, int& hi) {
+    hi = causal ? p : 0x7fffffff;
+    lo = window > 0 ? p - window : -1;
 }
+
+// The same for the dkdv kernel, whose rows are keys: the queries i (at positions i + off) that
+// see key j, lo < i <= hi (causal: i + off >= j; the window: i + off < j + window).
+__device__ __forceinline__ void query_bounds(int j, int off, int causal, int window, int& lo,
+                                             int& hi) {
+    lo = causal ? j - off - 1 : -1;
+    hi = window > 0 ? int(min(0x7fffffffLL, (long long)j + window - 1 - off)) : 0x7fffffff;
+}
+
+// The first key tile (a multiple of BN) that a query tile starting at position p0 can see: its
+// first query's window starts at p0 - window + 1, and every later query's starts later.
+template <int BN> __device__ __forceinline__ int first_key_tile(int p0, int window) {
+    return window > 0 ? int(max(0LL, (long long)p0 - window + 1) / BN * BN) : 0;
+}
+
+// ALiBi's slope (j - p) for the elements of a C fragment: the lane's column 8n + 2t + (e & 1) of a
+// tile starting at key k0 gives slope (k0 + 2t - p) + slope (8n + (e & 1)), a per-row base plus
+// a compile-time multiple of the slope (cheaper in registers than converting j - p per element).
 
 // Write this lane's C-fragment rows (row0 + g, row0 + g + 8) of a 16 x D result, times `mul`.
 template <int D, typename E, typename A>
@@ -236,14 +284,15 @@ __device__ __forceinline__ void store_rows(E* dst, const A (&acc)[D / 8][4], int
 using namespace tgl;
 using namespace tgl::flash;
 
-template <typename E, int D>
+template <typename E, int D, int BN>
 __global__ void attention_forward(const E* __restrict__ q, const E* __restrict__ k,
                                   const E* __restrict__ v, const int* __restrict__ seg,
+                                  const typename Acc<E>::type* __restrict__ slopes,
                                   E* __restrict__ o, typename Acc<E>::type* __restrict__ lse,
-                                  int H, int Hkv, int Tq, int Tk, int causal,
+                                  int H, int Hkv, int Tq, int Tk, int causal, int window,
                                   typename Acc<E>::type scale) {
     using A = typename Acc<E>::type;
-    constexpr int LD = Stride<E, D>::LD, LDP = Stride<E, D>::LDP, NT = BN / 8;
+    constexpr int LD = Stride<E, D, BN>::LD, LDP = Stride<E, D, BN>::LDP, NT = BN / 8;
     int* seg_k = dynamic_smem<int>();                          // BN
     E* Qs = reinterpret_cast<E*>(seg_k + BN);                  // BM x LD
     E* Ks = Qs + BM * LD;                                      // BN x LD
@@ -256,20 +305,26 @@ __global__ void attention_forward(const E* __restrict__ q, const E* __restrict__
     const E* kb = k + bhk * Tk * D;
     const E* vb = v + bhk * Tk * D;
     const int* seg_b = seg ? seg + (long long)b * Tk : nullptr;
+    const A slope = slopes ? slopes[h] : A(0);
     load_rows<D, LD>(Qs, q + bh * Tq * D, q0, BM, Tq);
 
-    int row[2], seg_q[2];  // this lane's two query rows and their documents
+    int row[2], pos[2], seg_q[2];  // this lane's two query rows, their positions and documents
     for (int r = 0; r < 2; ++r) {
         row[r] = q0 + warp * 16 + g + 8 * r;
-        seg_q[r] = seg_b && row[r] < Tq ? seg_b[row[r] + off] : -1;
+        pos[r] = row[r] + off;
+        seg_q[r] = seg_b && row[r] < Tq ? seg_b[pos[r]] : -1;
     }
-    // causal: the block's last query sees keys up to (its index + off)
+    // causal: the block's last query sees keys up to (its index + off); the window: its first
+    // query sees nothing before (q0 + off - window + 1)
     const int kv_end = causal ? min(Tk, min(q0 + BM, Tq) + off) : Tk;
+    const int kv_begin = first_key_tile<BN>(q0 + off, window);
+    int lo[2], hi[2];  // this lane's rows see keys lo < j <= hi
+    for (int r = 0; r < 2; ++r) key_bounds(pos[r], causal, window, lo[r], hi[r]);
 
     A m[2] = {neg_inf<A>(), neg_inf<A>()}, l[2] = {A(0), A(0)};
     A acc[D / 8][4];
     zero(acc);
-    for (int k0 = 0; k0 < kv_end; k0 += BN) {
+    for (int k0 = kv_begin; k0 < kv_end; k0 += BN) {
         __syncthreads();  // the previous tile's readers are done
         load_rows<D, LD>(Ks, kb, k0, BN, Tk);
         load_rows_transposed<D, LDP>(Vt, vb, k0, BN, Tk);
@@ -279,15 +334,17 @@ __global__ void attention_forward(const E* __restrict__ q, const E* __restrict__
         A s[NT][4];
         zero(s);
         warp_mma(s, Qs + warp * 16 * LD, LD, 1, Ks, 1, LD, D);  // S = Q K^T (16 x BN)
-        A m_new[2] = {m[0], m[1]};
+        A m_new[2] = {m[0], m[1]}, bias[2];
+        for (int r = 0; r < 2; ++r) bias[r] = slope * A(k0 + 2 * t - pos[r]);
 #pragma unroll
         for (int n = 0; n < NT; ++n)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int r = e >> 1, c = 8 * n + 2 * t + (e & 1), j = k0 + c;
-                const bool vis = j < Tk && sees(row[r], j, off, causal, seg_q[r],
-                                                seg_b ? seg_k[c] : -1);
-                s[n][e] = vis ? s[n][e] * scale : neg_inf<A>();
+                const bool vis = j < Tk && j <= hi[r] && j > lo[r] &&
+                                 (!seg_b || seg_q[r] == seg_k[c]);
+                s[n][e] = vis ? s[n][e] * scale + (bias[r] + slope * A(8 * n + (e & 1)))
+                              : neg_inf<A>();
                 m_new[r] = max(m_new[r], s[n][e]);
             }
         A alpha[2], sum[2] = {A(0), A(0)};
@@ -325,37 +382,38 @@ __global__ void attention_forward(const E* __restrict__ q, const E* __restrict__
             if (row[r] < Tq) lse[bh * Tq + row[r]] = l[r] > A(0) ? m[r] + log_(l[r]) : neg_inf<A>();
 }
 
-// delta_i = sum_d dO_id O_id, one warp per row (blockDim = (32, 8)).
+// delta_i = sum_d dO_id O_id, one warp per row (blockDim = (32, 8)); rows counted in 64 bits.
 template <typename E, int D>
 __global__ void attention_backward_prep(const E* __restrict__ o, const E* __restrict__ dout,
-                                        typename Acc<E>::type* __restrict__ delta, int n_rows) {
+                                        typename Acc<E>::type* __restrict__ delta,
+                                        long long n_rows) {
     using A = typename Acc<E>::type;
-    const int r = blockIdx.x * blockDim.y + threadIdx.y;
+    const long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y;
     if (r >= n_rows) return;  // whole warps leave together
     A d = A(0);
 #pragma unroll
-    for (int c = threadIdx.x; c < D; c += 32)
-        d += to_acc(o[(long long)r * D + c]) * to_acc(dout[(long long)r * D + c]);
+    for (int c = threadIdx.x; c < D; c += 32) d += to_acc(o[r * D + c]) * to_acc(dout[r * D + c]);
     d = warp_sum(d);
     if (threadIdx.x == 0) delta[r] = d;
 }
 
-template <typename E, int D>
+template <typename E, int D, int BN>
 __global__ void attention_backward_dq(const E* __restrict__ q, const E* __restrict__ k,
                                       const E* __restrict__ v, const E* __restrict__ dout,
                                       const typename Acc<E>::type* __restrict__ lse,
                                       const typename Acc<E>::type* __restrict__ delta,
-                                      const int* __restrict__ seg, E* __restrict__ dq, int H,
-                                      int Hkv, int Tq, int Tk, int causal,
-                                      typename Acc<E>::type scale) {
+                                      const int* __restrict__ seg,
+                                      const typename Acc<E>::type* __restrict__ slopes,
+                                      E* __restrict__ dq, int H, int Hkv, int Tq, int Tk,
+                                      int causal, int window, typename Acc<E>::type scale) {
     using A = typename Acc<E>::type;
-    constexpr int LD = Stride<E, D>::LD, LDP = Stride<E, D>::LDP, NT = BN / 8;
+    constexpr int LD = Stride<E, D, BN>::LD, LDP = Stride<E, D, BN>::LDP, NT = BN / 8;
     int* seg_k = dynamic_smem<int>();                          // BN
     E* Qs = reinterpret_cast<E*>(seg_k + BN);                  // BM x LD
     E* dOs = Qs + BM * LD;                                     // BM x LD
     E* Ks = dOs + BM * LD;                                     // BN x LD
     E* Vs = Ks + BN * LD;                                      // BN x LD
-    constexpr bool TC = Stride<E, D>::transposed_copy;
+    constexpr bool TC = Stride<E, D, BN>::transposed_copy;
     E* Kt = Vs + BN * LD;                                      // D x LDP: K transposed (TC)
     E* dSs = Kt + (TC ? D * LDP : 0) + (threadIdx.x >> 5) * 16 * LDP;  // this warp's 16 x LDP
     const E* Kb = TC ? Kt : Ks;  // K as the B of dS K: B(key, d) = Kb[key kb_k + d kb_n]
@@ -367,23 +425,31 @@ __global__ void attention_backward_dq(const E* __restrict__ q, const E* __restri
     const E* kb = k + bhk * Tk * D;
     const E* vb = v + bhk * Tk * D;
     const int* seg_b = seg ? seg + (long long)b * Tk : nullptr;
+    const A slope = slopes ? slopes[h] : A(0);
     load_rows<D, LD>(Qs, q + bh * Tq * D, q0, BM, Tq);
     load_rows<D, LD>(dOs, dout + bh * Tq * D, q0, BM, Tq);
 
-    int row[2], seg_q[2];
+    int row[2], pos[2], seg_q[2];
     A lse_r[2], delta_r[2];
     for (int r = 0; r < 2; ++r) {
         row[r] = q0 + warp * 16 + g + 8 * r;
+        pos[r] = row[r] + off;
         const bool in = row[r] < Tq;
-        seg_q[r] = seg_b && in ? seg_b[row[r] + off] : -1;
+        seg_q[r] = seg_b && in ? seg_b[pos[r]] : -1;
         lse_r[r] = in ? lse[bh * Tq + row[r]] : A(0);
         delta_r[r] = in ? delta[bh * Tq + row[r]] : A(0);
     }
     const int kv_end = causal ? min(Tk, min(q0 + BM, Tq) + off) : Tk;
+    const int kv_begin = first_key_tile<BN>(q0 + off, window);
+    int lo[2], hi[2];
+    for (int r = 0; r < 2; ++r) {
+        key_bounds(pos[r], causal, window, lo[r], hi[r]);
+        if (row[r] >= Tq) hi[r] = -1;  // a row past Tq sees nothing (and is never stored)
+    }
 
     A acc[D / 8][4];
     zero(acc);
-    for (int k0 = 0; k0 < kv_end; k0 += BN) {
+    for (int k0 = kv_begin; k0 < kv_end; k0 += BN) {
         __syncthreads();
         load_rows<D, LD>(Ks, kb, k0, BN, Tk);
         load_rows<D, LD>(Vs, vb, k0, BN, Tk);
@@ -396,14 +462,17 @@ __global__ void attention_backward_dq(const E* __restrict__ q, const E* __restri
         zero(dp);
         warp_mma(s, Qs + warp * 16 * LD, LD, 1, Ks, 1, LD, D);    // S = Q K^T
         warp_mma(dp, dOs + warp * 16 * LD, LD, 1, Vs, 1, LD, D);  // dP = dO V^T
+        A bias[2];
+        for (int r = 0; r < 2; ++r) bias[r] = slope * A(k0 + 2 * t - pos[r]) - lse_r[r];
 #pragma unroll
         for (int n = 0; n < NT; ++n)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int r = e >> 1, c = 8 * n + 2 * t + (e & 1), j = k0 + c;
-                const bool vis = row[r] < Tq && j < Tk &&
-                                 sees(row[r], j, off, causal, seg_q[r], seg_b ? seg_k[c] : -1);
-                const A p = vis ? exp_(s[n][e] * scale - lse_r[r]) : A(0);
+                const bool vis = j < Tk && j <= hi[r] && j > lo[r] &&
+                                 (!seg_b || seg_q[r] == seg_k[c]);
+                const A p = vis ? exp_(s[n][e] * scale + (bias[r] + slope * A(8 * n + (e & 1))))
+                                : A(0);
                 put(dSs + (g + 8 * r) * LDP + c, p * (dp[n][e] - delta_r[r]));  // dS
             }
         __syncwarp();
@@ -413,16 +482,18 @@ __global__ void attention_backward_dq(const E* __restrict__ q, const E* __restri
     store_rows<D>(dq + bh * Tq * D, acc, q0 + warp * 16, Tq, scale, scale);
 }
 
-template <typename E, int D>
+template <typename E, int D, int BN>
 __global__ void attention_backward_dkdv(const E* __restrict__ q, const E* __restrict__ k,
                                         const E* __restrict__ v, const E* __restrict__ dout,
                                         const typename Acc<E>::type* __restrict__ lse,
                                         const typename Acc<E>::type* __restrict__ delta,
-                                        const int* __restrict__ seg, E* __restrict__ dk,
-                                        E* __restrict__ dv, int H, int Hkv, int Tq, int Tk,
-                                        int causal, typename Acc<E>::type scale) {
+                                        const int* __restrict__ seg,
+                                        const typename Acc<E>::type* __restrict__ slopes,
+                                        E* __restrict__ dk, E* __restrict__ dv, int H, int Hkv,
+                                        int Tq, int Tk, int causal, int window,
+                                        typename Acc<E>::type scale) {
     using A = typename Acc<E>::type;
-    constexpr int LD = Stride<E, D>::LD, LDP = Stride<E, D>::LDP, NT = BN / 8;
+    constexpr int LD = Stride<E, D, BN>::LD, LDP = Stride<E, D, BN>::LDP, NT = BN / 8;
     int* seg_q = dynamic_smem<int>();                          // BN
     A* lse_s = reinterpret_cast<A*>(seg_q + BN);               // BN
     A* delta_s = lse_s + BN;                                   // BN
@@ -430,7 +501,7 @@ __global__ void attention_backward_dkdv(const E* __restrict__ q, const E* __rest
     E* Vs = Ks + BM * LD;                                      // BM x LD
     E* Qs = Vs + BM * LD;                                      // BN x LD
     E* dOs = Qs + BN * LD;                                     // BN x LD
-    constexpr bool TC = Stride<E, D>::transposed_copy;
+    constexpr bool TC = Stride<E, D, BN>::transposed_copy;
     E* Qt = dOs + BN * LD;                                     // D x LDP: Q transposed (TC)
     E* dOt = Qt + (TC ? D * LDP : 0);                          // D x LDP: dO transposed (TC)
     E* Ps = dOt + (TC ? D * LDP : 0) + (threadIdx.x >> 5) * 16 * LDP;  // this warp's 16 x LDP
@@ -447,20 +518,27 @@ __global__ void attention_backward_dkdv(const E* __restrict__ q, const E* __rest
     load_rows<D, LD>(Ks, k + bhk * Tk * D, k0, BM, Tk);
     load_rows<D, LD>(Vs, v + bhk * Tk * D, k0, BM, Tk);
 
-    int key[2], seg_k[2];  // this lane's two key rows and their documents
-    for (int r = 0; r < 2; ++r) {
+    int key[2], seg_k[2], lo[2], hi[2];  // this lane's two key rows, their documents, the
+    for (int r = 0; r < 2; ++r) {          // queries lo < i <= hi that may see them
         key[r] = k0 + warp * 16 + g + 8 * r;
         seg_k[r] = seg_b && key[r] < Tk ? seg_b[key[r]] : -1;
+        query_bounds(key[r], off, causal, window, lo[r], hi[r]);
+        if (key[r] >= Tk) hi[r] = -1;  // a key past Tk is seen by nobody (and never stored)
     }
-    // causal: query i sees key k0 once i + off >= k0; start at the tile holding that query
+    // causal: query i sees key k0 once i + off >= k0; start at the tile holding that query.
+    // The window: query i still sees the tile's last key k0 + BM - 1 while i + off - window <
+    // k0 + BM - 1, so the queries from k0 + BM - 1 + window - off on see none of the tile.
     const int q_begin = causal ? max(0, k0 - off) / BN * BN : 0;
+    const int q_end = window > 0
+        ? int(min((long long)Tq, max(0LL, (long long)k0 + BM - 1 + window - off))) : Tq;
 
     A dk_acc[D / 8][4], dv_acc[D / 8][4];
     zero(dk_acc);
     zero(dv_acc);
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
         const long long bh = (long long)b * H + h;
-        for (int i0 = q_begin; i0 < Tq; i0 += BN) {
+        const A slope = slopes ? slopes[h] : A(0);
+        for (int i0 = q_begin; i0 < q_end; i0 += BN) {
             __syncthreads();
             load_rows<D, LD>(Qs, q + bh * Tq * D, i0, BN, Tq);
             load_rows<D, LD>(dOs, dout + bh * Tq * D, i0, BN, Tq);
@@ -481,14 +559,17 @@ __global__ void attention_backward_dkdv(const E* __restrict__ q, const E* __rest
             zero(dpt);
             warp_mma(st, Ks + warp * 16 * LD, LD, 1, Qs, 1, LD, D);    // S^T = K Q^T
             warp_mma(dpt, Vs + warp * 16 * LD, LD, 1, dOs, 1, LD, D);  // dP^T = V dO^T
+            A bias[2];  // slope (key - p) at the lane's first column: p = i0 + 2t + off
+            for (int r = 0; r < 2; ++r) bias[r] = slope * A(key[r] - (i0 + 2 * t + off));
 #pragma unroll
             for (int n = 0; n < NT; ++n)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int r = e >> 1, c = 8 * n + 2 * t + (e & 1), i = i0 + c;
-                    const bool vis = i < Tq && key[r] < Tk &&
-                                     sees(i, key[r], off, causal, seg_b ? seg_q[c] : -1, seg_k[r]);
-                    st[n][e] = vis ? exp_(st[n][e] * scale - lse_s[c]) : A(0);  // P^T
+                    const bool vis = i < Tq && i <= hi[r] && i > lo[r] &&
+                                     (!seg_b || seg_q[c] == seg_k[r]);
+                    st[n][e] = vis ? exp_(st[n][e] * scale + (bias[r] - slope * A(8 * n + (e & 1))) -
+                                          lse_s[c]) : A(0);  // P^T
                     put(Ps + (g + 8 * r) * LDP + c, st[n][e]);
                 }
             __syncwarp();
@@ -510,22 +591,29 @@ __global__ void attention_backward_dkdv(const E* __restrict__ q, const E* __rest
     store_rows<D>(dv + bhk * Tk * D, dv_acc, k0 + warp * 16, Tk, A(1), A(1));
 }
 
-// Instantiated here so `nvcc -c` checks each one; CuPy finds them through name_expressions.
+// Instantiated here for nvcc only (`nvcc -c` checks each one and the compile report lists them):
+// NVRTC (CuPy) instantiates just the ones the glue names through name_expressions, so a first
+// call compiles the 1-3 kernels it needs instead of all of them.
+#ifndef __CUDACC_RTC__
+#define TGL_ATTENTION_BN(E, D, BN)                                                              \
+    template __global__ void attention_forward<E, D, BN>(                                       \
+        const E*, const E*, const E*, const int*, const Acc<E>::type*, E*, Acc<E>::type*, int,  \
+        int, int, int, int, int, Acc<E>::type);                                                 \
+    template __global__ void attention_backward_dq<E, D, BN>(                                   \
+        const E*, const E*, const E*, const E*, const Acc<E>::type*, const Acc<E>::type*,       \
+        const int*, const Acc<E>::type*, E*, int, int, int, int, int, int, Acc<E>::type);       \
+    template __global__ void attention_backward_dkdv<E, D, BN>(                                 \
+        const E*, const E*, const E*, const E*, const Acc<E>::type*, const Acc<E>::type*,       \
+        const int*, const Acc<E>::type*, E*, E*, int, int, int, int, int, int, Acc<E>::type);
 #define TGL_ATTENTION(E, D)                                                                     \
-    template __global__ void attention_forward<E, D>(const E*, const E*, const E*, const int*,  \
-                                                     E*, Acc<E>::type*, int, int, int, int, int, \
-                                                     Acc<E>::type);                            \
     template __global__ void attention_backward_prep<E, D>(const E*, const E*, Acc<E>::type*,   \
-                                                           int);                               \
-    template __global__ void attention_backward_dq<E, D>(                                       \
-        const E*, const E*, const E*, const E*, const Acc<E>::type*, const Acc<E>::type*,       \
-        const int*, E*, int, int, int, int, int, Acc<E>::type);                                 \
-    template __global__ void attention_backward_dkdv<E, D>(                                     \
-        const E*, const E*, const E*, const E*, const Acc<E>::type*, const Acc<E>::type*,       \
-        const int*, E*, E*, int, int, int, int, int, Acc<E>::type);
+                                                           long long);                         \
+    TGL_ATTENTION_BN(E, D, 32) TGL_ATTENTION_BN(E, D, 16)
 TGL_ATTENTION(float, 32) TGL_ATTENTION(float, 64) TGL_ATTENTION(float, 128)
 TGL_ATTENTION(bf16, 32) TGL_ATTENTION(bf16, 64) TGL_ATTENTION(bf16, 128)
 // double on the GPU at D = 32 only: at 64 and 128 the backward's two D-wide accumulators need
 // more than 255 registers and spill (the host emulator instantiates every D in double)
 TGL_ATTENTION(double, 32)
 #undef TGL_ATTENTION
+#undef TGL_ATTENTION_BN
+#endif

@@ -94,6 +94,7 @@ __global__ void cross_entropy_backward(const T* __restrict__ logits,
     }
 }
 
+#ifndef __CUDACC_RTC__  // for nvcc's check and report; NVRTC builds only what name_expressions names
 template __global__ void cross_entropy_forward<float>(const float*, const long long*, float*,
                                                       float*, int, int, long long);
 template __global__ void cross_entropy_forward<double>(const double*, const long long*, double*,
@@ -104,3 +105,4 @@ template __global__ void cross_entropy_backward<float>(const float*, const long 
 template __global__ void cross_entropy_backward<double>(const double*, const long long*,
                                                         const double*, const double*, int,
                                                         double*, int, int, long long);
+#endif

@@ -32,7 +32,9 @@ __global__ void embedding_backward(const T* __restrict__ dy, const long long* __
     dw[id * C + c] = acc;
 }
 
+#ifndef __CUDACC_RTC__  // for nvcc's check and report; NVRTC builds only what name_expressions names
 template __global__ void embedding_backward<float>(const float*, const long long*, const long long*,
                                                    float*, int, int);
 template __global__ void embedding_backward<double>(const double*, const long long*,
                                                     const long long*, double*, int, int);
+#endif

@@ -88,9 +88,11 @@ __global__ void gelu_backward(const T* __restrict__ x, const T* __restrict__ dy,
         put(dx + i, to_acc(dy[i]) * gelu_dydx(to_acc(x[i]), approximate));
 }
 
+#ifndef __CUDACC_RTC__  // for nvcc's check and report; NVRTC builds only what name_expressions names
 template __global__ void gelu_forward<float>(const float*, float*, long long, int);
 template __global__ void gelu_forward<double>(const double*, double*, long long, int);
 template __global__ void gelu_backward<float>(const float*, const float*, float*, long long, int);
 template __global__ void gelu_backward<double>(const double*, const double*, double*, long long, int);
 template __global__ void gelu_forward<bf16>(const bf16*, bf16*, long long, int);
 template __global__ void gelu_backward<bf16>(const bf16*, const bf16*, bf16*, long long, int);
+#endif

@@ -180,6 +180,7 @@ __global__ void column_sum(const T* __restrict__ part, T* __restrict__ out, int 
     out[c] = acc;
 }
 
+#ifndef __CUDACC_RTC__  // for nvcc's check and report; NVRTC builds only what name_expressions names
 #define TGL_LN(T)                                                                                 \
     template __global__ void layernorm_forward<T>(const T*, const T*, const T*, T*, T*, T*, int,  \
                                                   int, T);                                        \
@@ -200,3 +201,4 @@ TGL_LN_WARP(float, 12) TGL_LN_WARP(float, 16) TGL_LN_WARP(float, 24) TGL_LN_WARP
 TGL_LN_WARP(double, 1) TGL_LN_WARP(double, 2) TGL_LN_WARP(double, 4) TGL_LN_WARP(double, 8)
 TGL_LN_WARP(double, 12) TGL_LN_WARP(double, 16)
 #undef TGL_LN_WARP
+#endif

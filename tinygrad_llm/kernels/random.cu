@@ -77,7 +77,9 @@ __global__ void philox_normal(T* __restrict__ out, long long n, unsigned key0, u
         out[i] = normal_of<T>(philox4x32_10(counter + (unsigned long long)i, key0, key1));
 }
 
+#ifndef __CUDACC_RTC__  // for nvcc's check and report; NVRTC builds only what name_expressions names
 template __global__ void philox_uniform<float>(float*, long long, unsigned, unsigned, unsigned long long);
 template __global__ void philox_uniform<double>(double*, long long, unsigned, unsigned, unsigned long long);
 template __global__ void philox_normal<float>(float*, long long, unsigned, unsigned, unsigned long long);
 template __global__ void philox_normal<double>(double*, long long, unsigned, unsigned, unsigned long long);
+#endif

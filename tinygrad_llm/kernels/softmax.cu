@@ -146,6 +146,7 @@ __global__ void softmax_backward_warp(const T* __restrict__ y, const T* __restri
     }
 }
 
+#ifndef __CUDACC_RTC__  // for nvcc's check and report; NVRTC builds only what name_expressions names
 // Instantiated here so `nvcc -c` checks both dtypes; CuPy finds them through name_expressions.
 template __global__ void softmax_forward<float>(const float*, float*, int, int);
 template __global__ void softmax_forward<double>(const double*, double*, int, int);
@@ -159,3 +160,4 @@ TGL_SOFTMAX_WARP(float, 8) TGL_SOFTMAX_WARP(float, 16) TGL_SOFTMAX_WARP(float, 3
 TGL_SOFTMAX_WARP(double, 1) TGL_SOFTMAX_WARP(double, 2) TGL_SOFTMAX_WARP(double, 4)
 TGL_SOFTMAX_WARP(double, 8) TGL_SOFTMAX_WARP(double, 16) TGL_SOFTMAX_WARP(double, 32)
 #undef TGL_SOFTMAX_WARP
+#endif
