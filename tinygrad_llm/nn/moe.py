@@ -40,28 +40,32 @@ from .module import Module
 ACTIVATIONS = ("swiglu", "gelu")
 
 
-def check_moe_sizes(n_experts, top_k, n_group=1, topk_group=1, router="softmax", label="MoE"):
-    """One clear error naming the value at fault, for sizes a router cannot honour."""
+def check_moe_sizes(n_experts, top_k, n_group=1, topk_group=1, router="softmax", label="MoE", names=None):
+    """One clear error naming the value at fault, for sizes a router cannot honour. names: what to
+    call each argument in the message (a config's own field names)."""
+    n = {"n_experts": "n_experts", "top_k": "top_k", "n_group": "n_group", "topk_group": "topk_group",
+         "router": "router", **(names or {})}
     for name, v in (("n_experts", n_experts), ("top_k", top_k), ("n_group", n_group),
                     ("topk_group", topk_group)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{label}: {name} must be a positive integer, got {v!r}")
+            raise ValueError(f"{label}: {n[name]} must be a positive integer, got {v!r}")
     if top_k > n_experts:
-        raise ValueError(f"{label}: top_k={top_k} is larger than the number of experts n_experts={n_experts}")
+        raise ValueError(f"{label}: {n['top_k']}={top_k} is larger than the number of experts "
+                         f"{n['n_experts']}={n_experts}")
     if router not in SCORES:
-        raise ValueError(f"{label}: router={router!r}; expected one of {SCORES}")
+        raise ValueError(f"{label}: {n['router']}={router!r}; expected one of {SCORES}")
     if n_experts % n_group:
-        raise ValueError(f"{label}: n_experts={n_experts} is not divisible by n_group={n_group} "
-                         "(the experts form n_group equal groups)")
+        raise ValueError(f"{label}: {n['n_experts']}={n_experts} is not divisible by "
+                         f"{n['n_group']}={n_group} (the experts form {n['n_group']} equal groups)")
     if topk_group > n_group:
-        raise ValueError(f"{label}: topk_group={topk_group} is larger than n_group={n_group}")
+        raise ValueError(f"{label}: {n['topk_group']}={topk_group} is larger than {n['n_group']}={n_group}")
     per = n_experts // n_group
     if n_group > 1 and per < 2:
-        raise ValueError(f"{label}: n_group={n_group} leaves {per} expert per group; a group's score "
-                         "is the sum of its two best experts, so each group needs at least 2")
+        raise ValueError(f"{label}: {n['n_group']}={n_group} leaves {per} expert per group; a group's "
+                         "score is the sum of its two best experts, so each group needs at least 2")
     if top_k > topk_group * per:
-        raise ValueError(f"{label}: top_k={top_k} is larger than the {topk_group * per} experts in "
-                         f"the topk_group={topk_group} groups of {per} a token may choose from")
+        raise ValueError(f"{label}: {n['top_k']}={top_k} is larger than the {topk_group * per} experts "
+                         f"in the {n['topk_group']}={topk_group} groups of {per} a token may choose from")
 
 
 class Router(Module):
