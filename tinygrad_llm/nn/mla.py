@@ -36,6 +36,7 @@ class MLA(Module):
     append_latent(c, k_rope) -> all cached (c, k_rope) (models.gpt.KVCache); absorbed None takes
     the absorbed path when decoding with a cache, the plain one otherwise.
     """
+    scope_children = True  # study.scope_blocks names the router, experts and projections inside
 
     def __init__(self, n_embd, n_head, kv_lora_rank, qk_rope_head_dim, qk_nope_head_dim, v_head_dim,
                  q_lora_rank=None, bias=False, norm_eps=1e-6, dropout=0.0, dtype=None, device=None):

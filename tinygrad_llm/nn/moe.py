@@ -169,8 +169,10 @@ class MoE(Module):
 
     n_embd C, n_experts E, top_k k, hidden I (each routed expert's hidden size), n_shared shared
     experts of hidden shared_hidden (default n_shared * I). forward(x, losses=None): x (..., C);
-    when training and a list is given, the weighted balancing losses are appended to it.
+    in training mode, when a list is given, the weighted balancing losses are appended to it.
+    Training forwards that record a graph also count the load (routing statistics, bias update).
     """
+    scope_children = True  # study.scope_blocks names the router, experts and projections inside
 
     def __init__(self, n_embd, n_experts, top_k, hidden, n_shared=0, shared_hidden=None, act="swiglu",
                  router="softmax", norm_topk_prob=True, n_group=1, topk_group=1,
@@ -198,7 +200,7 @@ class MoE(Module):
         # what the router did since it was last read (threads of a sharded step add together)
         self._lock = threading.Lock()
         self._load = np.zeros(n_experts, np.int64)  # for the health records (take_routing_stats)
-        self._entropy = []  # (mean entropy, tokens) per recorded forward
+        self._entropy_sum, self._tokens = 0.0, 0  # entropy times tokens (a device scalar on a GPU)
         self._bias_load = np.zeros(n_experts, np.int64)  # for the bias update (take_bias_load)
 
     def forward(self, x, losses=None):
@@ -209,12 +211,12 @@ class MoE(Module):
         y = self.experts(x2, w, plan)  # (N, C)
         if self.n_shared:
             y = y + self.shared_experts(x2)
-        if self.training and is_grad_enabled():
+        if self.training and losses is not None:  # also under no_grad: the same objective either way
+            loss = self.balancing_loss(logits, plan.counts)
+            if loss is not None:
+                losses.append(loss)
+        if self.training and is_grad_enabled():  # the steps that train: what the router did
             self._record(logits, plan)
-            if losses is not None:
-                loss = self.balancing_loss(logits, plan.counts)
-                if loss is not None:
-                    losses.append(loss)
         return y.reshape(shape)
 
     def balancing_loss(self, logits, counts):
@@ -230,11 +232,12 @@ class MoE(Module):
 
     @no_grad()
     def _record(self, logits, plan):
-        entropy = routing_entropy(logits.data, self.gate.score)
+        entropy = routing_entropy(logits.data, self.gate.score) * plan.n_tokens
         with self._lock:
             self._load += plan.counts
             self._bias_load += plan.counts
-            self._entropy.append((entropy, plan.n_tokens))
+            self._entropy_sum = self._entropy_sum + entropy  # no host read: summed on the device
+            self._tokens += plan.n_tokens
 
     # --- what the router did, for the health records ----------------------------------------------
     def take_routing_stats(self):
@@ -242,13 +245,12 @@ class MoE(Module):
         per chosen expert), "load_share": load / (N k), "entropy": mean router entropy (nats),
         "max_entropy": log E}; None when no training forward ran since."""
         with self._lock:
-            load, entropy = self._load.copy(), self._entropy
+            load, entropy_sum, tokens = self._load.copy(), self._entropy_sum, self._tokens
             self._load[:] = 0
-            self._entropy = []
-        tokens = sum(n for _, n in entropy)
+            self._entropy_sum, self._tokens = 0.0, 0
         if not tokens:
             return None
-        mean_h = sum(float(h) * n for h, n in entropy) / tokens  # a device read: health steps only
+        mean_h = float(entropy_sum) / tokens  # a device read on a GPU: health steps only
         total = int(load.sum())
         return {"tokens": int(tokens), "load": load.tolist(),
                 "load_share": (load / max(total, 1)).tolist(), "entropy": mean_h,
