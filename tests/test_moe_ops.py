@@ -218,3 +218,21 @@ def test_the_dispatched_layer_repeats_bit_for_bit():
         runs.append([x.grad.numpy().copy()] + [p.grad.numpy().copy() for p in moe.parameters()])
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
+
+
+def test_experts_spread_over_cores_give_the_same_bits_as_one_after_another():
+    from tinygrad_llm import blas
+    if not blas.available():
+        pytest.skip("NumPy's BLAS is not an OpenBLAS whose threads can be set")
+    plan = plan_for(300, 8, 2, 0)
+    xs, w = (values(s, 1).astype(np.float32) for s in ((600, 32), (8, 24, 32)))
+    dy = values((600, 24), 2).astype(np.float32)
+    runs = []
+    for threads in (2, 1):  # one thread per call: the experts run one after another
+        with blas.threads(threads):
+            xt, wt = Tensor(xs, requires_grad=True), Tensor(w, requires_grad=True)
+            y = F.expert_linear(xt, wt, plan.offsets)
+            y.backward(Tensor(dy))
+            runs.append((y.numpy(), xt.grad.numpy(), wt.grad.numpy()))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)

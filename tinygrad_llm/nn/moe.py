@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
-from ..autograd import is_grad_enabled, no_grad
+from ..autograd import is_grad_enabled
 from ..ops.moe import SCORES, DispatchPlan, check_router_logits, router_scores, routing_entropy, select_experts
 from . import init
 from .layers import Linear, _param
@@ -230,8 +230,9 @@ class MoE(Module):
             return None
         return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
-    @no_grad()
     def _record(self, logits, plan):
+        # raw arrays only, and no no_grad(): grad mode is process-wide, and the sharded step runs
+        # other shards' forwards on other threads meanwhile
         entropy = routing_entropy(logits.data, self.gate.score) * plan.n_tokens
         with self._lock:
             self._load += plan.counts
@@ -264,7 +265,6 @@ class MoE(Module):
             self._bias_load[:] = 0
         return load
 
-    @no_grad()
     def update_bias(self, load=None):
         """b_e += rate * sign(mean load - load_e): an overloaded expert's choice bias goes down,
         an underloaded one's up (DeepSeek-V3, Wang et al. 2024). load: tokens per expert (summed

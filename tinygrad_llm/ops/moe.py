@@ -19,8 +19,11 @@ The balancing losses (LoadBalanceLoss, RouterZLoss) read the router's logits.
 `moe_textbook` is the whole layer as a loop over tokens and their experts, the reference the
 tests hold the dispatched path to. Derivations: docs/backward.md#mixture-of-experts
 """
+import os
+
 import numpy as np
 
+from .. import backend, blas
 from ..autograd import Function
 from ..backend import array_module, to_numpy
 from ..cuda import syncs
@@ -259,6 +262,54 @@ def _mm_into(a, b, out):
     array_module(a).matmul(a, b, out=out)
 
 
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_experts(jobs, xp):
+    """Run the per-expert GEMMs jobs [(rows, fn)], each writing its own output block.
+
+    On the CPU, while BLAS may use several threads, the experts are spread over the cores instead
+    (largest first, each to the least loaded core) with one BLAS thread each: an expert's GEMM has
+    only its own rows, and OpenBLAS splits such a GEMM over the cores worse than whole GEMMs side
+    by side. Where BLAS is already held to one thread (the sharded step runs one shard per core),
+    on the GPU, or with one core, they run one after the other. Every job writes a block no other
+    touches, so the result is the same either way, bit for bit."""
+    k = min(_cores(), len(jobs))
+    if xp is not np or k <= 1 or not blas.available() or (blas.get_threads() or 1) <= 1:
+        for _, fn in jobs:
+            fn()
+        return
+    loads, mine = [0] * k, [[] for _ in range(k)]
+    for rows, fn in sorted(jobs, key=lambda j: -j[0]):
+        t = loads.index(min(loads))
+        mine[t].append(fn)
+        loads[t] += rows
+
+    def run(t):
+        for fn in mine[t]:
+            fn()
+
+    with blas.threads(1):
+        pool = backend.thread_pool("experts", k - 1)
+        futures = [pool.submit(run, t) for t in range(1, k)]
+        error = None
+        try:
+            run(0)
+        except BaseException as e:  # noqa: BLE001 - re-raised once the others are done
+            error = e
+        for f in futures:
+            try:
+                f.result()
+            except BaseException as e:  # noqa: BLE001
+                error = error or e
+    if error is not None:
+        raise error
+
+
 class ExpertLinear(Function):
     """y[rows of e] = xs[rows of e] @ W[e]^T for each expert e: xs (N k, in) sorted by expert,
     W (E, out, in) the experts' weights stacked as a checkpoint stores them.
@@ -279,9 +330,8 @@ class ExpertLinear(Function):
                              f"{offsets[-1]} rows do not fit xs {xs.shape} and weights {weight.shape}")
         xp = array_module(xs)
         y = xp.empty((xs.shape[0], weight.shape[1]), dtype=xs.dtype)
-        for e, (lo, hi) in enumerate(zip(offsets, offsets[1:])):
-            if hi > lo:
-                _mm_into(xs[lo:hi], weight[e].T, y[lo:hi])
+        run_experts([(hi - lo, lambda e=e, lo=lo, hi=hi: _mm_into(xs[lo:hi], weight[e].T, y[lo:hi]))
+                     for e, (lo, hi) in enumerate(zip(offsets, offsets[1:])) if hi > lo], xp)
         need_x, need_w = ctx.needs_input_grad
         ctx.save_for_backward(xs if need_w else None, weight if need_x else None)
         ctx.offsets, ctx.w_shape = offsets, weight.shape
@@ -292,20 +342,20 @@ class ExpertLinear(Function):
         xs, weight = ctx.saved
         need_x, need_w = ctx.needs_input_grad
         xp = array_module(dy)
-        spans = list(enumerate(zip(ctx.offsets, ctx.offsets[1:])))
-        dxs = dw = None
-        if need_x:
-            dxs = xp.empty((dy.shape[0], ctx.w_shape[2]), dtype=dy.dtype)
-            for e, (lo, hi) in spans:
-                if hi > lo:
-                    _mm_into(dy[lo:hi], weight[e], dxs[lo:hi])
-        if need_w:
-            dw = xp.empty(ctx.w_shape, dtype=dy.dtype)
-            for e, (lo, hi) in spans:
-                if hi > lo:
-                    _mm_into(dy[lo:hi].T, xs[lo:hi], dw[e])
-                else:
+        spans = [(e, lo, hi) for e, (lo, hi) in enumerate(zip(ctx.offsets, ctx.offsets[1:]))]
+        dxs = xp.empty((dy.shape[0], ctx.w_shape[2]), dtype=dy.dtype) if need_x else None
+        dw = xp.empty(ctx.w_shape, dtype=dy.dtype) if need_w else None
+        jobs = []
+        for e, lo, hi in spans:
+            if hi == lo:
+                if need_w:
                     dw[e] = 0  # an expert no token reached: its weights get a zero gradient
+                continue
+            if need_x:
+                jobs.append((hi - lo, lambda e=e, lo=lo, hi=hi: _mm_into(dy[lo:hi], weight[e], dxs[lo:hi])))
+            if need_w:
+                jobs.append((hi - lo, lambda e=e, lo=lo, hi=hi: _mm_into(dy[lo:hi].T, xs[lo:hi], dw[e])))
+        run_experts(jobs, xp)
         return dxs, dw
 
 
