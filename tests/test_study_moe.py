@@ -118,3 +118,13 @@ def test_the_walkthrough_check_catches_a_wrong_moe_backward(monkeypatch, op):
     model, idx, targets = walk.build(moe=True)
     with pytest.raises(GradcheckError):
         walk.check_every_parameter(model, idx, targets)
+
+
+def test_the_moe_benchmark_runs(capsys):
+    spec = importlib.util.spec_from_file_location("moe_cpu", ROOT / "benchmarks" / "moe_cpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--tiny", "--repeat", "1", "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "target: MoE 8e top2 / dense <= 1.5 -> plain" in out and "sharded" in out
+    assert "backward  ExpertLinear" in out

@@ -164,7 +164,6 @@ class TopKGate(Function):
 
     @staticmethod
     def forward(ctx, logits, idx, score="softmax", normalize=True, scale=1.0):
-        xp = array_module(logits)
         if logits.ndim != 2 or idx.ndim != 2 or idx.shape[0] != logits.shape[0]:
             raise ValueError(f"topk_gate: logits (N, E) and idx (N, k) expected, got {logits.shape} "
                              f"and {idx.shape}")
