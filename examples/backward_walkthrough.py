@@ -1,8 +1,10 @@
 """A guided tour of the backward pass through a real (tiny) GPT, in a few seconds on a CPU.
 
-    python examples/backward_walkthrough.py [--out-dir out/walkthrough]
+    python examples/backward_walkthrough.py [--out-dir out/walkthrough] [--moe] [--mla]
 
-1. builds a 1-layer GPT in float64 and a batch of 2 sequences of 6 tokens;
+1. builds a 1-layer GPT in float64 and a batch of 2 sequences of 6 tokens (--moe: its MLP a
+   mixture of 4 experts, 2 per token, plus a shared one, with the balancing loss; --mla: its
+   attention multi-head latent attention);
 2. checks the gradient of every parameter against central finite differences;
 3. draws the computation graph (DOT, and SVG when Graphviz is installed), edges labelled with the
    size of the gradient that flowed back along them;
@@ -26,9 +28,14 @@ from tinygrad_llm.models import GPT, GPTConfig  # noqa: E402
 from tinygrad_llm.study import backward_formula, scope_blocks  # noqa: E402
 
 
-def build(seed=0):
+def build(seed=0, moe=False, mla=False):
     tl.manual_seed(seed)
-    config = GPTConfig(vocab_size=16, block_size=6, n_layer=1, n_head=2, n_embd=8)
+    options = {}
+    if moe:  # the router, its choice, dispatch, per-expert GEMMs, combine and the balancing loss
+        options.update(moe_experts=4, moe_top_k=2, moe_shared=1, moe_aux_loss_coef=0.1, moe_z_loss_coef=0.01)
+    if mla:
+        options.update(pos="rope", attn="mla", mla_q_rank=4)
+    config = GPTConfig(vocab_size=16, block_size=6, n_layer=1, n_head=2, n_embd=8, **options)
     model = GPT(config, dtype=np.float64)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, config.vocab_size, size=(2, config.block_size))  # (B, T)
@@ -116,14 +123,17 @@ def _anchor(fn):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default="out/walkthrough", help="where the graph picture goes")
+    parser.add_argument("--moe", action="store_true", help="a mixture-of-experts MLP (4 experts, top 2, one shared)")
+    parser.add_argument("--mla", action="store_true", help="multi-head latent attention")
     args = parser.parse_args(argv)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model, idx, targets = build()
-    scope_blocks(model)  # name the block's pieces (h.0.attn, h.0.mlp) in the graph and the trace
-    print(f"a 1-layer GPT ({model.num_parameters()} parameters, float64) on a batch of "
-          f"{idx.shape[0]} x {idx.shape[1]} tokens\n")
+    model, idx, targets = build(moe=args.moe, mla=args.mla)
+    scope_blocks(model)  # name the block's pieces (h.0.attn, h.0.mlp, h.0.mlp.experts) in the graph and trace
+    kind = " + ".join(k for k, on in (("MoE", args.moe), ("MLA", args.mla)) if on)
+    print(f"a 1-layer {kind + ' ' if kind else ''}GPT ({model.num_parameters()} parameters, float64) on a "
+          f"batch of {idx.shape[0]} x {idx.shape[1]} tokens\n")
     check_every_parameter(model, idx, targets)
     loss = draw(model, idx, targets, out_dir)
     trace(loss)

@@ -180,3 +180,38 @@ def _as_constant(a):
 
 
 from .tensor import Tensor as _Tensor  # noqa: E402  (tensor.py does not import this module)
+
+
+# --- mixture of experts (ops/moe.py) -----------------------------------------------------------
+from .ops.moe import Combine, Dispatch, ExpertLinear, LoadBalanceLoss, RouterZLoss, TopKGate  # noqa: E402
+
+
+def topk_gate(logits, idx, score="softmax", normalize=True, scale=1.0):
+    """The gate weights (N, k) of the chosen experts idx (N, k, integers) from router logits
+    (N, E): softmax or sigmoid scores, renormalised over the k when normalize, times scale."""
+    return TopKGate.apply(_float32(logits), idx=_raw(idx), score=score, normalize=normalize, scale=scale)
+
+
+def dispatch(x, plan):
+    """x (N, C)'s rows copied once per chosen expert, sorted by expert: (N k, C) (ops.moe.DispatchPlan)."""
+    return Dispatch.apply(x, plan=plan)
+
+
+def expert_linear(xs, weight, offsets):
+    """Rows offsets[e]:offsets[e+1] of xs (rows, in) times weight[e]^T, for stacked weights (E, out, in)."""
+    return ExpertLinear.apply(xs, weight, offsets=offsets)
+
+
+def combine(ys, w, plan):
+    """y[t] = sum_j w[t, j] ys[row of (t, j)]: the experts' outputs (N k, C) weighted back into (N, C)."""
+    return Combine.apply(ys, w, plan=plan)
+
+
+def load_balance_loss(logits, counts, score="softmax"):
+    """Switch's auxiliary loss E sum_e f_e P_e from router logits (N, E) and tokens per expert."""
+    return LoadBalanceLoss.apply(_float32(logits), counts=counts, score=score)
+
+
+def router_z_loss(logits):
+    """mean over tokens of logsumexp(logits)^2 (ST-MoE)."""
+    return RouterZLoss.apply(_float32(logits))

@@ -5,7 +5,9 @@
 Six panels: train loss (raw and a centred moving average) with val loss; val bits-per-byte; the learning rate
 of each optimizer; gradient norms per parameter group; update/weight ratios per group (with the 1e-3 rule of
 thumb); and the spread (std) of each block's output. The last three need health records in the file
-(train with health_every > 0); without them the figure has the first three only. Needs matplotlib
+(train with health_every > 0); without them the figure has the first three only. A mixture-of-experts
+model adds a row: each MoE layer's load per expert (the last record), its imbalance (largest share
+times E: 1 is even) and its router's entropy over log E, over the steps. Needs matplotlib
 (pip install "tinygrad-llm[plot]").
 """
 import json
@@ -164,7 +166,11 @@ def plot(records, out_path, smooth=None, dpi=120, title=None):
     import matplotlib.pyplot as plt
 
     has_health = any(r.get("health") for r in records)
-    if has_health:
+    routing = _routing_series(records)
+    if has_health and routing:
+        fig, axes = plt.subplots(3, 3, figsize=(16, 12.5))
+        (ax_loss, ax_bpb, ax_lr), (ax_grad, ax_upd, ax_act), ax_routing = axes
+    elif has_health:
         fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
         (ax_loss, ax_bpb, ax_lr), (ax_grad, ax_upd, ax_act) = axes
     else:  # no health records: the three panels that draw them would only say so
@@ -217,10 +223,60 @@ def plot(records, out_path, smooth=None, dpi=120, title=None):
         _empty(ax_lr, "no lr in the metrics")
     if has_health:
         _health_panels(plt, records, ax_grad, ax_upd, ax_act)
+    if has_health and routing:
+        _routing_panels(plt, fig, routing, *ax_routing)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(out_path, dpi=dpi)
     plt.close(fig)
     return out_path
+
+
+def _routing_series(records):
+    """MoE layer -> {"steps", "share" (a list of per-expert shares per record), "imbalance"
+    (largest share times E), "entropy" (over log E)} from health["routing"]."""
+    out = {}
+    for r in records:
+        for name, st in ((r.get("health") or {}).get("routing") or {}).items():
+            share = st.get("load_share")
+            if not isinstance(share, list) or not share:
+                continue
+            s = out.setdefault(name, {"steps": [], "share": [], "imbalance": [], "entropy": []})
+            s["steps"].append(r["step"])
+            s["share"].append(share)
+            s["imbalance"].append(max(share) * len(share))
+            h, hmax = st.get("entropy"), st.get("max_entropy")
+            s["entropy"].append(h / hmax if isinstance(h, (int, float)) and hmax else float("nan"))
+    return out
+
+
+def _layer_order(name):
+    digits = [int(p) for p in name.split(".") if p.isdigit()]
+    return (digits or [0], name)
+
+
+def _routing_panels(plt, fig, routing, ax_load, ax_imb, ax_ent):
+    """Per-expert load of the last record (a layer x expert map), imbalance and entropy over steps."""
+    names = sorted(routing, key=_layer_order)
+    width = max(len(routing[n]["share"][-1]) for n in names)
+    grid = [routing[n]["share"][-1] + [float("nan")] * (width - len(routing[n]["share"][-1])) for n in names]
+    image = ax_load.imshow(grid, aspect="auto", cmap="magma", interpolation="nearest")
+    ax_load.set_yticks(range(len(names)), names, fontsize=7)
+    ax_load.set_xlabel("expert")
+    ax_load.set_title(f"share of tokens per expert (step {routing[names[0]]['steps'][-1]})")
+    fig.colorbar(image, ax=ax_load, fraction=0.046)
+    cmap = plt.get_cmap("viridis")
+    for k, name in enumerate(names):
+        color = cmap(k / max(1, len(names) - 1))
+        s = routing[name]
+        ax_imb.plot(s["steps"], s["imbalance"], lw=1.3, color=color, label=name)
+        ax_ent.plot(s["steps"], s["entropy"], lw=1.3, color=color, label=name)
+    ax_imb.axhline(1.0, color="black", ls="--", lw=1.0)
+    ax_imb.set_title("load imbalance: largest share x experts (1 = even)")
+    ax_ent.set_title("router entropy / log(experts) (1 = uniform)")
+    for ax in (ax_imb, ax_ent):
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(alpha=0.3)
 
 
 def _lr_series(records):

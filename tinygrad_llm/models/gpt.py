@@ -1,7 +1,9 @@
 """GPT: a decoder-only transformer in the GPT-2 layout, with the usual modern options.
 
     config  -> GPTConfig: sizes, and pos="learned"|"rope", norm="layernorm"|"rmsnorm",
-               mlp="gelu"|"swiglu", n_kv_head < n_head for grouped-query attention
+               mlp="gelu"|"swiglu", n_kv_head < n_head for grouped-query attention,
+               attn="mla" for multi-head latent attention, moe_experts > 0 for mixture-of-experts
+               feed-forward layers (after moe_first_dense dense ones)
     model   -> embeddings, n_layer pre-norm Blocks (attention then MLP, each added to the
                residual stream), a final norm, and the language-model head (tied to wte)
     generate-> sampling with a KV cache: the prompt runs once, each new token costs O(T)
@@ -20,8 +22,14 @@ from .. import nn
 from ..autograd import no_grad
 from ..config import DictConfig
 from ..cuda import syncs
+from ..nn.moe import check_moe_sizes
 from ..ops.rope import rope_tables
 from ..tensor import Tensor
+
+
+# the GPTConfig field behind each of nn.MoE's sizes, for errors that name the config's own field
+_MOE_FIELDS = {"n_experts": "moe_experts", "top_k": "moe_top_k", "n_group": "moe_n_group",
+               "topk_group": "moe_topk_group", "router": "moe_router"}
 
 
 @dataclass
@@ -41,6 +49,29 @@ class GPTConfig(DictConfig):
     mlp_hidden: int = None    # None: 4 * n_embd for gelu, 8/3 * n_embd (rounded up to 8) for swiglu
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    # multi-head latent attention (DeepSeek-V2/V3; nn.MLA): attn="mla" needs pos="rope"
+    attn: str = "mha"             # "mha" (n_kv_head < n_head: GQA) or "mla"
+    mla_kv_rank: int = None       # kv_lora_rank, the cached latent; None: 4 * head_size
+    mla_q_rank: int = None        # q_lora_rank; None: the queries come from one projection
+    mla_rope_dim: int = None      # qk_rope_head_dim, the shared rotary key; None: head_size // 2
+    mla_nope_dim: int = None      # qk_nope_head_dim; None: head_size
+    mla_v_dim: int = None         # v_head_dim; None: head_size
+    # mixture of experts (nn.MoE): moe_experts > 0 makes every layer from moe_first_dense on an MoE
+    moe_experts: int = 0          # routed experts per MoE layer; 0: every layer is a dense MLP
+    moe_top_k: int = 2            # experts per token
+    moe_shared: int = 0           # shared experts every token passes through
+    moe_hidden: int = None        # each expert's hidden size; None: mlp_hidden // (moe_top_k + moe_shared),
+                                  # so a token's active expert parameters match the dense MLP's
+    moe_first_dense: int = 0      # the first layers keep a dense MLP (DeepSeek's first_k_dense_replace)
+    moe_router: str = "softmax"   # "softmax" (Mixtral, Qwen3-MoE) or "sigmoid" (DeepSeek-V3)
+    moe_norm_topk_prob: bool = True   # renormalise the k gate weights to sum 1
+    moe_n_group: int = 1          # DeepSeek-V3's group-limited choice: experts in n_group groups ...
+    moe_topk_group: int = 1       # ... of which a token may use the topk_group best
+    moe_routed_scaling: float = 1.0   # routed_scaling_factor on the routed experts' weights
+    moe_aux_loss_coef: float = 0.01   # Switch's load-balancing loss (0: off), averaged over MoE layers
+    moe_z_loss_coef: float = 0.0      # the router z-loss (0: off)
+    moe_bias_update_rate: float = 0.0  # DeepSeek's loss-free balancing (router="sigmoid"):
+                                       # nn.update_router_biases(model) after each step
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -65,23 +96,102 @@ class GPTConfig(DictConfig):
             raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
         if self.mlp_hidden is None:
             self.mlp_hidden = 4 * self.n_embd if self.mlp == "gelu" else -(-8 * self.n_embd // 3 // 8) * 8
+        self._check_mla()
+        self._check_moe()
+
+    def _check_mla(self):
+        if self.attn not in ("mha", "mla"):
+            raise ValueError(f"GPTConfig: attn={self.attn!r}; expected one of ('mha', 'mla')")
+        if self.attn != "mla":
+            return
+        if self.pos != "rope":
+            raise ValueError(f"GPTConfig: attn='mla' carries its own rotary key and needs pos='rope', "
+                             f"got pos={self.pos!r}")
+        if self.n_kv_head != self.n_head:
+            raise ValueError(f"GPTConfig: attn='mla' has no k/v heads to share (its keys come from one "
+                             f"latent); n_kv_head={self.n_kv_head} must equal n_head={self.n_head}")
+        hs = self.head_size
+        defaults = {"mla_kv_rank": 4 * hs, "mla_rope_dim": max(2, hs // 2 // 2 * 2), "mla_nope_dim": hs,
+                    "mla_v_dim": hs}
+        for name, default in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        for name in ("mla_kv_rank", "mla_rope_dim", "mla_nope_dim", "mla_v_dim", "mla_q_rank"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"GPTConfig: {name} must be a positive integer, got {v!r}")
+        if self.mla_rope_dim % 2:
+            raise ValueError(f"GPTConfig: mla_rope_dim={self.mla_rope_dim} must be even (RoPE rotates pairs)")
+
+    def _check_moe(self):
+        if not isinstance(self.moe_experts, (int, np.integer)) or isinstance(self.moe_experts, bool) \
+                or self.moe_experts < 0:
+            raise ValueError(f"GPTConfig: moe_experts must be an integer >= 0, got {self.moe_experts!r}")
+        if not self.moe_experts:
+            return
+        check_moe_sizes(self.moe_experts, self.moe_top_k, self.moe_n_group, self.moe_topk_group,
+                        self.moe_router, label="GPTConfig", names=_MOE_FIELDS)
+        if not isinstance(self.moe_first_dense, (int, np.integer)) or not 0 <= self.moe_first_dense <= self.n_layer:
+            raise ValueError(f"GPTConfig: moe_first_dense={self.moe_first_dense!r} must be an integer in "
+                             f"[0, n_layer={self.n_layer}]")
+        if not isinstance(self.moe_shared, (int, np.integer)) or self.moe_shared < 0:
+            raise ValueError(f"GPTConfig: moe_shared must be an integer >= 0, got {self.moe_shared!r}")
+        for name in ("moe_routed_scaling", "moe_aux_loss_coef", "moe_z_loss_coef", "moe_bias_update_rate"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"GPTConfig: {name} must be a finite number >= 0, got {v!r}")
+        if self.moe_bias_update_rate > 0 and self.moe_router != "sigmoid":
+            raise ValueError(f"GPTConfig: moe_bias_update_rate={self.moe_bias_update_rate} moves "
+                             "DeepSeek's choice bias, which only moe_router='sigmoid' has")
+        if self.moe_hidden is None:
+            self.moe_hidden = max(1, self.mlp_hidden // (self.moe_top_k + self.moe_shared))
+        if not isinstance(self.moe_hidden, (int, np.integer)) or self.moe_hidden < 1:
+            raise ValueError(f"GPTConfig: moe_hidden must be a positive integer, got {self.moe_hidden!r}")
+
+    def is_moe_layer(self, i):
+        """Whether block i has an MoE feed-forward layer (else a dense MLP)."""
+        return self.moe_experts > 0 and i >= self.moe_first_dense
+
+    @property
+    def rope_dim(self):
+        """The size the rotary tables are built for: MLA's rope part, else the head size."""
+        return self.mla_rope_dim if self.attn == "mla" else self.head_size
 
     @property
     def head_size(self):
         return self.n_embd // self.n_head
 
-    def num_parameters(self):
-        """Parameter count from the shapes alone (tied weights once), without building the model."""
-        C, V, L, hs = self.n_embd, self.vocab_size, self.n_layer, self.head_size
+    def num_parameters(self, active=False):
+        """Parameter count from the shapes alone (tied weights once), without building the model.
+        active=True: the parameters one token uses (its k routed experts, not all E)."""
+        C, V, L = self.n_embd, self.vocab_size, self.n_layer
         b = 1 if self.bias else 0
         norm = C * (1 + b) if self.norm == "layernorm" else C
-        qkv = (self.n_head + 2 * self.n_kv_head) * hs
-        attn = qkv * C + b * qkv + C * C + b * C
-        up = self.mlp_hidden * (2 if self.mlp == "swiglu" else 1)
-        mlp = up * C + b * up + C * self.mlp_hidden + b * C
         emb = V * C + (self.block_size * C if self.pos == "learned" else 0)
         head = 0 if self.tie_weights else V * C
-        return emb + L * (2 * norm + attn + mlp) + norm + head
+        layers = sum(2 * norm + self._attn_parameters() + self._ffn_parameters(i, active) for i in range(L))
+        return emb + layers + norm + head
+
+    def _attn_parameters(self):
+        C, H, b = self.n_embd, self.n_head, 1 if self.bias else 0
+        if self.attn == "mla":
+            qd = self.mla_nope_dim + self.mla_rope_dim
+            r, q = self.mla_kv_rank, self.mla_q_rank
+            q_params = C * H * qd if q is None else C * q + b * q + q + q * H * qd
+            kv = C * (r + self.mla_rope_dim) + b * (r + self.mla_rope_dim) + r + r * H * (self.mla_nope_dim + self.mla_v_dim)
+            return q_params + kv + H * self.mla_v_dim * C + b * C
+        qkv = (self.n_head + 2 * self.n_kv_head) * self.head_size
+        return qkv * C + b * qkv + C * C + b * C
+
+    def _ffn_parameters(self, i, active=False):
+        C, b = self.n_embd, 1 if self.bias else 0
+        gates = 3 if self.mlp == "swiglu" else 2  # weight matrices per MLP: (gate,) up, down
+        if not self.is_moe_layer(i):
+            up = self.mlp_hidden * (gates - 1)
+            return up * C + b * up + C * self.mlp_hidden + b * C
+        experts = self.moe_top_k if active else self.moe_experts
+        shared = self.moe_shared * self.moe_hidden
+        return C * self.moe_experts + (experts * self.moe_hidden + shared) * C * gates
 
 
 def _norm(config, dtype):
@@ -146,19 +256,40 @@ class MLP(nn.Module):
         return F.dropout(y, self.dropout, self.training)
 
 
-class Block(nn.Module):
-    """x + attn(norm(x)), then + mlp(norm(x)): the pre-norm residual block of GPT-2."""
+def _mla(config, dtype):
+    return nn.MLA(config.n_embd, config.n_head, config.mla_kv_rank, config.mla_rope_dim, config.mla_nope_dim,
+                  config.mla_v_dim, q_lora_rank=config.mla_q_rank, bias=config.bias, norm_eps=config.norm_eps,
+                  dropout=config.dropout, dtype=dtype)
 
-    def __init__(self, config, dtype=None):
+
+def _moe(config, dtype):
+    return nn.MoE(config.n_embd, config.moe_experts, config.moe_top_k, config.moe_hidden,
+                  n_shared=config.moe_shared, act=config.mlp, router=config.moe_router,
+                  norm_topk_prob=config.moe_norm_topk_prob, n_group=config.moe_n_group,
+                  topk_group=config.moe_topk_group, routed_scaling_factor=config.moe_routed_scaling,
+                  aux_loss_coef=config.moe_aux_loss_coef, z_loss_coef=config.moe_z_loss_coef,
+                  bias_update_rate=config.moe_bias_update_rate, dtype=dtype)
+
+
+class Block(nn.Module):
+    """x + attn(norm(x)), then + mlp(norm(x)): the pre-norm residual block of GPT-2. attn is
+    multi-head (or grouped-query) attention or MLA, mlp a dense MLP or an MoE layer."""
+
+    def __init__(self, config, dtype=None, layer=0):
         super().__init__()
         self.ln_1 = _norm(config, dtype)
-        self.attn = CausalSelfAttention(config, dtype)
+        self.attn = _mla(config, dtype) if config.attn == "mla" else CausalSelfAttention(config, dtype)
         self.ln_2 = _norm(config, dtype)
-        self.mlp = MLP(config, dtype)
+        self.is_moe = config.is_moe_layer(layer)
+        self.mlp = _moe(config, dtype) if self.is_moe else MLP(config, dtype)
+        self.dropout = config.dropout
 
-    def forward(self, x, rope=None, cache=None, segment_ids=None):
+    def forward(self, x, rope=None, cache=None, segment_ids=None, losses=None):
+        """losses: a list the MoE layer appends its balancing loss to (training only)."""
         x = x + self.attn(self.ln_1(x), rope, cache, segment_ids)
-        return x + self.mlp(self.ln_2(x))
+        if not self.is_moe:
+            return x + self.mlp(self.ln_2(x))
+        return x + F.dropout(self.mlp(self.ln_2(x), losses), self.dropout, self.training)
 
 
 class Transformer(nn.Module):
@@ -167,18 +298,39 @@ class Transformer(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd, dtype=dtype)
         if config.pos == "learned":
             self.wpe = nn.Embedding(config.block_size, config.n_embd, dtype=dtype)
-        self.h = nn.ModuleList([Block(config, dtype) for _ in range(config.n_layer)])
+        self.h = nn.ModuleList([Block(config, dtype, layer=i) for i in range(config.n_layer)])
         self.ln_f = _norm(config, dtype)
 
 
 class KVCache:
-    """Per layer, preallocated k and v of shape (B, n_kv_head, block_size, hs), filled as tokens come."""
+    """Per layer, preallocated k and v of shape (B, n_kv_head, block_size, hs), filled as tokens
+    come; for MLA the latent (B, block_size, mla_kv_rank) and the rope key (B, block_size,
+    mla_rope_dim) instead, nothing per head."""
 
     def __init__(self, config, B, dtype, xp):
-        shape = (B, config.n_kv_head, config.block_size, config.head_size)
-        self.k = [xp.zeros(shape, dtype) for _ in range(config.n_layer)]
-        self.v = [xp.zeros(shape, dtype) for _ in range(config.n_layer)]
+        L, T = config.n_layer, config.block_size
+        if config.attn == "mla":
+            self.k = [xp.zeros((B, T, config.mla_kv_rank), dtype) for _ in range(L)]  # the latent c
+            self.v = [xp.zeros((B, T, config.mla_rope_dim), dtype) for _ in range(L)]  # the rope key
+        else:
+            shape = (B, config.n_kv_head, T, config.head_size)
+            self.k = [xp.zeros(shape, dtype) for _ in range(L)]
+            self.v = [xp.zeros(shape, dtype) for _ in range(L)]
         self.length, self.layer = 0, 0
+
+    def bytes_per_token(self):
+        """Cache bytes per token of one sequence, all layers together."""
+        B, T = self.k[0].shape[0], self.k[0].shape[-2] if self.k[0].ndim == 4 else self.k[0].shape[1]
+        return sum(a.nbytes for a in self.k + self.v) // (B * T)
+
+    def append_latent(self, c, k_rope):
+        """MLA: write c (B, T, r) and k_rope (B, T, rope) after what is cached; return all of both."""
+        i, T = self.layer, c.shape[1]
+        end = self.length + T
+        self.k[i][:, self.length:end] = c.data
+        self.v[i][:, self.length:end] = k_rope.data
+        self.layer += 1
+        return Tensor(self.k[i][:, :end]), Tensor(self.v[i][:, :end])
 
     def append(self, k, v):
         """Write k, v (B, nkv, T, hs) after what is cached; return all cached k, v as Tensors."""
@@ -192,6 +344,11 @@ class KVCache:
     def advance(self, T):
         self.length += T
         self.layer = 0
+
+
+# the projections that write into the residual stream: GPT-2 scales their initialisation down
+_RESIDUAL_PROJECTIONS = ("c_proj.weight", "attn.o_proj.weight", ".experts.down_proj",
+                         "shared_experts.down_proj.weight")
 
 
 class GPT(nn.Module):
@@ -222,11 +379,12 @@ class GPT(nn.Module):
         std = 0.02
         for name, p in self.named_parameters():
             shape, dtype = p.shape, p.dtype
-            if name.endswith("c_proj.weight"):
+            if name.endswith(_RESIDUAL_PROJECTIONS):
                 value = rng.standard_normal(shape) * (std / math.sqrt(2 * self.config.n_layer))
-            elif name.endswith(".weight") and len(shape) == 2:
+            elif (name.endswith(".weight") and len(shape) == 2) or name.endswith(".experts.gate_up_proj") \
+                    or name.endswith(".experts.up_proj"):
                 value = rng.standard_normal(shape) * std
-            elif "ln_" in name and name.endswith(".weight"):
+            elif ("ln_" in name or "layernorm" in name) and name.endswith(".weight"):
                 value = np.ones(shape)
             else:
                 value = np.zeros(shape)
@@ -239,7 +397,7 @@ class GPT(nn.Module):
         if self._rope_cache is None or self._rope_cache[0].dtype != x.dtype or \
                 backend.device_of(self._rope_cache[0]) != x.device:
             xp = backend.array_module(x.data)
-            self._rope_cache = rope_tables(self.config.block_size, self.config.head_size,
+            self._rope_cache = rope_tables(self.config.block_size, self.config.rope_dim,
                                            self.config.rope_theta, dtype=x.dtype, xp=xp)
         cos, sin = self._rope_cache
         return cos[start:start + T], sin[start:start + T]
@@ -267,7 +425,8 @@ class GPT(nn.Module):
         next tokens after the cached ones. segment_ids (B, T) integers keep attention within a
         segment: documents packed into one row do not see each other (data.document_segments)."""
         cfg = self.config
-        x = self.hidden_states(idx, cache, segment_ids)  # (B, T, C)
+        balancing = []  # the MoE layers' balancing losses (training only)
+        x = self.hidden_states(idx, cache, segment_ids, losses=balancing)  # (B, T, C)
         B, T = x.shape[:2]
         logits = F.linear(x, self.lm_head.weight)  # (B, T, V)
         if targets is None:
@@ -276,11 +435,17 @@ class GPT(nn.Module):
         if tgt.shape != (B, T):
             raise ValueError(f"GPT: targets of shape {tgt.shape} do not match idx of shape {(B, T)}")
         loss = F.cross_entropy(logits.reshape(B * T, cfg.vocab_size), Tensor(tgt.reshape(B * T)))
+        if balancing:  # averaged over the MoE layers, as transformers pools them
+            total = balancing[0]
+            for term in balancing[1:]:
+                total = total + term
+            loss = loss + total * (1.0 / len(balancing))
         return logits, loss
 
-    def hidden_states(self, idx, cache=None, segment_ids=None):
+    def hidden_states(self, idx, cache=None, segment_ids=None, losses=None):
         """The final-norm output (B, T, n_embd) that the language-model head (or a classifier's
-        head, see classifier.py) reads; segment_ids as in forward."""
+        head, see classifier.py) reads; segment_ids as in forward. losses: a list that collects
+        the MoE layers' balancing losses while training."""
         cfg = self.config
         data = self._check_idx(idx)
         B, T = data.shape
@@ -300,7 +465,7 @@ class GPT(nn.Module):
         if segment_ids is not None:
             segment_ids = self._check_segments(segment_ids, B, T, cache)
         for block in self.transformer.h:
-            x = block(x, rope, cache, segment_ids)
+            x = block(x, rope, cache, segment_ids, losses) if block.is_moe else block(x, rope, cache, segment_ids)
         if cache is not None:
             cache.advance(T)
         return self.transformer.ln_f(x)
@@ -370,6 +535,10 @@ class GPT(nn.Module):
         """Write config.json and model.safetensors in Hugging Face's GPT-2 layout, which
         transformers.GPT2LMHeadModel.from_pretrained(directory) loads. Configs GPT-2 cannot
         express (RoPE, RMSNorm, SwiGLU, grouped-query attention) are refused by name."""
+        if self.config.moe_experts or self.config.attn != "mha":
+            raise ValueError(f"save_pretrained: Hugging Face's GPT-2 layout cannot express "
+                             f"moe_experts={self.config.moe_experts}, attn={self.config.attn!r} "
+                             "(mixture-of-experts layers and latent attention have no place in it)")
         from .hf import save
         return save(self, directory)
 

@@ -11,6 +11,9 @@ returns a JSON-ready dict:
     lr               the optimizer's learning rate, when it has one
     activations      mean/std/absmax of each study.scope's output (the blocks) and of anything given
                      to study.record_activation, from the most recent recorded forward pass
+    routing          per mixture-of-experts layer ("h.1.mlp"), since the previous call: tokens,
+                     load (tokens per expert), load_share, and the router's mean entropy (nats)
+                     with its maximum log E; found on any module with take_routing_stats()
 
 A healthy run keeps update_ratio near 1e-3 per step (Karpathy's rule of thumb) and gradient
 norms of the same order across groups; a group whose ratio is orders of magnitude off is
@@ -122,6 +125,9 @@ def gradient_health(model, optimizer=None, activations=None, record_next=True):
     lr = _learning_rate(optimizer)
     if lr is not None:
         result["lr"] = lr
+    routing = routing_health(model)
+    if routing:
+        result["routing"] = routing
     acts = activations if activations is not None else _scope.take_recorded()
     if acts:
         result["activations"] = acts
@@ -129,6 +135,18 @@ def gradient_health(model, optimizer=None, activations=None, record_next=True):
         _scope.scope_blocks(model)  # block outputs are recorded at their scope's exit
         _scope.arm_next_forward()
     return result
+
+
+def routing_health(model):
+    """{layer name: its routing statistics} for every module of model that reports them (an MoE
+    layer's take_routing_stats: what its router did since the last call)."""
+    out = {}
+    for name, module in (model.named_modules() if hasattr(model, "named_modules") else ()):
+        take = getattr(module, "take_routing_stats", None)
+        stats = take() if callable(take) else None
+        if stats:
+            out[name.removeprefix("transformer.")] = stats
+    return out
 
 
 def _get_previous(model):

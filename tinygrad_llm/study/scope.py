@@ -169,6 +169,8 @@ _BLOCK_NAME = re.compile(r"(?:^|\.)([A-Za-z_]\w*\.\d+)$")
 def scope_blocks(model, children=True):
     """Open a scope around every numbered submodule of `model` ("transformer.h.3" -> "h.3"), and
     around each of its direct children ("h.3.attn", "h.3.mlp"), without changing the model's code.
+    A child whose class sets `scope_children = True` (the MoE layer, MLA) has its own children
+    scoped too ("h.3.mlp.gate", "h.3.mlp.experts", "h.3.attn.kv_b_proj").
 
     It sets an instance-level `forward` that enters the scope and calls the class's forward, so
     parameters, state_dict and results are untouched. Calling it twice changes nothing. Returns
@@ -185,6 +187,10 @@ def scope_blocks(model, children=True):
             for child_name, child in getattr(module, "_modules", {}).items():
                 if child is not None:
                     _wrap(child, child_name, installed, prefix=m.group(1))
+                    if getattr(type(child), "scope_children", False):
+                        for name2, grandchild in child._modules.items():
+                            if grandchild is not None:
+                                _wrap(grandchild, name2, installed, prefix=f"{m.group(1)}.{child_name}")
     return installed
 
 
