@@ -89,8 +89,27 @@ def clean_record(rec):
             named = health.get(part)
             if isinstance(named, dict):
                 h[part] = {name: _numbers(v) for name, v in named.items() if isinstance(v, dict)}
+        routing = _clean_routing(health.get("routing"))
+        if routing:
+            h["routing"] = routing
         if h:
             out["health"] = h
+    return out
+
+
+def _clean_routing(routing):
+    """MoE layer -> {"load_share": finite floats, "entropy", "max_entropy"}, what the routing
+    panels read; a layer whose shares are not all finite numbers is dropped."""
+    if not isinstance(routing, dict):
+        return {}
+    out = {}
+    for name, st in routing.items():
+        if not isinstance(st, dict) or not isinstance(st.get("load_share"), list):
+            continue
+        share = [_number(v) for v in st["load_share"]]
+        if not share or None in share:
+            continue
+        out[name] = {"load_share": share, **_numbers({k: st.get(k) for k in ("entropy", "max_entropy")})}
     return out
 
 
