@@ -59,6 +59,7 @@ class TrainConfig(DictConfig):
     lr: float = 1e-3             # peak learning rate (AdamW's; the AdamW part under "muon")
     muon_lr: float = 0.02        # Muon's peak learning rate
     muon_momentum: float = 0.95
+    muon_ns_schedule: str = "jordan"  # Newton-Schulz coefficients: "jordan" or "polar_express"
     min_lr_ratio: float = 0.1    # the schedule ends at lr * min_lr_ratio
     warmup_iters: int = 100
     schedule: str = "cosine"     # "cosine" (warmup + cosine), "wsd" (warmup, stable, decay), "constant"
@@ -95,6 +96,9 @@ class TrainConfig(DictConfig):
     def validate(self):
         if self.optimizer not in ("adamw", "muon"):
             raise ValueError(f"TrainConfig: optimizer={self.optimizer!r}; expected 'adamw' or 'muon'")
+        if self.muon_ns_schedule not in ("jordan", "polar_express"):
+            raise ValueError(f"TrainConfig: muon_ns_schedule={self.muon_ns_schedule!r}; expected 'jordan' "
+                             "or 'polar_express'")
         if self.schedule not in ("cosine", "wsd", "constant"):
             raise ValueError(f"TrainConfig: schedule={self.schedule!r}; expected cosine, wsd or constant")
         if self.final_eval not in ("full", "sample"):
@@ -152,6 +156,7 @@ def build_optimizer(model, cfg):
     else:
         opt = optim.muon_hybrid(model, muon_lr=cfg.muon_lr, adamw_lr=cfg.lr, momentum=cfg.muon_momentum,
                                 adamw_betas=betas, adamw_weight_decay=cfg.weight_decay,
+                                ns_schedule=cfg.muon_ns_schedule,
                                 map_fn=parallel.on_cores)  # Newton-Schulz: one matrix per core
     for g in opt.param_groups:
         g["base_lr"] = g["lr"]

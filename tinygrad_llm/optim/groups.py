@@ -83,7 +83,7 @@ class CombinedOptimizer:
 def muon_hybrid(model, muon_lr=0.02, adamw_lr=3e-4, momentum=0.95, nesterov=True,
                 muon_weight_decay=0.0, adamw_betas=(0.9, 0.95), adamw_eps=1e-8,
                 adamw_weight_decay=0.0, decay_embeddings=False, head_names=("lm_head",),
-                ns_steps=5, map_fn=None):
+                ns_steps=5, ns_schedule="jordan", map_fn=None):
     """The usual Muon setup: Muon for the hidden weight matrices, AdamW for the rest.
 
     Muon gets every parameter with ndim >= 2 that is not an embedding table and whose dotted
@@ -98,7 +98,8 @@ def muon_hybrid(model, muon_lr=0.02, adamw_lr=3e-4, momentum=0.95, nesterov=True
         is_head = any(part in head_names for part in name.split("."))
         (hidden if p.ndim >= 2 and not is_head and not _is_embedding(p, owners) else rest).append(p)
     muon = Muon(hidden, lr=muon_lr, momentum=momentum, nesterov=nesterov,
-                weight_decay=muon_weight_decay, ns_steps=ns_steps, map_fn=map_fn) if hidden else None
+                weight_decay=muon_weight_decay, ns_steps=ns_steps, ns_schedule=ns_schedule,
+                map_fn=map_fn) if hidden else None
     adamw = None
     if rest:
         groups = param_groups_for_weight_decay(model, adamw_weight_decay, decay_embeddings, params=rest)
