@@ -25,12 +25,13 @@ Timings need a quiet machine: on a shared one the ratios move with the neighbour
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import host
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,28 +58,6 @@ SHAPES = {  # the compute-affecting fields of each model's published config.json
         "hidden_act": "silu",
     },
 }
-
-
-def machine():
-    """CPU model, its AVX-512 / AMX flags, and NumPy's BLAS: what the figures depend on."""
-    name, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("unknown", "", platform.processor()):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    import numpy as np
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        blas = f"{blas.get('name')} {blas.get('version', '')}".strip()
-    except Exception:  # older NumPy: no dict mode
-        blas = "unknown"
-    wide = sorted(f for f in flags if f.startswith(("avx512", "amx")))
-    return {"cpu": name, "cores": os.cpu_count(), "avx512_amx_flags": wide or ["none"], "numpy": np.__version__,
-            "numpy_blas": blas}
 
 
 def write_folder(shape, folder):
@@ -207,7 +186,7 @@ def main():
         fn = worker_ours if args.worker == "ours" else worker_transformers
         print(json.dumps(fn(args.folder, args.prompt, args.new, args.reps)))
         return
-    info = machine()
+    info = host.machine()
     for k, v in info.items():
         print(f"{k}: {v}")
     try:

@@ -8,7 +8,10 @@ against the same model written in PyTorch inside this script (eager, float32, sa
 
 Configs: "small" = nanoGPT's CPU Shakespeare recipe (4 layers, 4 heads, 128 wide, T=64, B=12,
 vocab 65); "medium" = its GPU recipe's model (6 layers, 6 heads, 384 wide, T=256, B=12 here).
-Speed ratio = torch ms / ours ms (> 1: we are faster), from medians.
+"long" = the medium model at T=1024 (B=4); "gpt2" = GPT-2 124M's shape (12 x 768, vocab 50257,
+T=256, B=4). `--config scaling` runs all four. Speed ratio = torch ms / ours ms (> 1: we are
+faster), from medians; in separate processes each side's peak RSS (ru_maxrss: model, optimizer
+state and the step's activations) is printed too.
 
 Two ways to compare. By default each side runs in its own process, alternating for --separate N
 rounds (3), and the medians of the rounds are compared: on a quiet machine that is the number to
@@ -27,12 +30,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from host import describe  # noqa: E402
 from reference_gpt import build_ours, build_torch, ours_step, torch_step  # noqa: E402
 
 CONFIGS = {
     "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, vocab_size=65),
     "medium": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=12, vocab_size=65),
+    # how the step scales with the context (the medium model at T=1024) and to GPT-2 124M's shape
+    "long": dict(n_layer=6, n_head=6, n_embd=384, block_size=1024, batch_size=4, vocab_size=65),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=256, batch_size=4, vocab_size=50257),
 }
+SCALING = ("small", "medium", "long", "gpt2")
 
 
 def ours(cfg):
@@ -95,25 +103,31 @@ def separate(name, steps, warmup, rounds):
     """
     import json
     import subprocess
-    meds = {"ours": [], "torch": []}
+    meds, rss = {"ours": [], "torch": []}, {"ours": [], "torch": []}
     for _ in range(rounds):
         for side in ("ours", "torch"):
             out = subprocess.run([sys.executable, __file__, "--config", name, "--steps", str(steps),
                                   "--warmup", str(warmup), "--only", side],
                                  capture_output=True, text=True, check=True).stdout
-            meds[side].append(json.loads(out.strip().splitlines()[-1])[side])
+            result = json.loads(out.strip().splitlines()[-1])
+            meds[side].append(result[side])
+            rss[side].append(result["peak_rss_mb"])
     ms = {k: float(np.median(v)) for k, v in meds.items()}
+    mem = {k: max(v) for k, v in rss.items()}
     cfg = CONFIGS[name]
     tok = cfg["batch_size"] * cfg["block_size"]
     print(f"{name:7s} separate processes, {rounds} alternating rounds | ours {ms['ours']:7.1f} ms/step "
           f"{tok / ms['ours'] * 1000:9,.0f} tok/s | torch {ms['torch']:7.1f} ms/step "
-          f"{tok / ms['torch'] * 1000:9,.0f} tok/s | speed ratio torch/ours {ms['torch'] / ms['ours']:.2f}",
+          f"{tok / ms['torch'] * 1000:9,.0f} tok/s | speed ratio torch/ours {ms['torch'] / ms['ours']:.2f} "
+          f"(rounds: {' '.join(f'{t / o:.2f}' for o, t in zip(meds['ours'], meds['torch']))}) | peak RSS "
+          f"ours {mem['ours']:,.0f} MB, torch {mem['torch']:,.0f} MB ({mem['ours'] / mem['torch']:.2f}x)",
           flush=True)
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--config", choices=list(CONFIGS) + ["all"], default="all")
+    p.add_argument("--config", choices=list(CONFIGS) + ["all", "scaling"], default="all",
+                   help="all: small and medium; scaling: small, medium, long and gpt2")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--profile", action="store_true", help="cProfile our step after timing")
@@ -125,21 +139,27 @@ def main():
     args = p.parse_args()
     if args.only:
         import json
-        print(json.dumps(bench(args.config, args.steps, args.warmup, False, only=args.only)))
+        import resource
+        result = bench(args.config, args.steps, args.warmup, False, only=args.only)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
         return
+    names = {"all": ("small", "medium"), "scaling": SCALING}.get(args.config, (args.config,))
     if not (args.interleaved or args.profile):
         try:
             import torch  # noqa: F401 - only to know whether the reference can run
         except ImportError:
             print("(torch not installed: ours only, in this process)")
         else:
+            print(describe())
             print(f"numpy {np.__version__}, {os.cpu_count()} cpus; each side in its own process, "
                   f"medians of {args.steps} steps per round, then over the rounds")
-            for name in (CONFIGS if args.config == "all" else [args.config]):
+            for name in names:
                 separate(name, args.steps, args.warmup, args.separate)
             return
+    print(describe())
     print(f"numpy {np.__version__}, {os.cpu_count()} cpus; medians of {args.steps} interleaved steps")
-    for name in (CONFIGS if args.config == "all" else [args.config]):
+    for name in names:
         bench(name, args.steps, args.warmup, args.profile)
 
 
