@@ -125,6 +125,15 @@ def main():
             return step()
         t.train_step = failing_step
         t.run()
+    elif scenario == "save_fails":  # rank 0's checkpoint write hits a full disk at the first evaluation
+        import errno
+        t = Trainer(train_config(out, max_iters=50), data=make_data(3))
+
+        def full_disk():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if world.is_main:
+            t.save = full_disk
+        t.run()
     elif scenario == "quit":  # rank 1 leaves by sys.exit (no exception hook runs for that)
         with distributed.abort_on_exit(world):
             if world.rank == 1:

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,52 @@ def test_sys_exit_on_one_rank_aborts_the_job(tmp_path):
     proc = mpirun(["quit", tmp_path], timeout=60)  # rank 0 waits in an all-reduce for rank 1
     assert proc.returncode != 0
     assert "[rank 1/2] exit: rank 1 found no data -- aborting the job" in proc.stderr, proc.stderr[-3000:]
+
+
+def mpirun_cli(*rank_argvs, timeout=TIMEOUT):
+    """`mpirun -n 1 python -m tinygrad_llm ARGV_0 : -n 1 python -m tinygrad_llm ARGV_1`, from the
+    repository root (the package need not be installed)."""
+    cmd = [find_mpirun()]
+    env = dict(os.environ, TINYGRAD_LLM_SHARDS="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    if "Open MPI" in subprocess.run([cmd[0], "--version"], capture_output=True, text=True).stdout:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        cmd.append("--oversubscribe")
+    for i, argv in enumerate(rank_argvs):
+        cmd += ([":"] if i else []) + ["-n", "1", sys.executable, "-m", "tinygrad_llm", *map(str, argv)]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+    return proc, time.perf_counter() - t
+
+
+def tiny_train_argv(data, out_dir):
+    return ["train", "--data", data, "--out-dir", out_dir, "--tokenizer", "char", "--n-layer", 1,
+            "--n-head", 2, "--n-embd", 16, "--block-size", 8, "--batch-size", 2, "--max-iters", 20,
+            "--max-seconds", 0, "--eval-every", 10, "--eval-iters", 2, "--sample-tokens", 0, "--shards", 1]
+
+
+@needs_mpi
+def test_a_usage_error_on_one_rank_ends_the_whole_job(tmp_path):
+    # the reported hang: rank 1's one-line usage error was turned into an exit status outside the
+    # abort guard, and rank 0 waited in its first collective for ever
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be, that is the question\n" * 200)
+    good = tiny_train_argv(text, tmp_path / "run")
+    bad = [a if a != text else "/no/such/file" for a in good]
+    proc, seconds = mpirun_cli(good, bad, timeout=90)
+    assert proc.returncode != 0
+    assert "[rank 1/2] error: --data /no/such/file" in proc.stderr, proc.stderr[-3000:]
+    assert "-- aborting the job" in proc.stderr
+    assert seconds < 60, seconds
+
+
+@needs_mpi
+def test_a_failing_checkpoint_write_ends_the_whole_job(tmp_path):
+    proc = mpirun(["save_fails", tmp_path], timeout=60)  # rank 1 then waits in the next all-reduce
+    assert proc.returncode != 0
+    assert "[rank 0/2] OSError: [Errno 28] No space left on device" in proc.stderr, proc.stderr[-3000:]
+    assert "-- aborting the job" in proc.stderr
 
 
 @needs_mpi

@@ -51,13 +51,20 @@ def main(argv=None):
     except UsageError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(2, f"error: {e}")
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _fail(130, "interrupted")
+
+
+def _fail(status, message):
+    """Print the one-line message and return the status; under mpirun, end every rank with it
+    (a rank that returned alone would leave the others waiting in a collective forever)."""
+    from . import distributed
+    distributed.end_job_on_failure(status, message)  # returns only in a world of one
+    print(message, file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -248,6 +248,16 @@ def abort_on_exit(world):
         raise
 
 
+def end_job_on_failure(status, message):
+    """Called by the command line as a rank returns a failing status (a usage error, Ctrl-C):
+    under mpirun with more than one rank, print '[rank r/N] message' and abort the whole job, as
+    the exception hook does for an exception. A rank that just returned would wait in MPI's
+    finalize, and the others in their next collective for it: the job would hang. Does nothing
+    in a world of one or before any world was made."""
+    if status and _world is not None and _world.size > 1:
+        _abort_job(_world, message, code=status)
+
+
 def _abort_job(world, message, code=1):
     sys.stderr.write(f"[rank {world.rank}/{world.size}] {message} -- aborting the job\n")
     sys.stderr.flush()
