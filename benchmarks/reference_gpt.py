@@ -12,9 +12,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tinygrad_llm as tl  # noqa: E402
 from tinygrad_llm import optim, parallel  # noqa: E402
 from tinygrad_llm.models import GPT, GPTConfig  # noqa: E402
-from tinygrad_llm import backend as _backend  # noqa: E402
-
-_backend.keep_freed_memory()  # as the trainer does: freed temporaries stay mapped
 
 
 def build_ours(cfg):

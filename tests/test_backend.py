@@ -113,3 +113,38 @@ def test_importing_the_package_leaves_malloc_alone():
     assert "MALLOPT" not in run("import tinygrad_llm, tinygrad_llm.models, tinygrad_llm.train\n")
     asked = run("import tinygrad_llm.backend as b\nprint('tuned' if b.keep_freed_memory() else 'not glibc')\n")
     assert ("MALLOPT" in asked) == ("tuned" in asked)
+
+
+def test_the_first_backward_tunes_malloc_unless_the_program_chose():
+    # a loop of one's own (loss.backward(); opt.step()) gets the trainer's malloc setting
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "TINYGRAD_LLM_KEEP"))}
+    probe = ("import ctypes, tinygrad_llm.backend as b\n"
+             "calls = []\n"
+             "real = ctypes.CDLL\n"
+             "class Spy:\n"
+             "    def __init__(self, name, *a, **k): self.lib = real(name, *a, **k)\n"
+             "    def __getattr__(self, attr):\n"
+             "        if attr == 'mallopt': return lambda *a: calls.append(a)\n"
+             "        return getattr(self.lib, attr)\n"
+             "ctypes.CDLL = Spy\n"
+             "from tinygrad_llm import Tensor\n"
+             "{before}\n"
+             "x = Tensor([1.0, 2.0], requires_grad=True)\n"
+             "print('before', calls)\n"
+             "(x * x).sum().backward(); (x * x).sum().backward()\n"
+             "print('after', calls)\n")
+
+    def run(before="", **extra):
+        return subprocess.run([sys.executable, "-c", probe.format(before=before)], capture_output=True,
+                              text=True, env={**env, **extra}, check=True).stdout.splitlines()
+
+    before, after = run()
+    assert before == "before []"
+    assert after == "after [(-3, 33554432), (-1, 1073741824), (-2, 67108864)]"  # once, not per backward
+    assert run("b.keep_freed_memory(False)")[1] == "after []"
+    undone = run("b.keep_freed_memory(); b.keep_freed_memory(False)")[1]
+    assert undone.endswith("(-3, 131072), (-1, 131072), (-2, 131072)]")  # glibc's defaults back
+    assert run(TINYGRAD_LLM_KEEP_MEMORY="0")[1] == "after []"

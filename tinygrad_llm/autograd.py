@@ -250,6 +250,8 @@ def backward(root, dy, retain_graph=False, leaf_sink=None):
     walk that runs beside others on the same leaves (parallel.py): the caller hands them to
     accumulate_leaf later, in an order of its choosing, so the sums come out the same every run.
     """
+    if backend._memory_choice is None:  # once per process: freed temporaries stay mapped (backend)
+        backend.tune_memory_on_first_backward()
     grads = {id(root): dy}  # id(node) -> the gradient summed so far
     owned = set()  # ids whose gradient buffer the walk allocated itself: safe to add into in place
     observers = _thread.observers

@@ -17,20 +17,31 @@ default_dtype = np.float32
 _cupy = None  # the cupy module, once imported
 
 
-def keep_freed_memory():
-    """Let glibc's malloc keep freed arrays in the process instead of handing them back to the OS.
+_memory_choice = None  # None until keep_freed_memory runs (the first backward pass asks for it)
+_memory_tuned = False  # whether this process's mallopt settings are ours
 
-    A process-wide setting, so the library never makes it on import: the trainer, the CLI and the
-    benchmarks call this once (a program of your own may too). Returns True when malloc was tuned.
+
+def keep_freed_memory(keep=True):
+    """Let glibc's malloc keep freed arrays in the process instead of handing them back to the OS.
 
     By default an array above 128 KiB is mmapped and unmapped on free, and a freed heap top above
     128 KiB is trimmed: every fresh temporary of a training step then costs a page fault per 4 KiB
-    touched, often more than the arithmetic on it (measured: our small GPT step 71 -> 47 ms).
+    touched, often more than the arithmetic on it (benchmarks/results/plain_loop_2026-12-02.txt).
     Arrays up to 32 MiB (glibc's largest threshold) now come from the heap and stay mapped once
-    touched; the resident size stays at the step's peak. Set TINYGRAD_LLM_KEEP_MEMORY=0, or glibc's
-    own MALLOC_*_ variables, to leave malloc as it is. A no-op where malloc is not glibc's.
+    touched; the resident size stays at the step's peak.
+
+    A process-wide setting, so importing the library never makes it: the first backward pass
+    does (autograd.backward calls `tune_memory_on_first_backward`), so a loop of your own gets it
+    as the trainer does. Call `keep_freed_memory(False)` before it, or set
+    TINYGRAD_LLM_KEEP_MEMORY=0 (or glibc's own MALLOC_*_ variables), to leave malloc as it is;
+    keep_freed_memory(False) after it puts glibc's defaults back. A no-op where malloc is not
+    glibc's. Returns True when malloc was tuned.
     """
-    if os.environ.get("TINYGRAD_LLM_KEEP_MEMORY", "1") == "0":
+    global _memory_choice, _memory_tuned
+    _memory_choice = bool(keep)
+    if not keep and not _memory_tuned:  # nothing of ours to undo: malloc stays as it is
+        return False
+    if keep and os.environ.get("TINYGRAD_LLM_KEEP_MEMORY", "1") == "0":
         return False
     if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")):
         return False
@@ -41,10 +52,23 @@ def keep_freed_memory():
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to tune
         return False
     M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    if not keep:  # glibc's documented defaults (fixed from here on: no dynamic thresholds)
+        mallopt(M_MMAP_THRESHOLD, 128 << 10)
+        mallopt(M_TRIM_THRESHOLD, 128 << 10)
+        mallopt(M_TOP_PAD, 128 << 10)
+        _memory_tuned = False
+        return False
     mallopt(M_MMAP_THRESHOLD, 32 << 20)
     mallopt(M_TRIM_THRESHOLD, 1 << 30)
     mallopt(M_TOP_PAD, 64 << 20)  # grow the heap in big steps: fewer brk calls while it fills
+    _memory_tuned = True
     return True
+
+
+def tune_memory_on_first_backward():
+    """autograd.backward's first call: keep_freed_memory() unless the program already chose."""
+    if _memory_choice is None:
+        keep_freed_memory()
 
 
 class DeviceError(RuntimeError):
