@@ -1,8 +1,9 @@
 """Rendering a Hugging Face chat template: the folder's Jinja text, as transformers renders it.
 
 A template in a downloaded folder is untrusted code, so it runs in Jinja's immutable sandbox:
-no attribute starting with "_" (no way from a string to Python's internals), no changing the
-messages passed in, no loader (so no {% include %} of a file), and namespace() refuses "_" names.
+no attribute starting with "_" (no way from a string to Python's internals; reaching for one is
+an error here, not an empty string), no changing the messages passed in, no loader (so no
+{% include %} of a file), and namespace() refuses "_" names.
 The environment is transformers' own: trim_blocks, lstrip_blocks, loop controls, a `tojson`
 that does not escape HTML, `raise_exception`, `strftime_now`, and a {% generation %} tag that
 renders its body.  Jinja2 is the `chat` extra: pip install "tinygrad-llm[chat]".
@@ -30,6 +31,10 @@ def _jinja():
     except ImportError:
         raise ChatTemplateError("chat templates need jinja2, the `chat` extra: "
                                 "pip install 'tinygrad-llm[chat]' (or pip install jinja2)") from None
+    version = tuple(int(p) for p in jinja2.__version__.split(".")[:3] if p.isdigit())
+    if version < (3, 1, 6):  # earlier versions have known sandbox escapes
+        raise ChatTemplateError(f"chat templates need jinja2 >= 3.1.6 (found {jinja2.__version__}, which has "
+                                "known sandbox escapes): pip install -U 'tinygrad-llm[chat]'")
     return jinja2
 
 
@@ -84,7 +89,14 @@ def compile_chat_template(source):
     def strftime_now(format):
         return datetime.now().strftime(format)
 
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+    class Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+        # Jinja hands back an empty Undefined for a forbidden attribute, which prints as "": a
+        # template reaching for one is hostile or broken, so it fails here, by name, instead.
+        def unsafe_undefined(self, obj, attribute):
+            raise jinja2.exceptions.SecurityError(
+                f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is unsafe")
+
+    env = Sandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
