@@ -19,7 +19,7 @@ import regex
 
 from .errors import TokenizerError, TokenizerFileError
 from .hf_bpe import HFBPE
-from .hf_fields import choice, get, items, nested, refuse_set, type_name
+from .hf_fields import choice, get, items, nested, objects, refuse_set, type_name
 from .hf_pipeline import build_decoder, build_normalizer, build_pre_tokenizer
 
 _MAX_FILE_BYTES = 1 << 30  # the largest tokenizer.json on the hub is tens of MB
@@ -106,7 +106,7 @@ class HFTokenizer:
         self.pre_tokenizer = build_pre_tokenizer(spec.get("pre_tokenizer"), f"{where} pre_tokenizer")
         self.decoder = build_decoder(spec.get("decoder"), f"{where} decoder")
         self.model = HFBPE(model, f"{where} model", self.pre_tokenizer.final_map)
-        self.added = [AddedToken(n, w) for w, n in items(spec, where, "added_tokens")] \
+        self.added = [AddedToken(n, w) for w, n in objects(spec, where, "added_tokens")] \
             if spec.get("added_tokens") is not None else []
         self._post = _post_processor(spec.get("post_processor"), f"{where} post_processor", 0)
 
@@ -298,7 +298,7 @@ def _post_processor(node, where, depth):
     if kind == "ByteLevel":  # offsets only
         return lambda ids: ids
     if kind == "Sequence":
-        steps = [_post_processor(n, w, depth + 1) for w, n in items(node, where, "processors")]
+        steps = [_post_processor(n, w, depth + 1) for w, n in objects(node, where, "processors")]
 
         def sequence(ids):
             for f in steps:
@@ -326,7 +326,8 @@ def _post_processor(node, where, depth):
             name = get(value, f"{w}.SpecialToken", "id", str)
             entry = specials.get(name)
             ids = get(entry, f"{where}.special_tokens[{name!r}]", "ids", list) if isinstance(entry, dict) else None
-            if ids is None or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            if ids is None or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 31
+                                      for i in ids):
                 raise TokenizerFileError(f"{w}: special token {name!r} has no ids in {where}.special_tokens")
             template.append(list(ids))
         else:

@@ -83,6 +83,15 @@ def items(node, where, key):
     return [(f"{_at(where, key)}[{i}]", v) for i, v in enumerate(values)]
 
 
+def objects(node, where, key):
+    """A list field whose items are all objects: [(where[i], item), ...]."""
+    out = items(node, where, key)
+    for w, v in out:
+        if not isinstance(v, dict):
+            raise TokenizerFileError(f"{w} must be an object, got {type_name(v)}: {_short(v)}")
+    return out
+
+
 def pattern(node, where, key="pattern"):
     """A {"String": s} or {"Regex": r} pattern field -> a compiled regex (strings are escaped)."""
     spec = get(node, where, key, dict)

@@ -16,7 +16,7 @@ import regex
 
 from .errors import TokenizerFileError
 from .gpt2 import bytes_to_unicode
-from .hf_fields import choice, get, items, nested, pattern
+from .hf_fields import choice, get, nested, objects, pattern
 from .patterns import GPT2_PATTERN
 
 _BYTE_CHARS = bytes_to_unicode()  # byte -> printable char
@@ -48,7 +48,7 @@ def build_normalizer(node, where, depth=0):
         return lambda s: prefix + s if s else s  # the library prepends nothing to an empty string
     if kind == "Replace":
         return _replacer(node, where)
-    steps = [build_normalizer(n, w, depth + 1) for w, n in items(node, where, "normalizers")]
+    steps = [build_normalizer(n, w, depth + 1) for w, n in objects(node, where, "normalizers")]
     steps = [f for f in steps if f is not None]
 
     def sequence(s):
@@ -168,7 +168,7 @@ def _pre_steps(node, where, depth):
     kind = choice(node, where, "type", ["ByteLevel", "Split", "Metaspace", "Digits", "Sequence"])
     if kind == "Sequence":
         steps = []
-        for w, n in items(node, where, "pretokenizers"):
+        for w, n in objects(node, where, "pretokenizers"):
             steps.extend(_pre_steps(n, w, depth + 1))
         return steps
     if kind == "ByteLevel":
@@ -262,7 +262,7 @@ def build_decoder(node, where, depth=0):
             return [t.replace(replacement, "") if i == 0 and drop_first else t.replace(replacement, " ")
                     for i, t in enumerate(tokens)]
         return metaspace
-    steps = [build_decoder(n, w, depth + 1) for w, n in items(node, where, "decoders")]
+    steps = [build_decoder(n, w, depth + 1) for w, n in objects(node, where, "decoders")]
 
     def sequence(tokens):
         for f in steps:
