@@ -117,7 +117,7 @@ def build_qwen2():
     return tk, specials, {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
 
 
-def _sentencepiece_bpe(specials):
+def _sentencepiece_bpe(specials, unk="<unk>"):
     """A BPE trained on metaspace text, rebuilt with the 256 <0xNN> byte tokens up front, as
     Llama 2's vocab has them: ids 0..2 specials, 3..258 bytes, then the learned pieces."""
     from tokenizers import Tokenizer, models, normalizers, trainers
@@ -132,7 +132,7 @@ def _sentencepiece_bpe(specials):
     for token, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
         vocab.setdefault(token, len(vocab))
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
-    return models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True)
+    return models.BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=True)
 
 
 def build_llama2():
@@ -161,7 +161,47 @@ def build_mistral():
     return tk, specials + ["[INST]", "[/INST]"], {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
-LAYOUTS = {"gpt2": build_gpt2, "llama3": build_llama3, "qwen2": build_qwen2, "llama2": build_llama2,
+def build_gemma():
+    """Gemma's layout: spaces replaced by the metaspace with no dummy prefix, byte fallback."""
+    from tokenizers import Tokenizer, decoders, normalizers, processors
+    specials = ["<pad>", "<bos>", "<eos>"]
+    tk = Tokenizer(_sentencepiece_bpe(specials, unk="<pad>"))
+    tk.add_special_tokens(specials + ["<start_of_turn>", "<end_of_turn>"])
+    tk.normalizer = normalizers.Replace(" ", "▁")
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tk.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    return tk, specials + ["<start_of_turn>", "<end_of_turn>"], {"bos_token": "<bos>", "eos_token": "<eos>"}
+
+
+def build_metaspace_always():
+    """Older Metaspace files: a prefix on every piece, split at each metaspace; NFKC + Lowercase."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+    specials = ["<unk>", "<s>", "</s>"]
+    tk = Tokenizer(_sentencepiece_bpe(specials))
+    tk.add_special_tokens(specials)
+    tk.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=False),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)])
+    tk.decoder = decoders.Sequence([decoders.Metaspace(replacement="▁", prepend_scheme="always"),
+                                    decoders.ByteFallback(), decoders.Fuse()])
+    return tk, specials, {"bos_token": "<s>", "eos_token": "</s>"}
+
+
+def build_gpt2_prefix_space():
+    """GPT-2's byte level with add_prefix_space (RoBERTa-style) and lstrip/rstrip specials."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator([training_text()], _trainer(tk, 600, ["<s>", "</s>"], True))
+    tk.add_special_tokens([AddedToken("<mask>", lstrip=True), AddedToken("<sep>", rstrip=True)])
+    tk.post_processor = processors.RobertaProcessing(("</s>", 1), ("<s>", 0))
+    return tk, ["<s>", "</s>", "<mask>", "<sep>"], {"bos_token": "<s>", "eos_token": "</s>"}
+
+
+LAYOUTS = {"gpt2": build_gpt2, "gemma": build_gemma, "metaspace_always": build_metaspace_always,
+           "gpt2_prefix_space": build_gpt2_prefix_space, "llama3": build_llama3, "qwen2": build_qwen2, "llama2": build_llama2,
            "mistral": build_mistral}
 
 
@@ -243,6 +283,42 @@ def test_bos_handling_matches_transformers(layout, add_bos, tmp_path):
     assert ours.adds_bos == (ref.bos_token_id is not None and ref("x")["input_ids"][:1] == [ref.bos_token_id])
 
 
+@pytest.mark.reference
+def test_random_text_matches_the_library(layout):
+    """Random strings over an alphabet of scripts, spaces, digits, emoji and the specials."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    name, tk, specials, folder = layout
+    ours = from_pretrained(folder)
+    atoms = list("aeiouxyzAEZ0123456789 \t\n\r.,'!?-_()") + ["  ", "\n\n", "'s", "'LL", "日本", "ع", "я", "ह",
+                                                            "👍", "🏽", "\u200d", "é", "e\u0301", "\ufb01"] + specials
+    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.sampled_from(atoms), max_size=40).map("".join))
+    def check(text):
+        assert ours.encode(text) == tk.encode(text).ids, (name, text)
+        ids = tk.encode(text).ids
+        assert ours.decode(ids, skip_special_tokens=False) == tk.decode(ids, skip_special_tokens=False)
+    check()
+
+
+@pytest.mark.reference
+def test_long_text_matches_the_library_and_both_merge_orders_agree(layout):
+    name, tk, _, folder = layout
+    ours = from_pretrained(folder)
+    text = training_text()
+    assert ours.encode(text) == tk.encode(text).ids, name
+    model = ours.model
+    assert not model._heap_only, "trained merges rank after the merges that make their parts"
+    for piece in {p for p, _ in ours.pre_tokenizer([(text[:3000], True)])}:
+        symbols = model._encode_piece(model.final_map(piece) if model.final_map else piece)
+        # re-split into single symbols and merge both ways
+        single = [model.vocab[c] for c in (model.final_map(piece) if model.final_map else piece)
+                  if c in model.vocab]
+        if len(single) >= 2:
+            assert model._merge_heap(single) == model._merge_rescan(single), (name, piece)
+        assert symbols == model._encode_piece(model.final_map(piece) if model.final_map else piece)
+
+
 # ------------------------------------------------------------------------------ library features
 
 @pytest.mark.reference
@@ -256,6 +332,20 @@ def test_added_token_flags_match_the_library(tmp_path):
     ours = from_pretrained(save_folder(tmp_path, tk, config))
     for doc in ["a<sw>b", "a <sw> b", "<sw>", "x  <ls>  y", "x  <rs>  y", "say Hello there, Hellooo",
                 "  <both>  ", "a<both>b <sw><ls><rs>"]:
+        assert ours.encode(doc) == tk.encode(doc).ids, doc
+        ids = tk.encode(doc).ids
+        assert ours.decode(ids) == tk.decode(ids, skip_special_tokens=False), doc
+
+
+@pytest.mark.reference
+def test_normalized_added_tokens_with_a_sentencepiece_normalizer(tmp_path):
+    pytest.importorskip("tokenizers")
+    from tokenizers import AddedToken
+    tk, specials, config = build_llama2()
+    tk.add_tokens([AddedToken("Hello", normalized=True), AddedToken("<raw>", normalized=False),
+                   AddedToken("wor ld", normalized=True)])
+    ours = from_pretrained(save_folder(tmp_path, tk, config))
+    for doc in ["Hello", "say Hello", "xHello<raw>Hello", "wor ld and world", " Hello wor ld<raw>", "<s>Hello"]:
         assert ours.encode(doc) == tk.encode(doc).ids, doc
         ids = tk.encode(doc).ids
         assert ours.decode(ids) == tk.decode(ids, skip_special_tokens=False), doc

@@ -114,21 +114,18 @@ class HFTokenizer:
         self.token_of = {i: t for t, i in self.model.vocab.items()}  # int -> str
         for a in self.added:
             self.id_of[a.content] = a.id
-            self.token_of[a.id] = a.content
+            # as the library does, a normalized added token reads back (id_to_token, decode) in
+            # its normalized form: "Hello" after a Prepend("▁") normalizer is "▁Hello"
+            normalize = a.normalized and self.normalizer is not None
+            self.token_of[a.id] = self.normalizer(a.content) if normalize else a.content
         self.special_ids = {a.id for a in self.added if a.special}
-        self.added_tokens = {a.content: a for a in self.added}  # str -> AddedToken
         raw = [a for a in self.added if not a.normalized]
         normed = [a for a in self.added if a.normalized]
-        for a in normed:  # these are matched in normalized text, so by their normalized content
-            if self.normalizer is not None:
-                content = self.normalizer(a.content)
-                if content != a.content:
-                    self.added_tokens.setdefault(content, a)
-        self._raw_matcher = _matcher([a.content for a in raw])
-        self._norm_matcher = _matcher([self.normalizer(a.content) if self.normalizer else a.content
-                                       for a in normed])
-        self._norm_lookup = {(self.normalizer(a.content) if self.normalizer else a.content): a for a in normed}
-        self._raw_lookup = {a.content: a for a in raw}
+        self._raw_lookup = {a.content: a for a in raw}  # str -> AddedToken
+        # normalized tokens are matched in normalized text, so by their normalized content
+        self._norm_lookup = {self.token_of[a.id]: a for a in normed}
+        self._raw_matcher = _matcher(self._raw_lookup)
+        self._norm_matcher = _matcher(self._norm_lookup)
         self._vocab_size = max(self.token_of, default=-1) + 1
 
     def _configure(self, config, where, chat_template):
@@ -251,7 +248,7 @@ def _chat_template(config, where):
 
 def _matcher(contents):
     """A regex finding the added tokens leftmost-longest, as the library's Aho-Corasick does."""
-    contents = sorted(set(contents), key=len, reverse=True)
+    contents = sorted({c for c in contents if c}, key=len, reverse=True)  # "" would match everywhere
     return regex.compile("|".join(regex.escape(c) for c in contents)) if contents else None
 
 
