@@ -297,7 +297,8 @@ def test_random_text_matches_the_library(layout):
     from hypothesis import strategies as st
     name, tk, specials, folder = layout
     ours = from_pretrained(folder)
-    atoms = list("aeiouxyzAEZ0123456789 \t\n\r.,'!?-_()") + ["  ", "\n\n", "'s", "'LL", "日本", "ع", "я", "ह",
+    atoms = list("aeiouxyzAEZ0123456789 \t\n\r.,'!?-_()") + ["  ", "\n\n", "'s", "'LL", "日本", "ع", "я", "ह", "ΟΔΟΣ",
+                                                            "\u3000", "\x1c", "İ",
                                                             "👍", "🏽", "\u200d", "é", "e\u0301", "\ufb01"] + specials
     @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(st.sampled_from(atoms), max_size=40).map("".join))
@@ -335,7 +336,8 @@ def test_added_token_flags_match_the_library(tmp_path):
                    AddedToken("<both>", lstrip=True, rstrip=True, special=True)])
     ours = from_pretrained(save_folder(tmp_path, tk, config))
     for doc in ["a<sw>b", "a <sw> b", "<sw>", "x  <ls>  y", "x  <rs>  y", "say Hello there, Hellooo",
-                "  <both>  ", "a<both>b <sw><ls><rs>"]:
+                "  <both>  ", "a<both>b <sw><ls><rs>", "\x1c<ls>\x1f", "\u3000<both>\u2028", "é<sw>", "_<sw> ",
+                "日<sw>本", "1<sw>"]:
         assert ours.encode(doc) == tk.encode(doc).ids, doc
         ids = tk.encode(doc).ids
         assert ours.decode(ids) == tk.decode(ids, skip_special_tokens=False), doc
@@ -449,3 +451,15 @@ def test_missing_files_and_bad_inputs(tmp_path):
         tok.encode(b"ab")
     with pytest.raises(TokenizerError, match="no chat template"):
         tok.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.reference
+def test_whole_documents_are_not_kept_in_the_cache(tmp_path):
+    # Llama 2's layout has no pre-tokenizer: a document between specials is one piece
+    pytest.importorskip("tokenizers")
+    tk, _, config = build_llama2()
+    ours = from_pretrained(save_folder(tmp_path, tk, config))
+    doc = training_text()[:5000]
+    assert ours.encode(doc) == tk.encode(doc).ids
+    assert ours.encode(doc) == tk.encode(doc).ids  # a second time, from no cache either
+    assert ours.model._cache == {} or max(map(len, ours.model._cache)) <= 256

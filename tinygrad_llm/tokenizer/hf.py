@@ -252,6 +252,11 @@ def _matcher(contents):
     return regex.compile("|".join(regex.escape(c) for c in contents)) if contents else None
 
 
+# Unicode's White_Space, which Rust's char::is_whitespace tests (str.isspace also takes U+001C..1F)
+_WHITE_SPACE = frozenset("\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+                         "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+
+
 def _is_word(c):
     return c.isalnum() or c == "_"
 
@@ -270,11 +275,11 @@ def _split_added(text, matcher, lookup, base):
             continue
         if token.lstrip:
             s = start
-            while s > 0 and text[s - 1].isspace():
+            while s > 0 and text[s - 1] in _WHITE_SPACE:
                 s -= 1
             start = max(s, done)
         if token.rstrip:
-            while stop < len(text) and text[stop].isspace():
+            while stop < len(text) and text[stop] in _WHITE_SPACE:
                 stop += 1
         if done < start:
             out.append((text[done:start], base + done))

@@ -18,6 +18,7 @@ from .hf_fields import get, refuse_set
 from .trainer import merge_word
 
 _CACHE_LIMIT = 1 << 20  # distinct pieces kept; past that the cache starts over (memory bound)
+_CACHE_MAX_CHARS = 256  # longer pieces are worked out each time, never kept
 _SHORT = 48  # pieces up to this many symbols: rescan the pairs; longer: a heap, as the library
 
 
@@ -75,15 +76,20 @@ class HFBPE:
                    for (a, b), (rank, _) in self.merges.items())
 
     def encode_pieces(self, pieces):
-        """[str] -> [int], through the cache."""
-        cache = self._cache
+        """[str] -> [int], through the cache.  A piece longer than _CACHE_MAX_CHARS (a whole
+        document, where the file has no pre-tokenizer) is not kept: the cache stays bounded."""
+        cache, final_map = self._cache, self.final_map
         missing = set(pieces).difference(cache) if pieces else ()
         if missing:
             if len(cache) + len(missing) > _CACHE_LIMIT:
                 cache.clear()
                 missing = set(pieces)
+            long = {}
             for p in missing:
-                cache[p] = self._encode_piece(self.final_map(p) if self.final_map else p)
+                ids = self._encode_piece(final_map(p) if final_map else p)
+                (cache if len(p) <= _CACHE_MAX_CHARS else long)[p] = ids
+            if long:
+                return list(itertools.chain.from_iterable(cache[p] if p in cache else long[p] for p in pieces))
         return list(itertools.chain.from_iterable(map(cache.__getitem__, pieces)))
 
     def _encode_piece(self, text):

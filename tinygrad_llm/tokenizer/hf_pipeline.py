@@ -41,8 +41,8 @@ def build_normalizer(node, where, depth=0):
                                         "Replace", "Sequence"])
     if kind in ("NFC", "NFD", "NFKC", "NFKD"):
         return lambda s: unicodedata.normalize(kind, s)
-    if kind == "Lowercase":
-        return str.lower
+    if kind == "Lowercase":  # character by character, as the library: no final-sigma rule ("ΟΔΟΣ" -> "οδοσ")
+        return lambda s: "".join(map(str.lower, s))
     if kind == "Prepend":
         prefix = get(node, where, "prepend", str)
         return lambda s: prefix + s if s else s  # the library prepends nothing to an empty string
