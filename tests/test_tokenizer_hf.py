@@ -463,3 +463,29 @@ def test_whole_documents_are_not_kept_in_the_cache(tmp_path):
     assert ours.encode(doc) == tk.encode(doc).ids
     assert ours.encode(doc) == tk.encode(doc).ids  # a second time, from no cache either
     assert ours.model._cache == {} or max(map(len, ours.model._cache)) <= 256
+
+
+GPT2_FILES = SHAKESPEARE.parent / "gpt2"
+
+
+@pytest.mark.reference
+def test_real_gpt2_vocabulary_matches_the_library_and_our_gpt2_loader(tmp_path):
+    """OpenAI's 50,257-token GPT-2 files, as a tokenizer.json the library writes from them."""
+    pytest.importorskip("tokenizers")
+    if not (GPT2_FILES / "vocab.bpe").is_file():
+        pytest.skip(f"GPT-2's files are not in {GPT2_FILES}")
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from tinygrad_llm.tokenizer import BPETokenizer
+    tk = Tokenizer(models.BPE.from_file(str(GPT2_FILES / "encoder.json"), str(GPT2_FILES / "vocab.bpe")))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
+    ours = from_pretrained(save_folder(tmp_path, tk, {"eos_token": "<|endoftext|>"}))
+    gpt2 = BPETokenizer.from_gpt2(GPT2_FILES / "encoder.json", GPT2_FILES / "vocab.bpe")
+    assert ours.vocab_size == 50257 and ours.eos_token_id == 50256
+    text = training_text()[:20000]
+    for doc in DOCUMENTS + specials_docs(["<|endoftext|>"]) + [text]:
+        expected = tk.encode(doc).ids
+        assert ours.encode(doc) == expected, doc[:60]
+        assert gpt2.encode(doc, allowed_special="all") == expected, doc[:60]
+        assert ours.decode(expected) == tk.decode(expected, skip_special_tokens=False)
