@@ -475,6 +475,7 @@ def test_real_gpt2_vocabulary_matches_the_library_and_our_gpt2_loader(tmp_path):
     if not (GPT2_FILES / "vocab.bpe").is_file():
         pytest.skip(f"GPT-2's files are not in {GPT2_FILES}")
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
     from tinygrad_llm.tokenizer import BPETokenizer
     tk = Tokenizer(models.BPE.from_file(str(GPT2_FILES / "encoder.json"), str(GPT2_FILES / "vocab.bpe")))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -489,3 +490,15 @@ def test_real_gpt2_vocabulary_matches_the_library_and_our_gpt2_loader(tmp_path):
         assert ours.encode(doc) == expected, doc[:60]
         assert gpt2.encode(doc, allowed_special="all") == expected, doc[:60]
         assert ours.decode(expected) == tk.decode(expected, skip_special_tokens=False)
+
+
+@pytest.mark.reference
+def test_decode_stream_matches_the_library(layout):
+    from tokenizers.decoders import DecodeStream
+    name, tk, specials, folder = layout
+    ours = from_pretrained(folder)
+    for doc in [MULTI, "emoji 👍🏽 and é", specials[0] + " a " + specials[-1], training_text()[:300]]:
+        for skip in (False, True):
+            theirs, mine = DecodeStream(skip_special_tokens=skip), ours.decode_stream(skip)
+            for i in tk.encode(doc).ids:
+                assert mine.step(i) == theirs.step(tk, i), (name, doc[:40], i)

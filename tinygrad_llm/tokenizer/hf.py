@@ -199,6 +199,10 @@ class HFTokenizer:
             return " ".join(tokens)
         return "".join(self.decoder(tokens))
 
+    def decode_stream(self, skip_special_tokens=False):
+        """A DecodeStream: feed it ids one at a time as they are sampled, print what it returns."""
+        return DecodeStream(self, skip_special_tokens)
+
     # ------------------------------------------------------------------------------ chat template
 
     def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=False, **kwargs):
@@ -218,6 +222,33 @@ class HFTokenizer:
     def __repr__(self):
         return (f"HFTokenizer(vocab_size={self.vocab_size}, bos={self.bos_token!r}, eos={self.eos_token!r}, "
                 f"added_tokens={len(self.added)})")
+
+
+class DecodeStream:
+    """Text as ids arrive, as the library's tokenizers.decoders.DecodeStream gives it.
+
+    step(id) returns the new text, or None while the ids so far end inside a character (the
+    decode ends in U+FFFD) or add nothing.  Only the last few ids are decoded again each step:
+
+        >>> stream = tok.decode_stream()
+        >>> for i in ids: print(stream.step(i) or "", end="", flush=True)
+    """
+
+    def __init__(self, tokenizer, skip_special_tokens=False):
+        self.tokenizer, self.skip = tokenizer, skip_special_tokens
+        self.ids, self.prefix, self.prefix_index = [], "", 0
+
+    def step(self, token_id):
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, self.skip)
+        if len(text) <= len(self.prefix) or text.endswith("\ufffd"):
+            return None
+        new_text = text[len(self.prefix):]
+        new_index = len(self.ids) - self.prefix_index
+        self.ids = self.ids[self.prefix_index:]
+        self.prefix = self.tokenizer.decode(self.ids, self.skip)
+        self.prefix_index = new_index
+        return new_text
 
 
 def _token_text(config, where, key):
