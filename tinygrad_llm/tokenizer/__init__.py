@@ -7,6 +7,10 @@ One idea per file:
     gpt2.py       reading OpenAI's GPT-2 files (encoder.json, vocab.bpe)
     io.py         save / load as versioned JSON, plus a readable .vocab view
     char.py       CharTokenizer: nanoGPT's one id per character
+    hf.py         from_pretrained: a Hugging Face tokenizer.json folder, the `tokenizers` library's ids
+    hf_bpe.py     its BPE model (named ids, ranked merges, byte fallback); hf_pipeline.py its
+                  normalizers, pre-tokenizers and decoders; hf_fields.py reading its fields
+    chat.py       its Jinja chat template, rendered in the sandbox as transformers renders it
     corpus.py     the token file: encoding a corpus into flat uint16/uint32 ids, reading it back
     documents.py  the documents of a corpus (.txt and .jsonl files, folders, globs), in batches
     shards.py     encoding a corpus into fixed-size shards on every core, resumably
@@ -24,12 +28,13 @@ from .char import CharTokenizer
 from .corpus import encode_file, read_token_file, write_token_file
 from .errors import TokenizerError, TokenizerFileError
 from .gpt2 import bytes_to_unicode
+from .hf import HFTokenizer, from_pretrained
 from .patterns import GPT2_PATTERN, GPT4_PATTERN
 from .tokenizer import BPETokenizer
 
 __all__ = ["BPETokenizer", "CharTokenizer", "TokenizerError", "TokenizerFileError", "load_tokenizer",
            "encode_file", "read_token_file", "write_token_file", "bytes_to_unicode", "GPT2_PATTERN",
-           "GPT4_PATTERN"]
+           "GPT4_PATTERN", "HFTokenizer", "from_pretrained"]
 
 
 def load_tokenizer(path):
