@@ -55,7 +55,7 @@ def test_preference_loss_gradcheck(device, loss_type, B, seed, beta):
     rng = np.random.default_rng(seed)
     c, r, rc, rr = (rng.standard_normal(B) * 3 for _ in range(4))
     nc, nr = rng.integers(1, 9, B).astype(float), rng.integers(1, 9, B).astype(float)
-    kw = dict(beta=beta, loss_type=loss_type, gamma=0.3)
+    kw = {"beta": beta, "loss_type": loss_type, "gamma": 0.3}
     got = dpo.preference_loss(Tensor(c, device=device), Tensor(r, device=device), rc, rr, nc, nr, **kw)
     np.testing.assert_allclose(got.item(), np_preference(c, r, rc, rr, nc, nr, beta, loss_type, 0.3), rtol=1e-10)
     ts = [Tensor(c, device=device, requires_grad=True), Tensor(r, device=device, requires_grad=True)]

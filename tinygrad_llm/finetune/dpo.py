@@ -33,14 +33,15 @@ def check_records(records, source="preferences"):
         raise ValueError(f"{source}: expected a non-empty list of preference records")
     for i, r in enumerate(records):
         if not isinstance(r, dict):
-            raise ValueError(f"{source}: record {i} is a {type(r).__name__}, not an object with "
+            # a ValueError, as for every other bad record: the CLI reports them as user errors
+            raise ValueError(f"{source}: record {i} is a {type(r).__name__}, not an object with "  # noqa: TRY004
                              f"fields {', '.join(FIELDS)}")
         for field in FIELDS:
             if field not in r:
                 raise ValueError(f"{source}: record {i} has no {field!r} field (each needs "
                                  f"{', '.join(FIELDS)})")
             if not isinstance(r[field], str):
-                raise ValueError(f"{source}: record {i} field {field!r} must be a string, got "
+                raise ValueError(f"{source}: record {i} field {field!r} must be a string, got "  # noqa: TRY004
                                  f"{type(r[field]).__name__}")
         for field in ("chosen", "rejected"):
             if not r[field].strip():

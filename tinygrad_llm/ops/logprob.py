@@ -6,7 +6,6 @@ The preference and reinforcement objectives (finetune/dpo.py, finetune/grpo.py) 
 values; a sequence's log-probability is their sum over its completion tokens. Like cross-entropy
 the one-hot matrix is never built: backward is p = e * r per row, scattered at the targets.
 """
-import numpy as np
 
 from ..autograd import Function
 from ..backend import array_module
