@@ -156,3 +156,30 @@ def test_cli_writes_json_results(tmp_path, capsys):
     assert "1/1" in capsys.readouterr().err  # the progress line
     assert run_command(["eval", "--model", str(tmp_path / "nope"), "--task", str(task)]) == 2
     assert "no file or folder" in capsys.readouterr().err
+
+
+def test_trainer_scores_the_eval_task_every_n_steps(tmp_path):
+    from train_helpers import make_data
+
+    from tinygrad_llm.train import TrainConfig, Trainer
+
+    class Tok13:  # the 13-id vocabulary of make_data: one id per character, modulo 13
+        eot_id = None
+
+        def encode(self, text):
+            return [ord(c) % 13 for c in text]
+
+    task = tmp_path / "hs.jsonl"
+    task.write_text("\n".join(json.dumps(r) for r in HELLASWAG))
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), model={"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16},
+                      batch_size=4, max_iters=4, warmup_iters=1, eval_every=0, eval_iters=1, log_every=10, seed=0,
+                      final_eval="sample", eval_task=str(task), eval_task_every=2)
+    trainer = Trainer(cfg, data=make_data(), log=lambda m: None)
+    trainer.eval_tokenizer = Tok13()
+    trainer.run()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    scored = [r for r in records if "eval_task" in r]
+    assert [r["step"] for r in scored] == [2, 4]
+    assert all(r["eval_task"]["n"] == 2 and 0 <= r["eval_task"]["acc"] <= 1 for r in scored)
+    with pytest.raises(ValueError, match="eval_task_every needs eval_task"):
+        TrainConfig(eval_task_every=5).validate()
