@@ -14,6 +14,7 @@ COMMANDS = {
     "sample": ("tinygrad_llm.cli.sample", "generate text from a checkpoint"),
     "plot": ("tinygrad_llm.cli.plot", "draw loss, bits-per-byte, lr and gradient norms of a run as PNG"),
     "bench": ("tinygrad_llm.cli.bench", "time a training step of a small GPT"),
+    "eval": ("tinygrad_llm.cli.eval", "score a model on a benchmark file: multiple choice, exact match, bits/byte"),
 }
 
 

@@ -83,6 +83,9 @@ class TrainConfig(DictConfig):
     zero: int = 0                # under mpirun: 1 shards the optimizer state across ranks (ZeRO-1)
     doc_mask: bool = False       # attention stays within each document (<|endoftext|> separates
                                  # them; the data must say its id: a shard folder does)
+    eval_task: str = ""          # a benchmark file (evaluate.py: multiple choice, exact match) ...
+    eval_task_every: int = 0     # ... scored every this many steps (0: never), with the tokenizer
+                                 # Trainer.eval_tokenizer or <out_dir>/tokenizer.json
 
     # field -> the interval validate() accepts (the CLI checks its numeric flags against it too)
     LIMITS = {"batch_size": "[1, inf)", "grad_accum": "[1, inf)", "max_iters": "[1, inf)",
@@ -91,7 +94,7 @@ class TrainConfig(DictConfig):
               "weight_decay": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)", "grad_clip": "[0, inf)",
               "eval_every": "[0, inf)", "eval_iters": "[1, inf)", "log_every": "[1, inf)",
               "checkpoint_every": "[0, inf)", "val_fraction": "(0, 1)", "health_every": "[0, inf)",
-              "shards": "[0, inf)"}
+              "shards": "[0, inf)", "eval_task_every": "[0, inf)"}
 
     def validate(self):
         if self.optimizer not in ("adamw", "muon"):
@@ -105,6 +108,8 @@ class TrainConfig(DictConfig):
             raise ValueError(f"TrainConfig: final_eval={self.final_eval!r}; expected 'full' or 'sample'")
         for name, interval in self.LIMITS.items():
             check_range(f"TrainConfig.{name}", getattr(self, name), interval)
+        if self.eval_task_every and not self.eval_task:
+            raise ValueError("TrainConfig: eval_task_every needs eval_task, the benchmark file to score")
         if self.zero not in (0, 1):
             raise ValueError(f"TrainConfig: zero must be 0 (off) or 1 (ZeRO-1), got {self.zero}")
         try:
@@ -211,6 +216,9 @@ class Trainer:
         self._run_start = time.perf_counter()
         self.last_val = None
         self.run_info = {}  # JSON-able facts the caller wants in each checkpoint (the tokenizer's digest)
+        self.eval_tokenizer = None  # for cfg.eval_task; None: <out_dir>/tokenizer.json, read when first needed
+        if cfg.eval_task and not Path(cfg.eval_task).exists():
+            raise ValueError(f"TrainConfig.eval_task: no file at {cfg.eval_task}")
         # the evaluation batches are the same at every evaluation, drawn from their own generator
         T = self.model_config.block_size
         eval_rng = np.random.default_rng(cfg.seed + 1)
@@ -295,6 +303,19 @@ class Trainer:
                           for lo in range(0, n * T, piece))
             return val_loss, bits_per_byte(val_loss, n * T, n_bytes)
         return val_loss, val_loss / (self.bytes_per_token * math.log(2))
+
+    def evaluate_task(self):
+        """cfg.eval_task's metrics (accuracy, acc_norm or exact match, and the count) for the model now."""
+        from .evaluate import evaluate_task
+        if self.eval_tokenizer is None:
+            from .tokenizer import load_tokenizer
+            self.eval_tokenizer = load_tokenizer(self.out_dir / "tokenizer.json")
+        self.model.eval()
+        try:
+            results = evaluate_task(self.model, self.eval_tokenizer, self.cfg.eval_task)
+        finally:
+            self.model.train()
+        return {k: results[k] for k in ("acc", "acc_norm", "exact_match", "bits_per_byte", "n") if k in results}
 
     def _loss(self, x, y):
         """The model's mean loss on (x, y); with doc_mask each document attends only to itself."""
@@ -459,7 +480,9 @@ class Trainer:
                     if do_eval:
                         val_loss, val_bpb = self.evaluate(full=last and cfg.final_eval == "full")
                         self.last_val = {"step": self.step, "val_loss": val_loss, "val_bpb": val_bpb}
-                    if self.step % cfg.log_every == 0 or do_eval or health is not None:
+                    task = self.evaluate_task() if cfg.eval_task_every and (
+                        self.step % cfg.eval_task_every == 0 or last) else None
+                    if self.step % cfg.log_every == 0 or do_eval or health is not None or task:
                         t_read = time.perf_counter()
                         loss = syncs.read(loss)  # on the GPU the step's one host sync
                         self._check_finite(loss)
@@ -478,12 +501,16 @@ class Trainer:
                                 f"{ms:6.1f} ms/step | {tps:8,.0f} tok/s")
                         if val_loss is not None:
                             line += f" | val {val_loss:.4f} ({val_bpb:.3f} bits/byte)"
+                        if task:
+                            line += " | " + ", ".join(f"{k} {v:.4f}" for k, v in task.items() if k != "n")
                         self.log(line)
                         record = {"step": self.step, "train_loss": loss, "val_loss": val_loss,
                                   "val_bpb": val_bpb, "lr": lr, "lrs": lrs, "tokens_per_s": tps,
                                   "ms_per_step": ms, "elapsed_s": round(self.elapsed, 3)}
                         if health is not None:
                             record["health"] = health
+                        if task:
+                            record["eval_task"] = task
                         emit(record)
                         window = []
                     if do_eval or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
