@@ -147,6 +147,7 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="20 steps each and 4096 tokens: a check that it runs")
     p.add_argument("--out", help="write the table here (and the numbers as JSON beside it)")
     p.add_argument("--plot", help="write the PNG here")
+    p.add_argument("--work-dir", help="keep each scheme's numbers here (a rerun skips those done)")
     p.add_argument("--run", help=argparse.SUPPRESS)  # internal: one scheme in this process
     p.add_argument("--json", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -165,10 +166,12 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            out = Path(tmp) / f"{name}.json"
-            cmd = [sys.executable, __file__, "--data", args.data, "--run", name, "--json", str(out),
-                   "--steps", str(steps), "--eval-tokens", str(eval_tokens)]
-            subprocess.run(cmd, check=True)
+            # --work-dir keeps each scheme's rows: a rerun skips the schemes it already has
+            out = Path(args.work_dir or tmp) / f"{name}_{steps}.json"
+            if not out.is_file():
+                cmd = [sys.executable, __file__, "--data", args.data, "--run", name, "--json", str(out),
+                       "--steps", str(steps), "--eval-tokens", str(eval_tokens)]
+                subprocess.run(cmd, check=True)
             got = json.loads(out.read_text())
             for r in got:
                 r["bpb"] = {int(T): v for T, v in r["bpb"].items()}
@@ -178,8 +181,8 @@ def main(argv=None):
     header = [f"Length generalisation on tiny Shakespeare (bytes), trained at T={TRAIN_T}, evaluated at "
               f"longer T. {steps} AdamW steps per scheme (batch 12, lr 1e-3, seed 1337), model "
               f"{BASE['n_layer']} layers x {BASE['n_embd']} wide, {BASE['n_head']} heads.",
-              f"Validation bits/byte over the first {eval_tokens} validation tokens, the same text at "
-              "every T; learned positions have no table rows past T=64 ('-').",
+              (f"Validation bits/byte over the first {eval_tokens} validation tokens, the same text at "
+               "every T; learned positions have no table rows past T=64 ('-')."),
               "RoPE scaled: factor T / 64 at each T (linear interpolation, dynamic NTK, YaRN).",
               f"CPU: {cpu_name()} (shared, loaded machine; the numbers are quality, not speed).",
               f"Reproduce: python benchmarks/length_generalisation.py --data tinyshakespeare.txt --steps {steps}",

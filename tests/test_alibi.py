@@ -111,10 +111,10 @@ def test_packed_qkv_op_gradcheck(device, p):
     if q.shape[2] != k.shape[2]:
         k, v = k[:, :, -q.shape[2]:], v[:, :, -q.shape[2]:]
         ids = None if ids is None else ids[:, -q.shape[2]:]
-    B, H, T, D = q.shape
+    B, H, T, _ = q.shape
     qkv = np.concatenate([a.transpose(0, 2, 1, 3) for a in (q, k, v)], axis=2).reshape(B, T, -1)
     t = Tensor(qkv, device=device, requires_grad=True)
-    fn = lambda x: F.qkv_attention(x, H, k.shape[1], segment_ids=ids, alibi_slopes=slopes)  # noqa: E731
+    fn = lambda x: F.qkv_attention(x, H, k.shape[1], segment_ids=ids, alibi_slopes=slopes)
     want = attention.attention_textbook(q, k, v, True, None, ids, None, None, slopes)[0]
     np.testing.assert_allclose(fn(t).numpy(), want.transpose(0, 2, 1, 3).reshape(B, T, -1), rtol=1e-10,
                                atol=1e-12)

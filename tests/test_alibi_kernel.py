@@ -3,13 +3,13 @@ emulator (or on a GPU), against ops/attention.py's query-block loop with the pap
 the op's dispatch handing the kernel its slopes and window (nothing dropped on the way)."""
 import numpy as np
 import pytest
+from test_attention_kernel import Device, dev  # noqa: F401  (the emulated / GPU device fixture)
 
 import tinygrad_llm.functional as F
 from tinygrad_llm import Tensor
 from tinygrad_llm.cuda import attention as fa
 from tinygrad_llm.ops import attention
 from tinygrad_llm.ops.alibi import alibi_slopes
-from test_attention_kernel import Device, dev  # noqa: F401  (the emulated / GPU device fixture)
 
 
 def _problem(B, H, Hkv, Tq, Tk, D, seed, with_seg, dtype=np.float64):

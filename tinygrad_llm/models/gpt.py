@@ -26,8 +26,8 @@ from ..cuda import syncs
 from ..nn.moe import check_moe_sizes
 from ..ops.alibi import alibi_slopes
 from ..ops.rope import check_rope_scaling, rope_tables, rope_type
-from .positions import check_context, layer_positions, parse_rope_scaling
 from ..tensor import Tensor
+from .positions import check_context, layer_positions, parse_rope_scaling
 
 
 # the GPTConfig field behind each of nn.MoE's sizes, for errors that name the config's own field

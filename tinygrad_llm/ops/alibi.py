@@ -25,7 +25,7 @@ def alibi_slopes(n_head):
     """(n_head,) float64: head h's slope m_h, the paper's geometric sequence (see the module)."""
     if isinstance(n_head, bool) or not isinstance(n_head, (int, np.integer)) or n_head < 1:
         raise ValueError(f"alibi_slopes: n_head must be a positive integer, got {n_head!r}")
-    closest = 2 ** int(math.floor(math.log2(n_head)))
+    closest = 2 ** math.floor(math.log2(n_head))
     slopes = _power_of_two_slopes(closest)
     if closest < n_head:
         slopes += _power_of_two_slopes(2 * closest)[0::2][:n_head - closest]
