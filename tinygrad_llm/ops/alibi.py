@@ -37,14 +37,16 @@ def check_alibi_slopes(slopes, q):
     if slopes is None:
         return None
     xp = array_module(q)
-    s = xp.asarray(slopes)
     H = q.shape[1]
-    if s.shape != (H,):
-        raise ValueError(f"scaled_dot_product_attention: alibi_slopes of shape {tuple(s.shape)} must be "
-                         f"(H,) = ({H},), one slope per query head")
-    if s.dtype.kind not in "fiu" or not bool(xp.isfinite(s).all()):
-        raise ValueError("scaled_dot_product_attention: alibi_slopes must be finite numbers")
-    return s.astype(q.dtype if q.dtype.kind == "f" and q.dtype.itemsize >= 4 else np.float32)
+    if tuple(np.shape(slopes)) != (H,):
+        raise ValueError(f"scaled_dot_product_attention: alibi_slopes of shape {tuple(np.shape(slopes))} "
+                         f"must be (H,) = ({H},), one slope per query head")
+    if array_module(slopes) is np:  # host values (lists too): checked on the host
+        host = np.asarray(slopes)
+        if host.dtype.kind not in "fiu" or not np.isfinite(host).all():
+            raise ValueError("scaled_dot_product_attention: alibi_slopes must be finite numbers")
+    # device slopes are taken as they are: checking them would read the device once per call
+    return xp.asarray(slopes).astype(q.dtype if q.dtype.kind == "f" and q.dtype.itemsize >= 4 else np.float32)
 
 
 def alibi_bias(slopes, Hk, g, Tq, Tk, lo, hi, kbeg, kend, dtype):
