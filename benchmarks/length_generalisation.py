@@ -178,9 +178,9 @@ def main(argv=None):
                 print(f"{r['scheme']:<13} {r['steps']} steps in {r['train_s']:.0f} s: " +
                       ", ".join(f"T={T} {v:.4f}" for T, v in r["bpb"].items() if v is not None), flush=True)
             rows += got
-    header = [f"Length generalisation on tiny Shakespeare (bytes), trained at T={TRAIN_T}, evaluated at "
-              f"longer T. {steps} AdamW steps per scheme (batch 12, lr 1e-3, seed 1337), model "
-              f"{BASE['n_layer']} layers x {BASE['n_embd']} wide, {BASE['n_head']} heads.",
+    header = [(f"Length generalisation on tiny Shakespeare (bytes), trained at T={TRAIN_T}, evaluated at "
+               f"longer T. {steps} AdamW steps per scheme (batch 12, lr 1e-3, seed 1337), model "
+               f"{BASE['n_layer']} layers x {BASE['n_embd']} wide, {BASE['n_head']} heads."),
               (f"Validation bits/byte over the first {eval_tokens} validation tokens, the same text at "
                "every T; learned positions have no table rows past T=64 ('-')."),
               "RoPE scaled: factor T / 64 at each T (linear interpolation, dynamic NTK, YaRN).",

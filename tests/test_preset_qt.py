@@ -42,7 +42,7 @@ def test_a_shrunk_copy_trains_and_samples_past_its_block(tmp_path, capsys):
             "--grad-accum", "2", "--max-iters", "6", "--warmup-iters", "2", "--eval-every", "0",
             "--eval-iters", "1", "--log-every", "3", "--sample-tokens", "0"]
     assert train_cli.main(parse(train_cli, args)) == 0
-    assert json.loads(open(out / "metrics.jsonl").readlines()[-1])["step"] == 6
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
     assert sample_cli.main(parse(sample_cli, ["--out-dir", str(out), "--prompt", "First", "--max-new-tokens",
                                               "40", "--temperature", "0", "--block-size", "64"])) == 0
     assert capsys.readouterr().out.count("\n") >= 2
