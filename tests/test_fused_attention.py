@@ -371,18 +371,21 @@ class FakeFlashGlue:
     def __init__(self):
         self.calls = []
 
-    def flash_attention_forward(self, q, k, v, causal, scale, segment_ids=None):
+    def flash_attention_forward(self, q, k, v, causal, scale, segment_ids=None, window=None, alibi_slopes=None):
         self.calls.append(("forward", q, k, v, causal, scale, segment_ids))
-        o, P = attention.attention_textbook(q, k, v, causal, scale, segment_ids)
+        self.masks = (window, alibi_slopes)
+        o, P = attention.attention_textbook(q, k, v, causal, scale, segment_ids, window, None, alibi_slopes)
         g = q.shape[1] // k.shape[1]
         S = q.astype(np.float64) @ np.repeat(k, g, axis=1).swapaxes(-1, -2) * scale
         S = np.where(attention.visible(q.shape[2], k.shape[2], causal, segment_ids), S, -np.inf)
         lse = np.log(np.exp(S - S.max(-1, keepdims=True)).sum(-1)) + S.max(-1)
         return o.astype(q.dtype), lse.astype(np.float32)
 
-    def flash_attention_backward(self, do, q, k, v, o, lse, causal, scale, segment_ids=None):
+    def flash_attention_backward(self, do, q, k, v, o, lse, causal, scale, segment_ids=None, window=None,
+                                 alibi_slopes=None):
         self.calls.append(("backward", do, q, k, v, o, lse, causal, scale, segment_ids))
-        grads = attention.attention_backward_textbook(do, q, k, v, causal, scale, segment_ids)
+        grads = attention.attention_backward_textbook(do, q, k, v, causal, scale, segment_ids, window, None,
+                                                      alibi_slopes)
         return tuple(g.astype(q.dtype) for g in grads)
 
 

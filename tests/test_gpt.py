@@ -20,8 +20,8 @@ def test_config_errors_name_the_values():
         GPTConfig(n_embd=10, n_head=3)
     with pytest.raises(ValueError, match="n_head=4 is not divisible by n_kv_head=3"):
         GPTConfig(n_embd=8, n_head=4, n_kv_head=3)
-    with pytest.raises(ValueError, match="pos='alibi'"):
-        GPTConfig(pos="alibi")
+    with pytest.raises(ValueError, match="pos='sinusoid'"):
+        GPTConfig(pos="sinusoid")
     with pytest.raises(ValueError, match="vocab_size must be a positive integer"):
         GPTConfig(vocab_size=0)
     with pytest.raises(ValueError, match="even head size"):

@@ -137,7 +137,7 @@ def dropout(x, p=0.5, training=True):
 
 
 def scaled_dot_product_attention(q, k, v, causal=True, scale=None, segment_ids=None, window=None,
-                                 softcap=None):
+                                 softcap=None, alibi_slopes=None):
     """softmax(q k^T * scale (+ mask)) v for q (B, H, T_q, D), k and v (B, H_kv, T_k, D).
 
     H must be a multiple of H_kv (grouped-query attention); scale defaults to 1 / sqrt(D).
@@ -145,28 +145,30 @@ def scaled_dot_product_attention(q, k, v, causal=True, scale=None, segment_ids=N
     also j > p - W, the W keys up to its own (a sliding window). segment_ids: integers (B, T_k),
     one id per document packed into the sequence; a query sees only keys with its own id (the
     queries' ids are the last T_q of the keys', as with a KV cache). softcap: the scaled scores
-    S become softcap * tanh(S / softcap) before the mask (Gemma 2).
+    S become softcap * tanh(S / softcap) before the mask (Gemma 2). alibi_slopes (H,): head h's
+    scores get slopes[h] * (j - p) added (ALiBi; ops/alibi.py has the paper's slopes).
     """
     if segment_ids is not None:
         segment_ids = _raw(segment_ids)
     q, k, v = _autocast(q, q, k, v)
     return ScaledDotProductAttention.apply(q, k, v, causal=causal, scale=scale, segment_ids=segment_ids,
-                                           window=window, softcap=softcap)
+                                           window=window, softcap=softcap, alibi_slopes=alibi_slopes)
 
 
-def qkv_attention(qkv, n_head, n_kv_head=None, causal=True, scale=None, segment_ids=None):
+def qkv_attention(qkv, n_head, n_kv_head=None, causal=True, scale=None, segment_ids=None, alibi_slopes=None):
     """Attention of the heads packed in qkv (B, T, (n_head + 2 n_kv_head) D): q heads first, then
     k, then v, as a c_attn projection lays them out; returns (B, T, n_head D), heads side by side.
 
     Equal to splitting the heads out, scaled_dot_product_attention, and merging them back, without
-    the copies those transposes and the split's gradient cost. segment_ids (B, T): as there.
+    the copies those transposes and the split's gradient cost. segment_ids (B, T), alibi_slopes (H,):
+    as there.
     """
     n_kv_head = n_head if n_kv_head is None else n_kv_head
     if segment_ids is not None:
         segment_ids = _raw(segment_ids)
     (qkv,) = _autocast(qkv, qkv)
     return QKVAttention.apply(qkv, n_head=n_head, n_kv_head=n_kv_head, causal=causal, scale=scale,
-                              segment_ids=segment_ids)
+                              segment_ids=segment_ids, alibi_slopes=alibi_slopes)
 
 
 def rope(x, cos, sin):

@@ -553,11 +553,17 @@ class Trainer:
         return {type(o).__name__: o.param_groups[0]["lr"] for o in parts if o is not None and o.param_groups}
 
 
-def load_model(path, device="cpu"):
-    """(GPT, checkpoint dict) from a training checkpoint, ready for generation."""
+def load_model(path, device="cpu", pos=None, block_size=None, rope_scaling=None):
+    """(GPT, checkpoint dict) from a training checkpoint, ready for generation. pos: the scheme the
+    caller expects (an error unless it is the checkpoint's); block_size, rope_scaling: run at a
+    longer context than trained (GPT.extend_context)."""
+    from .models.positions import check_checkpoint_pos
     ck = load_checkpoint(path)
+    check_checkpoint_pos(ck["config"].get("pos", "learned"), pos)
     model = GPT(GPTConfig.from_dict(ck["config"]))
     model.load_state_dict(ck["model"])
+    if block_size is not None or rope_scaling is not None:
+        model.extend_context(block_size or model.config.block_size, rope_scaling)
     if device != "cpu":
         model.to(device)
     model.eval()

@@ -23,10 +23,14 @@ def add_arguments(parser):
                         help="keep the smallest set of tokens whose probability reaches p (default: all)")
     parser.add_argument("--seed", type=int, default=1337, help="seed of the sampling")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs")
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="context past the trained one (RoPE, ALiBi, NoPE checkpoints)")
+    parser.add_argument("--rope-scaling", default=None,
+                        help="RoPE scaling at inference: linear:4, ntk:4 (dynamic), yarn:4")
 
 
 # numeric flags and the values they accept
-LIMITS = {"max_new_tokens": "[0, inf)", "num_samples": "[1, inf)", "temperature": "[0, inf)",
+LIMITS = {"block_size": "[1, inf)", "max_new_tokens": "[0, inf)", "num_samples": "[1, inf)", "temperature": "[0, inf)",
           "top_k": "[1, inf)", "top_p": "(0, 1]", "seed": "[0, inf)"}
 
 
@@ -46,7 +50,11 @@ def main(args):
             raise UsageError(f"no {flag[2:]} file at {p}; train first (python -m tinygrad_llm train) "
                              f"or pass {flag}")
     with user_input():
-        model, ck = load_model(ckpt, device=args.device)
+        try:
+            model, ck = load_model(ckpt, device=args.device, block_size=args.block_size,
+                                   rope_scaling=args.rope_scaling)
+        except ValueError as e:  # a context or scaling this checkpoint cannot take
+            raise UsageError(str(e)) from None
         tok = load_tokenizer(tok_path)
     trained_with = (ck.get("extra") or {}).get("tokenizer_sha256")
     if tok.vocab_size > model.config.vocab_size or (trained_with and tok_path.is_file()

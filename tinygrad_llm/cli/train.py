@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import common
+from ..config import TRAIN_PRESETS
 from .common import UsageError, file_digest, user_input
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -120,7 +121,9 @@ def add_arguments(parser):
                         help="under mpirun: 1 shards the optimizer state across ranks (ZeRO-1) (default: 0)")
     parser.add_argument("--optimizer", choices=("adamw", "muon"), help=default("optimizer"))
     parser.add_argument("--schedule", choices=("cosine", "wsd", "constant"), help=default("schedule"))
-    parser.add_argument("--pos", choices=("learned", "rope"), help=default("pos"))
+    parser.add_argument("--preset", choices=sorted(TRAIN_PRESETS), help="a named recipe over the device's "
+                        "preset (config.TRAIN_PRESETS; qt-tiny: GQA, ALiBi, RMSNorm, GELU, WSD, beta2 0.95)")
+    parser.add_argument("--pos", help=default("pos", "learned, rope, alibi, none, or per layer: rope,rope,rope,none"))
     parser.add_argument("--norm", choices=("layernorm", "rmsnorm"), help=default("norm"))
     parser.add_argument("--mlp", choices=("gelu", "swiglu"), help=default("mlp"))
     parser.add_argument("--no-bias", dest="bias", action="store_false", default=None,
@@ -205,6 +208,8 @@ def build_config(args, saved=None):
         base.update(tokenizer=None, vocab_size=None)
     else:
         base = dict(PRESETS[args.device or "cpu"])
+    recipe = TRAIN_PRESETS[args.preset] if getattr(args, "preset", None) and not saved else {}
+    base.update(recipe)
     for key in MODEL_KEYS + TRAIN_KEYS + ("tokenizer", "vocab_size"):
         v = getattr(args, key, None)
         if v is not None:
@@ -213,6 +218,8 @@ def build_config(args, saved=None):
     if saved:
         model = {**(saved.get("config") or {}), **model}
     train = {k: base[k] for k in TRAIN_KEYS if k in base}
+    # a recipe's training fields that have no flag (decay_frac, beta1, grad_clip) still apply
+    train.update({k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__ and k not in train})
     cfg = TrainConfig(out_dir=args.out_dir, model=model, **train)
     return cfg, base["tokenizer"], base["vocab_size"]
 

@@ -1,6 +1,7 @@
 """GPT: a decoder-only transformer in the GPT-2 layout, with the usual modern options.
 
-    config  -> GPTConfig: sizes, and pos="learned"|"rope", norm="layernorm"|"rmsnorm",
+    config  -> GPTConfig: sizes, and pos="learned"|"rope"|"alibi"|"none" (or one per layer:
+               "rope,rope,rope,none"; see positions.py), norm="layernorm"|"rmsnorm",
                mlp="gelu"|"swiglu", n_kv_head < n_head for grouped-query attention,
                attn="mla" for multi-head latent attention, moe_experts > 0 for mixture-of-experts
                feed-forward layers (after moe_first_dense dense ones)
@@ -23,8 +24,10 @@ from ..autograd import no_grad
 from ..config import DictConfig
 from ..cuda import syncs
 from ..nn.moe import check_moe_sizes
-from ..ops.rope import rope_tables
+from ..ops.alibi import alibi_slopes
+from ..ops.rope import check_rope_scaling, rope_tables, rope_type
 from ..tensor import Tensor
+from .positions import check_context, layer_positions, parse_rope_scaling
 
 
 # the GPTConfig field behind each of nn.MoE's sizes, for errors that name the config's own field
@@ -42,13 +45,16 @@ class GPTConfig(DictConfig):
     n_kv_head: int = None     # None: = n_head (multi-head); fewer shares each k/v head (GQA)
     dropout: float = 0.0
     bias: bool = True         # biases in Linear layers and LayerNorm, as GPT-2
-    pos: str = "learned"      # "learned" (GPT-2's wpe table) or "rope"
+    pos: str = "learned"      # "learned" (GPT-2's wpe table), "rope", "alibi", "none" (NoPE), or per
+                              # layer: "rope,rope,rope,none" / a list (see positions.py)
     norm: str = "layernorm"   # or "rmsnorm"
     mlp: str = "gelu"         # or "swiglu"
     tie_weights: bool = True  # lm_head shares wte's matrix
     mlp_hidden: int = None    # None: 4 * n_embd for gelu, 8/3 * n_embd (rounded up to 8) for swiglu
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    rope_scaling: dict = None  # RoPE scaling at inference, Hugging Face's spelling (GPT.extend_context)
+    trained_block_size: int = None  # the training length once extend_context raised block_size
     # multi-head latent attention (DeepSeek-V2/V3; nn.MLA): attn="mla" needs pos="rope"
     attn: str = "mha"             # "mha" (n_kv_head < n_head: GQA) or "mla"
     mla_kv_rank: int = None       # kv_lora_rank, the cached latent; None: 4 * head_size
@@ -85,13 +91,21 @@ class GPTConfig(DictConfig):
         if self.n_head % self.n_kv_head:
             raise ValueError(f"GPTConfig: n_head={self.n_head} is not divisible by n_kv_head="
                              f"{self.n_kv_head} (each k/v head serves a whole group of query heads)")
-        choices = {"pos": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
+        choices = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GPTConfig: {name}={getattr(self, name)!r}; expected one of {allowed}")
-        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+        if isinstance(self.pos, tuple):
+            self.pos = list(self.pos)  # JSON's spelling, so to_dict / from_dict round-trip
+        layer_positions(self.pos, self.n_layer)  # raises on an unknown or mis-sized choice
+        if "rope" in self.layer_pos and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"GPTConfig: pos='rope' needs an even head size; n_embd={self.n_embd} / "
                              f"n_head={self.n_head} = {self.n_embd // self.n_head}")
+        if self.rope_scaling is not None:
+            if "rope" not in self.layer_pos:
+                raise ValueError(f"GPTConfig: rope_scaling={self.rope_scaling!r} scales RoPE, but "
+                                 f"pos={self.pos!r} has no RoPE layer")
+            check_rope_scaling(self.rope_scaling, "GPTConfig.rope_scaling")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
         if self.mlp_hidden is None:
@@ -104,7 +118,7 @@ class GPTConfig(DictConfig):
             raise ValueError(f"GPTConfig: attn={self.attn!r}; expected one of ('mha', 'mla')")
         if self.attn != "mla":
             return
-        if self.pos != "rope":
+        if set(self.layer_pos) != {"rope"}:
             raise ValueError(f"GPTConfig: attn='mla' carries its own rotary key and needs pos='rope', "
                              f"got pos={self.pos!r}")
         if self.n_kv_head != self.n_head:
@@ -151,6 +165,12 @@ class GPTConfig(DictConfig):
     def is_moe_layer(self, i):
         """Whether block i has an MoE feed-forward layer (else a dense MLP)."""
         return self.moe_experts > 0 and i >= self.moe_first_dense
+
+    @property
+    def layer_pos(self):
+        """The position scheme of each layer, a tuple of n_layer names ("learned" for all when the
+        model adds a learned table at the input)."""
+        return layer_positions(self.pos, self.n_layer)
 
     @property
     def rope_dim(self):
@@ -203,9 +223,13 @@ def _norm(config, dtype):
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention; n_kv_head < n_head shares k/v heads across query groups."""
 
-    def __init__(self, config, dtype=None):
+    def __init__(self, config, dtype=None, pos="learned"):
         super().__init__()
         self.n_head, self.n_kv_head, self.hs = config.n_head, config.n_kv_head, config.head_size
+        # this layer's position scheme: "rope" rotates q and k, "alibi" biases the scores by the
+        # distance (constant slopes, not parameters), "learned" / "none" adds nothing here
+        self.pos = pos
+        self.slopes = alibi_slopes(config.n_head) if pos == "alibi" else None
         qkv = (config.n_head + 2 * config.n_kv_head) * self.hs
         self.c_attn = nn.Linear(config.n_embd, qkv, bias=config.bias, dtype=dtype)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias, dtype=dtype)
@@ -216,8 +240,12 @@ class CausalSelfAttention(nn.Module):
         nh, nkv, hs = self.n_head, self.n_kv_head, self.hs
         # segment_ids (B, T): a token attends only to earlier tokens of its own segment (document)
         docs = {} if segment_ids is None else {"segment_ids": segment_ids}
+        if self.slopes is not None:
+            docs["alibi_slopes"] = self.slopes
+        if self.pos != "rope":
+            rope = None
         qkv = self.c_attn(x)  # (B, T, (nh + 2 nkv) hs)
-        if rope is None and cache is None:  # training, learned positions: heads split by strides
+        if rope is None and cache is None:  # training without RoPE: heads split by strides
             y = F.qkv_attention(qkv, nh, nkv, **docs)  # (B, T, C)
             y = self.c_proj(y)
             return F.dropout(y, self.dropout, self.training)
@@ -278,7 +306,8 @@ class Block(nn.Module):
     def __init__(self, config, dtype=None, layer=0):
         super().__init__()
         self.ln_1 = _norm(config, dtype)
-        self.attn = _mla(config, dtype) if config.attn == "mla" else CausalSelfAttention(config, dtype)
+        pos = config.layer_pos[layer]
+        self.attn = _mla(config, dtype) if config.attn == "mla" else CausalSelfAttention(config, dtype, pos)
         self.ln_2 = _norm(config, dtype)
         self.is_moe = config.is_moe_layer(layer)
         self.mlp = _moe(config, dtype) if self.is_moe else MLP(config, dtype)
@@ -392,15 +421,35 @@ class GPT(nn.Module):
 
     # ---------------------------------------------------------------------------------- forward
     def _rope(self, start, T, x):
-        if self.config.pos != "rope":
+        cfg = self.config
+        if "rope" not in cfg.layer_pos:
             return None
+        scaling = cfg.rope_scaling
+        original = cfg.trained_block_size or cfg.block_size
+        # dynamic NTK: the frequencies of a sequence of this length (none past the trained one)
+        length = max(start + T, original) if rope_type(scaling) == "dynamic" else cfg.block_size
         if self._rope_cache is None or self._rope_cache[0].dtype != x.dtype or \
-                backend.device_of(self._rope_cache[0]) != x.device:
+                backend.device_of(self._rope_cache[0]) != x.device or len(self._rope_cache[0]) != length:
             xp = backend.array_module(x.data)
-            self._rope_cache = rope_tables(self.config.block_size, self.config.rope_dim,
-                                           self.config.rope_theta, dtype=x.dtype, xp=xp)
+            self._rope_cache = rope_tables(length, cfg.rope_dim, cfg.rope_theta, dtype=x.dtype, xp=xp,
+                                           scaling=scaling, max_position_embeddings=original)
         cos, sin = self._rope_cache
         return cos[start:start + T], sin[start:start + T]
+
+    def extend_context(self, block_size, rope_scaling=None):
+        """Run at a longer context than trained: block_size the new longest sequence, rope_scaling
+        None (RoPE, ALiBi and NoPE extrapolate as they are), a dict in Hugging Face's spelling or a
+        spec such as "linear:4", "ntk:4" / "dynamic", "yarn:4" (positions.parse_rope_scaling).
+        A learned table cannot grow: a block_size past it is an error. Returns self."""
+        cfg = self.config
+        check_context(cfg, block_size, rope_scaling)
+        trained = cfg.trained_block_size or cfg.block_size
+        cfg.rope_scaling = parse_rope_scaling(rope_scaling, trained, block_size)
+        if cfg.rope_scaling is not None:
+            check_rope_scaling(cfg.rope_scaling, "extend_context: rope scaling")
+        cfg.trained_block_size, cfg.block_size = trained, int(block_size)
+        self._rope_cache = None
+        return self
 
     def _check_idx(self, idx):
         data = idx.data if isinstance(idx, Tensor) else np.asarray(idx)

@@ -22,6 +22,10 @@ document. The queries' ids are the last T_q of the keys' ids, so every query see
 
 Soft-capping (Gemma 2): the scaled scores S become cap * tanh(S / cap) before the mask, so no
 score exceeds cap in size.
+
+ALiBi (ops/alibi.py): alibi_slopes (H,) adds slopes[h] * (j - p) = -m_h (p - j) to query head h's
+(capped) scores before the mask, p the query's absolute position (so a KV cache keeps the
+distances right). The slopes are constants: the backward is unchanged.
 """
 import importlib
 
@@ -31,6 +35,7 @@ from .. import backend, cuda
 from ..autocast import is_low_precision
 from ..autograd import Function
 from ..backend import array_module
+from .alibi import alibi_bias, check_alibi_slopes
 
 # Save E for backward when it is at most this big; above it, save only the log-sum-exp per row
 # and recompute E from q and k (one GEMM and one exp pass more, memory O(T) instead of O(T^2)).
@@ -74,9 +79,10 @@ def visible(Tq, Tk, causal, segment_ids=None, window=None):
 # The textbook version: the formulas of ScaledDotProductAttention's docstring, nothing else
 # ---------------------------------------------------------------------------------------------
 
-def attention_textbook(q, k, v, causal=True, scale=None, segment_ids=None, window=None, softcap=None):
-    """(O, P): P = softmax(C(Q K^T * scale), hidden keys -inf) per row, O = P V; float64.
-    C(S) = cap tanh(S / cap) with a softcap, else S."""
+def attention_textbook(q, k, v, causal=True, scale=None, segment_ids=None, window=None, softcap=None,
+                       alibi=None):
+    """(O, P): P = softmax(C(Q K^T * scale) + A, hidden keys -inf) per row, O = P V; float64.
+    C(S) = cap tanh(S / cap) with a softcap, else S; A = slopes[h] (j - p) with ALiBi, else 0."""
     q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
     g = q.shape[1] // k.shape[1]
     k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)  # (B, H, Tk, .): head h reads h // g
@@ -84,6 +90,10 @@ def attention_textbook(q, k, v, causal=True, scale=None, segment_ids=None, windo
     S = q @ k.swapaxes(-1, -2) * scale
     if softcap is not None:
         S = softcap * np.tanh(S / softcap)
+    if alibi is not None:
+        Tq, Tk = S.shape[-2:]
+        S = S + np.asarray(alibi, np.float64)[:, None, None] * (np.arange(Tk)[None] - np.arange(Tq)[:, None]
+                                                                 - (Tk - Tq))
     S = np.where(visible(q.shape[2], k.shape[2], causal, segment_ids, window), S, -np.inf)
     P = np.exp(S - S.max(axis=-1, keepdims=True))
     P /= P.sum(axis=-1, keepdims=True)
@@ -91,10 +101,11 @@ def attention_textbook(q, k, v, causal=True, scale=None, segment_ids=None, windo
 
 
 def attention_backward_textbook(do, q, k, v, causal=True, scale=None, segment_ids=None, window=None,
-                                softcap=None):
+                                softcap=None, alibi=None):
     """(dQ, dK, dV) by the docstring's formulas, float64; dK, dV summed over each group's heads.
-    With a softcap, dS also carries the cap's derivative 1 - tanh^2(S / cap)."""
-    o, P = attention_textbook(q, k, v, causal, scale, segment_ids, window, softcap)
+    With a softcap, dS also carries the cap's derivative 1 - tanh^2(S / cap). ALiBi's bias is a
+    constant: nothing changes."""
+    o, P = attention_textbook(q, k, v, causal, scale, segment_ids, window, softcap, alibi)
     do, q, k, v = (np.asarray(a, np.float64) for a in (do, q, k, v))
     B, Hk, Tk, D = k.shape
     g = q.shape[1] // Hk
@@ -177,13 +188,15 @@ def position_mask_(S, Tq, Tk, lo, hi, kbeg, kend, window):
     return S
 
 
-def _scores(qs, k, causal, segment_ids, lo, hi, kbeg, kend, window=None, softcap=None):
-    """S = C(qs k^T) for query rows [lo, hi) and keys [kbeg, kend): (B, Hk, g, hi-lo, kend-kbeg),
-    -inf where hidden; C soft-caps the scores when softcap is set."""
+def _scores(qs, k, causal, segment_ids, lo, hi, kbeg, kend, window=None, softcap=None, alibi=None):
+    """S = C(qs k^T) + A for query rows [lo, hi) and keys [kbeg, kend): (B, Hk, g, hi-lo, kend-kbeg),
+    -inf where hidden; C soft-caps the scores when softcap is set, A is ALiBi's bias (slopes alibi)."""
     S = qs[..., lo:hi, :] @ k[:, :, None, kbeg:kend].swapaxes(-1, -2)  # k broadcast over the group
     Tq, Tk = qs.shape[3], k.shape[2]
     if softcap is not None:
         soft_cap_(S, softcap)
+    if alibi is not None:
+        S += alibi_bias(alibi, qs.shape[1], qs.shape[2], Tq, Tk, lo, hi, kbeg, kend, S.dtype)
     if causal:
         position_mask_(S, Tq, Tk, lo, hi, kbeg, kend, window)
     if segment_ids is not None:
@@ -212,7 +225,8 @@ def _with_ones_column(v):
     return xp.concatenate([v, xp.ones(v.shape[:3] + (1,), dtype=v.dtype)], axis=-1)
 
 
-def _unnormalised_probs(qs, k, v1, causal, segment_ids, lo, hi, kbeg, kend, window=None, softcap=None):
+def _unnormalised_probs(qs, k, v1, causal, segment_ids, lo, hi, kbeg, kend, window=None, softcap=None,
+                        alibi=None):
     """(E, E @ [v, 1], shift) for one query block, E = exp(S - shift).
 
     shift = 0 saves the row-max pass whenever every row sum lands in [1e-30, 1e30] (no row sum
@@ -225,20 +239,21 @@ def _unnormalised_probs(qs, k, v1, causal, segment_ids, lo, hi, kbeg, kend, wind
     xp = array_module(qs)
     vb = v1[:, :, None, kbeg:kend]  # (B, Hk, 1, kend-kbeg, Dv+1)
     if xp is np:
-        S = _scores(qs, k, causal, segment_ids, lo, hi, kbeg, kend, window, softcap)
+        S = _scores(qs, k, causal, segment_ids, lo, hi, kbeg, kend, window, softcap, alibi)
         with np.errstate(over="ignore", under="ignore", invalid="ignore"):
             E = xp.exp(S, out=S)
             ov = E @ vb  # (B, Hk, g, hi-lo, Dv+1): the last column is rowsum(E)
         s = ov[..., -1]
         if bool(((s >= 1e-30) & (s <= 1e30)).all()):
             return E, ov, 0
-    S = _scores(qs, k, causal, segment_ids, lo, hi, kbeg, kend, window, softcap)
+    S = _scores(qs, k, causal, segment_ids, lo, hi, kbeg, kend, window, softcap, alibi)
     shift = S.max(axis=-1, keepdims=True)
     E = xp.exp(xp.subtract(S, shift, out=S), out=S)
     return E, E @ vb, shift[..., 0]
 
 
-def _probs_from_lse(qs, k, lse, causal, segment_ids, lo, hi, kbeg, kend, window=None, softcap=None):
+def _probs_from_lse(qs, k, lse, causal, segment_ids, lo, hi, kbeg, kend, window=None, softcap=None,
+                    alibi=None):
     """(P, cap') for one query block: P = exp(S - lse), the probabilities rebuilt when E was not
     saved, and with a softcap the cap's derivative 1 - tanh^2 = 1 - (C / cap)^2 per score (else
     None), which backward multiplies into dS."""
@@ -250,6 +265,8 @@ def _probs_from_lse(qs, k, lse, causal, segment_ids, lo, hi, kbeg, kend, window=
         dcap *= dcap
         xp.subtract(P.dtype.type(1.0), dcap, out=dcap)
     Tq, Tk = qs.shape[3], k.shape[2]
+    if alibi is not None:  # after the cap's derivative, which the bias does not enter
+        P += alibi_bias(alibi, qs.shape[1], qs.shape[2], Tq, Tk, lo, hi, kbeg, kend, P.dtype)
     if causal:
         position_mask_(P, Tq, Tk, lo, hi, kbeg, kend, window)
     if segment_ids is not None:
@@ -259,7 +276,7 @@ def _probs_from_lse(qs, k, lse, causal, segment_ids, lo, hi, kbeg, kend, window=
 
 
 def attention_forward_cpu(q, k, v, causal=True, scale=None, segment_ids=None, out=None, window=None,
-                          softcap=None):
+                          softcap=None, alibi=None):
     """(o, qs, Es, inv_rowsum, lse) for q (B, H, Tq, D), k (B, Hk, Tk, D), v (B, Hk, Tk, Dv).
 
     o (B, H, Tq, Dv) = softmax(C(q k^T * scale), hidden keys -inf) v, written into out when given (any
@@ -284,7 +301,7 @@ def attention_forward_cpu(q, k, v, causal=True, scale=None, segment_ids=None, ou
     Es = []
     for lo, hi, kbeg, kend in query_blocks(Tq, Tk, causal, window):
         E, ov, shift = _unnormalised_probs(qs, k, v1, causal, segment_ids, lo, hi, kbeg, kend, window,
-                                           softcap)
+                                           softcap, alibi)
         rowsum = ov[..., Dv]
         xp.reciprocal(rowsum, out=inv_rowsum[..., lo:hi])
         xp.multiply(ov[..., :Dv], inv_rowsum[..., lo:hi, None], out=o[..., lo:hi, :])
@@ -293,7 +310,7 @@ def attention_forward_cpu(q, k, v, causal=True, scale=None, segment_ids=None, ou
     return out, qs, Es, inv_rowsum, lse
 
 
-def attention_decode_cpu(q, k, v, scale, softcap=None):
+def attention_decode_cpu(q, k, v, scale, softcap=None, alibi=None):
     """o (B, H, 1, Dv) for one query per head that sees every key it is handed (a decoding step
     after a KV cache), when no backward will run: softmax(C(q k^T * scale)) v with the row max
     shifted out, and nothing kept. Six array passes over (Tk,)-long rows, where the general loop
@@ -305,6 +322,9 @@ def attention_decode_cpu(q, k, v, scale, softcap=None):
     S = qs @ k[:, :, None].swapaxes(-1, -2)  # (B, Hk, g, 1, Tk)
     if softcap is not None:
         soft_cap_(S, softcap)
+    if alibi is not None:  # the query sits at the last key's position
+        Tk = k.shape[2]
+        S += alibi_bias(alibi, Hk, H // Hk, 1, Tk, 0, 1, 0, Tk, S.dtype)
     S -= S.max(axis=-1, keepdims=True)
     xp.exp(S, out=S)
     o = S @ v[:, :, None]  # (B, Hk, g, 1, Dv)
@@ -354,7 +374,7 @@ def _zero_key_grads(k, v, dk, dv):
 
 
 def attention_backward_cpu(do, o, qs, k, v, scale, causal=True, segment_ids=None, Es=None,
-                           inv_rowsum=None, lse=None, out=None, window=None, softcap=None):
+                           inv_rowsum=None, lse=None, out=None, window=None, softcap=None, alibi=None):
     """(dq, dk, dv) given dO and the saved o, qs, k, v, and either the unnormalised E per query
     block with inv_rowsum (P = E * inv_rowsum) or, Es None, lse (P = exp(S - lse) rebuilt per block).
 
@@ -364,6 +384,7 @@ def attention_backward_cpu(do, o, qs, k, v, scale, causal=True, segment_ids=None
     with factor inv_rowsum, or P itself rebuilt from lse with factor 1). do and o may have any
     strides; out: (dq, dk, dv) buffers of the inputs' shapes to write into (any strides), else
     new arrays. With a softcap (P always rebuilt from lse), dS is multiplied by 1 - (C / cap)^2.
+    ALiBi's slopes (alibi) only enter P's rebuild: the bias is a constant.
     """
     xp = array_module(do)
     B, Hk, g, Tq, D = qs.shape
@@ -386,7 +407,8 @@ def attention_backward_cpu(do, o, qs, k, v, scale, causal=True, segment_ids=None
     for i, (lo, hi, kbeg, kend) in _last_query_block_first(blocks):
         dcap = None
         if Es is None:
-            E, dcap = _probs_from_lse(qs, k, lse, causal, segment_ids, lo, hi, kbeg, kend, window, softcap)
+            E, dcap = _probs_from_lse(qs, k, lse, causal, segment_ids, lo, hi, kbeg, kend, window, softcap,
+                                      alibi)
         else:
             E = Es[i]
         kb, vb = k[:, :, None, kbeg:kend], v[:, :, None, kbeg:kend]  # (B, Hk, 1, kend-kbeg, .)
@@ -429,9 +451,10 @@ def flash_kernels(q, k, v):
 
 
 def _kernel_takes_options(window, softcap):
-    """Whether the flash kernel serves these mask and score options: it has neither sliding windows
-    nor soft-capping yet, so either sends the op down the xp path (never silently dropped)."""
-    return window is None and softcap is None
+    """Whether the flash kernel serves these mask and score options: it takes sliding windows and
+    ALiBi slopes but has no soft-capping yet, so a softcap sends the op down the xp path (never
+    silently dropped)."""
+    return softcap is None
 
 
 def _contiguous(*arrays):
@@ -497,15 +520,16 @@ def check_window_softcap(window, softcap, causal):
     return window, softcap
 
 
-def _attend(ctx, q, k, v, causal, scale, segment_ids, out=None, window=None, softcap=None):
+def _attend(ctx, q, k, v, causal, scale, segment_ids, out=None, window=None, softcap=None, alibi=None):
     """Forward of both ops: o written into out (any strides) or a new (B, H, Tq, Dv) array; saves
     what backward needs and says in ctx.flash which path ran."""
-    ctx.window, ctx.softcap = window, softcap
+    ctx.window, ctx.softcap, ctx.alibi = window, softcap, alibi
     flash = flash_kernels(q, k, v) if _kernel_takes_options(window, softcap) else None
     ctx.flash = flash is not None
     if ctx.flash:
         q, k, v = _contiguous(q, k, v)
-        o, lse = flash.flash_attention_forward(q, k, v, causal, scale, segment_ids=segment_ids)
+        o, lse = flash.flash_attention_forward(q, k, v, causal, scale, segment_ids=segment_ids,
+                                               window=window, alibi_slopes=alibi)
         ctx.save_for_backward(q, k, v, o, lse, segment_ids)
         return _into(out, o)
     ctx.low_precision = q.dtype if q.dtype.itemsize == 2 and is_low_precision(q.dtype) else None
@@ -513,7 +537,7 @@ def _attend(ctx, q, k, v, causal, scale, segment_ids, out=None, window=None, sof
         q, k, v = (a.astype(np.float32) for a in (q, k, v))
     o, qs, Es, inv_rowsum, lse = attention_forward_cpu(q, k, v, causal, scale, segment_ids,
                                                        out=None if ctx.low_precision else out,
-                                                       window=window, softcap=softcap)
+                                                       window=window, softcap=softcap, alibi=alibi)
     # backward rebuilds P from the log-sum-exp per row: above the size limit, and always with a
     # softcap, whose derivative needs the capped scores that E alone does not give back exactly
     if softcap is not None or sum(E.nbytes for E in Es) > SAVE_PROBS_MAX_BYTES:
@@ -536,18 +560,19 @@ def _attend_backward(ctx, do, out=None):
         q, k, v, o, lse, segment_ids = ctx.saved
         (do,) = _contiguous(do)
         grads = flash_kernels(q, k, v).flash_attention_backward(do, q, k, v, o, lse, ctx.causal,
-                                                                ctx.scale, segment_ids=segment_ids)
+                                                                ctx.scale, segment_ids=segment_ids,
+                                                                window=ctx.window, alibi_slopes=ctx.alibi)
     elif ctx.low_precision is not None:
         o, qs, k, v, Es, inv_rowsum, lse, segment_ids = ctx.saved
         grads = attention_backward_cpu(do.astype(np.float32), o, qs, k, v, ctx.scale, ctx.causal,
                                        segment_ids, Es=Es, inv_rowsum=inv_rowsum, lse=lse,
-                                       window=ctx.window, softcap=ctx.softcap)
+                                       window=ctx.window, softcap=ctx.softcap, alibi=ctx.alibi)
         grads = [g.astype(ctx.low_precision) for g in grads]
     else:
         o, qs, k, v, Es, inv_rowsum, lse, segment_ids = ctx.saved
         return attention_backward_cpu(do, o, qs, k, v, ctx.scale, ctx.causal, segment_ids, Es=Es,
                                       inv_rowsum=inv_rowsum, lse=lse, out=out, window=ctx.window,
-                                      softcap=ctx.softcap)
+                                      softcap=ctx.softcap, alibi=ctx.alibi)
     if out is None:
         return tuple(grads)
     return tuple(_into(buffer, grad) for buffer, grad in zip(out, grads))
@@ -556,35 +581,40 @@ def _attend_backward(ctx, do, out=None):
 class ScaledDotProductAttention(Function):
     """O = softmax(C(Q K^T * scale) + M) V per head, M = 0 where a query sees a key, -inf elsewhere
     (causal: key j <= p = query i + T_k - T_q; a window W: also j > p - W; segment ids: the same
-    document); C(S) = cap tanh(S / cap) with a softcap, else S. Key/value heads may be grouped.
+    document); C(S) = cap tanh(S / cap) with a softcap, else S; with alibi_slopes m (H,) the
+    scores of head h also get the constant bias m_h (j - p). Key/value heads may be grouped.
 
     Backward (P the attention matrix):
         dP = dO V^T,  dS = P * (dP - rowsum(dO * O)),  dQ = dS K * scale,  dK = dS^T Q * scale,
         dV = P^T dO.  rowsum(dO * O) stands in for rowsum(P * dP): O = P V makes them equal.
     M is a constant, so it has no gradient and changes no formula: P = 0 where M = -inf, so dS = 0
     there and a hidden key gets nothing from that query. Segment ids are integers: no gradient.
+    ALiBi's bias is a constant too: it changes P, and no formula (docs/backward.md#alibi).
     The soft cap is elementwise: dS is multiplied by C'(S) = 1 - tanh^2(S / cap) = 1 - (C / cap)^2.
     Saved on the CPU: q * scale, k, v, O, the log-sum-exp per row and, while it is at most
     SAVE_PROBS_MAX_BYTES, the unnormalised E = exp(S - shift) per query block with 1 / rowsum E:
     on a CPU recomputing it costs a GEMM and an exp pass per step. Above that E is recomputed
     from q, k and the log-sum-exp in backward (O(T) memory), as it always is with a softcap. The
-    flash kernel saves q, k, v, O and the log-sum-exp and always recomputes; it serves no window
-    and no softcap yet, so either takes the query-block loop.
+    flash kernel saves q, k, v, O and the log-sum-exp and always recomputes; it serves windows and
+    ALiBi but no softcap yet, so a softcap takes the query-block loop.
     Derivation: docs/backward.md#scaleddotproductattention
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, causal=True, scale=None, segment_ids=None, window=None, softcap=None):
+    def forward(ctx, q, k, v, causal=True, scale=None, segment_ids=None, window=None, softcap=None,
+                alibi_slopes=None):
         check_qkv(q, k, v, causal)
         segment_ids = check_segment_ids(segment_ids, q, k)
         window, softcap = check_window_softcap(window, softcap, causal)
+        alibi = check_alibi_slopes(alibi_slopes, q)
         ctx.causal = causal
         ctx.scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else float(scale)
         if _decodes(ctx, q, k, causal, segment_ids, window):  # a generation step: nothing to save
-            return attention_decode_cpu(q, k, v, ctx.scale, softcap)
+            return attention_decode_cpu(q, k, v, ctx.scale, softcap, alibi)
         # BLAS keeps its threads: measured on a quiet 2-core machine, one thread was no faster at
         # T=64 (1.34 ms either way per layer, forward + backward) and slower at T=256 (42 vs 36 ms)
-        return _attend(ctx, q, k, v, causal, ctx.scale, segment_ids, window=window, softcap=softcap)
+        return _attend(ctx, q, k, v, causal, ctx.scale, segment_ids, window=window, softcap=softcap,
+                       alibi=alibi)
 
     @staticmethod
     def backward(ctx, do):
@@ -605,7 +635,7 @@ class QKVAttention(Function):
     """Attention straight from a packed projection: qkv (B, T, (H + 2 Hk) D) -> y (B, T, H D).
 
     The same map as splitting qkv into q, k, v heads, ScaledDotProductAttention (segment ids and
-    all), and merging the heads back, and the same backward, per head (P the attention matrix):
+    all, ALiBi slopes too), and merging the heads back, and the same backward, per head (P the attention matrix):
         dP = dO V^T,  dS = P * (dP - rowsum(dO * O)),  dQ = dS K * scale,  dK = dS^T Q * scale,
         dV = P^T dO,  and dqkv holds dQ, dK, dV in the places qkv holds Q, K, V.
     Only the layout differs. The heads are read from qkv through strides and the output is written
@@ -615,18 +645,19 @@ class QKVAttention(Function):
     """
 
     @staticmethod
-    def forward(ctx, qkv, n_head, n_kv_head, causal=True, scale=None, segment_ids=None):
+    def forward(ctx, qkv, n_head, n_kv_head, causal=True, scale=None, segment_ids=None, alibi_slopes=None):
         if qkv.ndim != 3:
             raise ValueError(f"qkv_attention: qkv must be (B, T, (n_head + 2 n_kv_head) head_size), "
                              f"got shape {tuple(qkv.shape)}")
         q, k, v = packed_heads(qkv, n_head, n_kv_head)
         check_qkv(q, k, v, causal)
         segment_ids = check_segment_ids(segment_ids, q, k)
+        alibi = check_alibi_slopes(alibi_slopes, q)
         B, H, T, D = q.shape
         ctx.causal, ctx.heads = causal, (n_head, n_kv_head)
         ctx.scale = 1.0 / np.sqrt(D) if scale is None else float(scale)
         y = array_module(qkv).empty((B, T, H, D), dtype=qkv.dtype)
-        _attend(ctx, q, k, v, causal, ctx.scale, segment_ids, out=y.transpose(0, 2, 1, 3))
+        _attend(ctx, q, k, v, causal, ctx.scale, segment_ids, out=y.transpose(0, 2, 1, 3), alibi=alibi)
         return y.reshape(B, T, H * D)
 
     @staticmethod
