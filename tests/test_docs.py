@@ -136,7 +136,7 @@ ROOMS = [
      "files", "distributed", "autocast"},
     {"nn", "optim", "study"},
     {"tokenizer", "models", "data", "shard_data", "train", "runs", "parallel", "checkpoint", "safetensors", "config", "finetune",
-     "data_parallel"},
+     "data_parallel", "evaluate"},
     {"cli", "__main__", "__init__"},
 ]
 
