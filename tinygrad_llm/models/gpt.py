@@ -27,7 +27,7 @@ from ..nn.moe import check_moe_sizes
 from ..ops.alibi import alibi_slopes
 from ..ops.rope import check_rope_scaling, rope_tables, rope_type
 from ..tensor import Tensor
-from .positions import check_context, layer_positions, parse_rope_scaling
+from .positions import check_context, check_positions, layer_positions, parse_rope_scaling
 
 
 # the GPTConfig field behind each of nn.MoE's sizes, for errors that name the config's own field
@@ -97,7 +97,7 @@ class GPTConfig(DictConfig):
                 raise ValueError(f"GPTConfig: {name}={getattr(self, name)!r}; expected one of {allowed}")
         if isinstance(self.pos, tuple):
             self.pos = list(self.pos)  # JSON's spelling, so to_dict / from_dict round-trip
-        layer_positions(self.pos, self.n_layer)  # raises on an unknown or mis-sized choice
+        check_positions(self.pos, self.n_layer)  # raises on an unknown or mis-sized choice
         if "rope" in self.layer_pos and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"GPTConfig: pos='rope' needs an even head size; n_embd={self.n_embd} / "
                              f"n_head={self.n_head} = {self.n_embd // self.n_head}")

@@ -26,6 +26,13 @@ SCALING_KINDS = {"linear": "linear", "ntk": "dynamic", "dynamic": "dynamic", "ya
 
 def layer_positions(pos, n_layer):
     """(n_layer names): each layer's scheme for a pos name, pattern string or list; else ValueError."""
+    names = check_positions(pos, n_layer)
+    return tuple(names) * (n_layer // len(names))
+
+
+def check_positions(pos, n_layer):
+    """The pattern's names, after the checks of layer_positions, without building the per-layer
+    tuple (a config's n_layer is checked before anything trusts it)."""
     names = pos.split(",") if isinstance(pos, str) else pos
     if not isinstance(names, (list, tuple)) or not names:
         raise ValueError(f"GPTConfig: pos={pos!r}; expected one of {CHOICES} or a list of them per layer")
@@ -40,7 +47,7 @@ def layer_positions(pos, n_layer):
     if n_layer % len(names):
         raise ValueError(f"GPTConfig: pos={pos!r} names {len(names)} layers; n_layer={n_layer} must be a "
                          "multiple of that (the pattern repeats)")
-    return tuple(names) * (n_layer // len(names))
+    return names
 
 
 def parse_rope_scaling(spec, trained_len, new_len):
