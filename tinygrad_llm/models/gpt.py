@@ -97,12 +97,12 @@ class GPTConfig(DictConfig):
                 raise ValueError(f"GPTConfig: {name}={getattr(self, name)!r}; expected one of {allowed}")
         if isinstance(self.pos, tuple):
             self.pos = list(self.pos)  # JSON's spelling, so to_dict / from_dict round-trip
-        check_positions(self.pos, self.n_layer)  # raises on an unknown or mis-sized choice
-        if "rope" in self.layer_pos and (self.n_embd // self.n_head) % 2:
+        schemes = set(check_positions(self.pos, self.n_layer))  # raises on an unknown or mis-sized choice
+        if "rope" in schemes and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"GPTConfig: pos='rope' needs an even head size; n_embd={self.n_embd} / "
                              f"n_head={self.n_head} = {self.n_embd // self.n_head}")
         if self.rope_scaling is not None:
-            if "rope" not in self.layer_pos:
+            if "rope" not in schemes:
                 raise ValueError(f"GPTConfig: rope_scaling={self.rope_scaling!r} scales RoPE, but "
                                  f"pos={self.pos!r} has no RoPE layer")
             check_rope_scaling(self.rope_scaling, "GPTConfig.rope_scaling")
@@ -118,7 +118,7 @@ class GPTConfig(DictConfig):
             raise ValueError(f"GPTConfig: attn={self.attn!r}; expected one of ('mha', 'mla')")
         if self.attn != "mla":
             return
-        if set(self.layer_pos) != {"rope"}:
+        if set(check_positions(self.pos, self.n_layer)) != {"rope"}:
             raise ValueError(f"GPTConfig: attn='mla' carries its own rotary key and needs pos='rope', "
                              f"got pos={self.pos!r}")
         if self.n_kv_head != self.n_head:
