@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .autograd import no_grad
+from .finetune.dpo import collate_rows
 from .ops.logprob import token_logprobs
 
 MC_TYPES = ("hellaswag", "arc", "piqa", "mmlu")
@@ -161,14 +162,7 @@ def _rows(tok, context, endings, block_size, index):
 @no_grad()
 def score_rows(model, rows, pad_id=0):
     """Sum of the continuation tokens' log-probabilities for each (ids, n_context) row (float64)."""
-    T = max(len(ids) for ids, _ in rows) - 1
-    inputs = np.full((len(rows), T), pad_id, dtype=np.int64)
-    targets = np.zeros((len(rows), T), dtype=np.int64)
-    mask = np.zeros((len(rows), T), dtype=bool)
-    for i, (ids, n_ctx) in enumerate(rows):
-        n = len(ids) - 1
-        inputs[i, :n], targets[i, :n] = ids[:-1], ids[1:]
-        mask[i, n_ctx - 1:n] = True
+    inputs, targets, mask = collate_rows(rows, pad_id)  # the same padding DPO's batches use
     with model.evaluating():
         logits, _ = model(inputs)
         lp = token_logprobs(logits, targets, mask)

@@ -179,8 +179,7 @@ class Muon(Optimizer):
     AdamW's lr and weight decay carry over). This matches torch.optim.Muon (which runs the
     iteration in bfloat16; we stay in the parameter's dtype).
 
-    The matrices are grouped by shape (a tall one transposed to wide), and each group is one
-    stack for newton_schulz, cut in two so that two cores can share it.
+    Each matrix (a tall one transposed to wide) goes to newton_schulz as a stack of one.
     ns_schedule: "jordan" (one quintic, above) or "polar_express" (one per step).
 
     map_fn(fn, items, costs) runs fn(item, t) for every stack's update (t: a worker index, for
@@ -283,20 +282,6 @@ def _wide_shape(shape):
     """(r, cols) with r <= cols: the orientation Newton-Schulz works in."""
     rows, cols = shape[0], math.prod(shape[1:])
     return (cols, rows) if rows > cols else (rows, cols)
-
-
-def _stacks(items, parts):
-    """The bucket's matrices grouped by wide shape, in order of first appearance, each group cut
-    into `parts` stacks of near-equal size (so two cores can share a group of one shape)."""
-    groups = {}
-    for item in items:
-        groups.setdefault(_wide_shape(item[0].shape), []).append(item)
-    stacks = []
-    for group in groups.values():
-        k = min(parts, len(group))
-        size = -(-len(group) // k)
-        stacks += [group[i:i + size] for i in range(0, len(group), size)]
-    return stacks
 
 
 def one_at_a_time(fn, items, costs=None):
